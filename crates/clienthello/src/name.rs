@@ -64,7 +64,10 @@ impl fmt::Display for NameError {
         match self {
             Self::Empty => f.write_str("server name is empty"),
             Self::TooLong { len } => {
-                write!(f, "server name is {len} bytes long, the limit is {MAX_NAME_LEN}")
+                write!(
+                    f,
+                    "server name is {len} bytes long, the limit is {MAX_NAME_LEN}"
+                )
             }
             Self::LabelTooLong { len } => write!(
                 f,
