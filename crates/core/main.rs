@@ -1,1 +1,313 @@
-fn main() {}
+//! The `sniroute` command line: argument parsing, logging set-up and exit
+//! codes. Everything else lives in the library crates.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use router::config::{Config, ConfigSource};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sniroute",
+    version,
+    about = "TLS SNI passthrough router: one port, many Kubernetes API servers, TLS end to end",
+    after_help = "Config source, in order: --config FILE, $SNIROUTE_CONFIG (a path), \
+$SNIROUTE_CONFIG_YAML (the YAML itself), /etc/sniroute/sniroute.yaml.\n\
+Reload the config with `kill -HUP <pid>`; stop gracefully with SIGTERM."
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SNIROUTE_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log level or filter (e.g. `info`, `debug`, `sniroute::access=warn,info`);
+    /// overrides RUST_LOG. Default: RUST_LOG, else `info`.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the router.
+    Run {
+        /// Config file (YAML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the config and print the resolved routing table; needs no
+    /// network. Exit status 1 on error.
+    Check {
+        /// Config file (YAML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print what a ClientHello says (SNI, ALPN, versions) as JSON: feed it
+    /// the first bytes a client sent, e.g. saved from a packet capture.
+    InspectHello {
+        /// File with the raw bytes; `-` or nothing for standard input.
+        file: Option<PathBuf>,
+        /// Size limit, as `limits.max_client_hello_bytes`.
+        #[arg(long, default_value_t = clienthello::DEFAULT_MAX_CLIENT_HELLO_BYTES)]
+        max_bytes: usize,
+    },
+    /// Write or merge a kubeconfig context that reaches a route's API server
+    /// through sniroute, like `dcos kubernetes cluster kubeconfig`.
+    Kubeconfig(Box<KubeconfigArgs>),
+    /// Start the router with an embedded config and two local demo TLS
+    /// clusters under a throwaway CA, and print commands to try.
+    Demo {
+        /// Where the router listens.
+        #[arg(long, default_value = "127.0.0.1:16443")]
+        listen: SocketAddr,
+        /// Where the admin endpoint listens.
+        #[arg(long, default_value = "127.0.0.1:16090")]
+        admin: SocketAddr,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct KubeconfigArgs {
+    /// Config file (YAML) holding the route.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The route, by name.
+    #[arg(long)]
+    route: String,
+    /// Where kubectl reaches sniroute: https://HOST:6443, HOST a public agent.
+    #[arg(long)]
+    apiserver_url: String,
+    /// The cluster's CA certificate (PEM), embedded in the kubeconfig.
+    #[arg(long, visible_alias = "path-to-custom-ca")]
+    certificate_authority: Option<PathBuf>,
+    /// Do not verify the API server's certificate.
+    #[arg(long)]
+    insecure_skip_tls_verify: bool,
+    /// Client certificate (PEM), embedded.
+    #[arg(long)]
+    client_certificate: Option<PathBuf>,
+    /// Its private key (PEM), embedded.
+    #[arg(long)]
+    client_key: Option<PathBuf>,
+    /// Bearer token (visible in `ps`: prefer --token-file).
+    #[arg(long)]
+    token: Option<String>,
+    /// File holding the bearer token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Name of the cluster, user and context entries [default: the route name].
+    #[arg(long)]
+    context_name: Option<String>,
+    /// Leave current-context as it is.
+    #[arg(long)]
+    no_activate_context: bool,
+    /// Kubeconfig to merge into [default: first existing file of $KUBECONFIG,
+    /// else its last, else ~/.kube/config].
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Print a kubeconfig with just this context instead of writing.
+    #[arg(long)]
+    print: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.log_level.as_deref());
+    match cli.command {
+        Command::Run { config } => {
+            let source = ConfigSource::resolve(config.as_deref(), |k| std::env::var(k).ok());
+            run_router(source)
+        }
+        Command::Check { config } => {
+            let source = ConfigSource::resolve(config.as_deref(), |k| std::env::var(k).ok());
+            match Config::load(&source) {
+                Ok(config) => {
+                    print!("{}", router::table::render(&config));
+                    println!("{}: OK", source.display_name());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::InspectHello { file, max_bytes } => inspect_hello(file, max_bytes),
+        Command::Demo { listen, admin } => demo(listen, admin),
+        Command::Kubeconfig(args) => match kubeconfig(*args) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sniroute kubeconfig: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn kubeconfig(a: KubeconfigArgs) -> Result<String, Box<dyn std::error::Error>> {
+    use router::kubeconfig as kc;
+    let source = ConfigSource::resolve(a.config.as_deref(), |k| std::env::var(k).ok());
+    let cfg = Config::load(&source)?;
+    let req = kc::KubeconfigRequest {
+        route: a.route,
+        apiserver_url: a.apiserver_url,
+        ca: kc::CaChoice::from_flags(a.certificate_authority, a.insecure_skip_tls_verify)?,
+        context_name: a.context_name,
+        activate: !a.no_activate_context,
+        credentials: kc::Credentials::from_flags(a.client_certificate, a.client_key, a.token, a.token_file)?,
+    };
+    if a.print {
+        for w in kc::warnings(&cfg, &req)? {
+            eprintln!("warning: {w}");
+        }
+        let sni = kc::tls_server_name(&cfg, &req.route)?;
+        return Ok(kc::merge(None, &req, sni.as_deref())?);
+    }
+    let path = a
+        .kubeconfig
+        .or_else(|| kc::default_path(|k| std::env::var(k).ok()))
+        .ok_or("no kubeconfig path: give --kubeconfig, or set $KUBECONFIG or $HOME")?;
+    Ok(format!("{}\n", kc::write(&cfg, &req, &path)?))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sniroute: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run_router(source: ConfigSource) -> ExitCode {
+    match runtime().block_on(router::server::run(source)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("sniroute: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {
+    let dir = std::env::temp_dir().join(format!("sniroute-demo-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("sniroute demo: cannot create {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let rt = runtime();
+    let result = rt.block_on(async {
+        let demo = demo::Demo::start(&dir, listen, admin)
+            .await
+            .map_err(|e| format!("cannot start the demo clusters: {e}"))?;
+        let config = Config::from_yaml_str(&demo.config_yaml, "embedded demo config")
+            .map_err(|e| e.to_string())?;
+        let path = dir.join("sniroute-demo.yaml");
+        std::fs::write(&path, &demo.config_yaml)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        eprintln!("{}", router::table::render(&config));
+        eprintln!("{}", demo.instructions);
+        eprintln!("Press Ctrl-C to stop.\n");
+        router::server::run(ConfigSource::File(path))
+            .await
+            .map_err(|e| e.to_string())
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sniroute demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn inspect_hello(file: Option<PathBuf>, max_bytes: usize) -> ExitCode {
+    let bytes = match file.as_deref() {
+        None => read_stdin(),
+        Some(p) if p.as_os_str() == "-" => read_stdin(),
+        Some(p) => std::fs::read(p).map_err(|e| format!("{}: {e}", p.display())),
+    };
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("sniroute inspect-hello: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let limits = clienthello::Limits {
+        max_client_hello_bytes: max_bytes,
+    };
+    match clienthello::parse(&bytes, &limits) {
+        Ok(clienthello::Progress::Complete(h)) => {
+            let hex = |v: u16| format!("0x{v:04x}");
+            let out = serde_json::json!({
+                "server_name": h.server_name.as_ref().map(|n| n.as_str()),
+                "alpn": h.alpn_lossy(),
+                "legacy_version": hex(h.legacy_version),
+                "supported_versions": h.supported_versions.iter().map(|&v| hex(v)).collect::<Vec<_>>(),
+                "ech": h.ech,
+                "client_hello_bytes": h.client_hello_bytes,
+                "tls_records": h.tls_records,
+            });
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Ok(clienthello::Progress::NeedMore { at_least }) => {
+            eprintln!(
+                "sniroute inspect-hello: incomplete: {at_least} more bytes needed (got {})",
+                bytes.len()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("sniroute inspect-hello: {e} ({})", e.as_str());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_stdin() -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("standard input: {e}"))?;
+    Ok(buf)
+}
+
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l),
+        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
+    }
+    .unwrap_or_else(|e| {
+        eprintln!("sniroute: invalid log level or filter: {e}; using info");
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}

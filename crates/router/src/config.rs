@@ -1,1 +1,376 @@
-//! Placeholder.
+//! The configuration: a YAML file (or the YAML itself in
+//! `$SNIROUTE_CONFIG_YAML`) read once per generation into a validated
+//! [`Config`].
+//!
+//! Reading happens in two steps, as in hickory-dns's config: serde reads the
+//! YAML into raw structs that deny unknown keys and check each scalar as it
+//! is read (server names, addresses, networks, durations), then one pass
+//! converts them into the types below and checks what involves several
+//! nodes (duplicate names, unknown default routes, `upstreams` versus
+//! `dcos_service`). Nothing touches the network: names are validated, not
+//! resolved.
+//!
+//! Every error says where: `FILE:LINE:COLUMN: message (at PATH)`. serde_yaml
+//! gives the position of its own errors and serde_path_to_error the path;
+//! errors found after deserialisation take the path the checks were
+//! following and look its node up in a position index of the same text (see
+//! `source_map`).
+//!
+//! `deploy/sniroute.example.yaml` documents every key.
+
+mod duration;
+mod error;
+mod raw;
+mod source_map;
+mod validate;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use clienthello::ServerName;
+pub use duration::{format_duration, parse_duration, MAX_DURATION};
+pub use error::ConfigError;
+pub use values::{
+    Host, IpNet, NamePattern, UpstreamAddr, ValueError, DCOS_APISERVER_PORT, DCOS_VIP_DOMAIN,
+};
+
+/// Where the config is read from when neither `--config` nor an environment
+/// variable says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/sniroute/sniroute.yaml";
+/// Environment variable holding the path of the config file.
+pub const CONFIG_PATH_ENV: &str = "SNIROUTE_CONFIG";
+/// Environment variable holding the config YAML itself (for a Marathon app's
+/// `env`, where shipping a file is awkward).
+pub const CONFIG_YAML_ENV: &str = "SNIROUTE_CONFIG_YAML";
+/// How YAML from [`CONFIG_YAML_ENV`] is named in messages.
+pub const CONFIG_YAML_ENV_NAME: &str = "$SNIROUTE_CONFIG_YAML";
+/// Larger config files are refused unread: a config is a few KiB, and this
+/// bounds what a wrong path (a log file, a device) can make us buffer.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Smallest accepted `limits.max_client_hello_bytes`: a ClientHello padded
+/// as most clients pad them (RFC 7685) is 512 bytes, so less would refuse
+/// ordinary clients.
+pub const MIN_CLIENT_HELLO_BYTES: usize = 512;
+/// Largest accepted `limits.max_client_hello_bytes`: a ClientHello is
+/// buffered per connection until its SNI is read, so the limit times
+/// `max_connections` is the memory a slow-loris flood can pin. Today's
+/// largest hellos (post-quantum key shares, big PSK tickets) are well under
+/// 16 KiB; 64 KiB leaves room without letting one client hold megabytes.
+pub const MAX_CLIENT_HELLO_BYTES: usize = 64 * 1024;
+
+/// A validated configuration: one generation of the router's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Addresses to accept TLS connections on (at least one, no duplicates).
+    pub listeners: Vec<ListenerConfig>,
+    /// Address of the admin HTTP endpoint (metrics, health); `None` = off.
+    pub admin: Option<SocketAddr>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Routes, in the order written; a [`crate::table::RouteId`] indexes
+    /// this list.
+    pub routes: Vec<RouteConfig>,
+    /// Route for ClientHellos without SNI or with an unmatched name, on
+    /// listeners that name none of their own.
+    pub default_route: Option<String>,
+    /// Reload when the config file changes.
+    pub watch_config: bool,
+    /// How tunnel bytes are moved.
+    pub forwarding: Forwarding,
+    /// Where this config came from.
+    pub source: ConfigSource,
+}
+
+/// One listening address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// IP and port (port 0: any free port).
+    pub address: SocketAddr,
+    /// This listener's default route, replacing the global one.
+    pub default_route: Option<String>,
+}
+
+/// Timeouts; each is greater than zero.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The whole ClientHello must arrive within this, else the connection is
+    /// closed.
+    pub client_hello: Duration,
+    /// Per upstream connection attempt.
+    pub connect: Duration,
+    /// A tunnel with no bytes either way for this long is closed.
+    pub idle: Duration,
+    /// On SIGTERM, how long open tunnels may go on.
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    /// 5s, 10s, 24h, 30s.
+    fn default() -> Self {
+        Self {
+            client_hello: Duration::from_secs(5),
+            connect: Duration::from_secs(10),
+            idle: Duration::from_secs(24 * 3600),
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Resource limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once; more are closed at once and counted.
+    pub max_connections: usize,
+    /// Largest ClientHello accepted, record headers included; between
+    /// [`MIN_CLIENT_HELLO_BYTES`] and [`MAX_CLIENT_HELLO_BYTES`].
+    pub max_client_hello_bytes: usize,
+}
+
+impl Default for Limits {
+    /// 50000 connections, 16 KiB ClientHellos.
+    fn default() -> Self {
+        Self {
+            max_connections: 50_000,
+            max_client_hello_bytes: clienthello::DEFAULT_MAX_CLIENT_HELLO_BYTES,
+        }
+    }
+}
+
+/// One route: which server names go to which upstreams, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Label in logs and metrics: unique, 1 to 63 of `a-z0-9_-`.
+    pub name: String,
+    /// Names routed here, normalised, in the order written; a
+    /// `dcos_service` adds its VIP name last. May be empty for a route that
+    /// is only a default.
+    pub server_names: Vec<NamePattern>,
+    /// Where to connect (at least one); a `dcos_service` expanded to its
+    /// API server VIP.
+    pub upstreams: Vec<UpstreamAddr>,
+    /// How an upstream is picked.
+    pub balance: Balance,
+    /// Active health checks; `None` = off.
+    pub health_check: Option<HealthCheck>,
+    /// PROXY protocol header sent to the upstream.
+    pub proxy_protocol: ProxyProtocol,
+    /// Client networks allowed to use the route; empty = everyone.
+    pub allow_sources: Vec<IpNet>,
+    /// The DC/OS service this route was written as, if any
+    /// (`dev/kubernetes01`).
+    pub dcos_service: Option<String>,
+}
+
+/// How an upstream is picked among the healthy ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// The one with the fewest open tunnels.
+    #[default]
+    LeastConnections,
+    /// Each in turn.
+    RoundRobin,
+}
+
+impl Balance {
+    /// The name used in the config.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::LeastConnections => "least_connections",
+            Self::RoundRobin => "round_robin",
+        }
+    }
+}
+
+/// PROXY protocol header sent to the upstream before the client's bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocol {
+    /// No header.
+    #[default]
+    None,
+    /// The text header, version 1.
+    V1,
+    /// The binary header, version 2.
+    V2,
+}
+
+impl ProxyProtocol {
+    /// The name used in the config.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::V1 => "v1",
+            Self::V2 => "v2",
+        }
+    }
+}
+
+/// How tunnel bytes are moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forwarding {
+    /// splice(2) where the kernel allows, buffer copies otherwise.
+    #[default]
+    Splice,
+    /// Always buffer copies (benchmarks compare the two).
+    Copy,
+}
+
+impl Forwarding {
+    /// The name used in the config.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Splice => "splice",
+            Self::Copy => "copy",
+        }
+    }
+}
+
+/// Active health checks of a route's upstreams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Time between checks of one upstream.
+    pub interval: Duration,
+    /// How long one check may take; never longer than `interval`.
+    pub timeout: Duration,
+    /// Consecutive failures that mark an upstream unhealthy (at least 1).
+    pub unhealthy_after: u32,
+    /// Consecutive successes that mark it healthy again (at least 1).
+    pub healthy_after: u32,
+}
+
+impl Default for HealthCheck {
+    /// Every 5s, 2s timeout, unhealthy after 3 failures, healthy after 2
+    /// successes.
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            unhealthy_after: 3,
+            healthy_after: 2,
+        }
+    }
+}
+
+/// Where the config comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A YAML file.
+    File(PathBuf),
+    /// YAML from `$SNIROUTE_CONFIG_YAML`.
+    EnvYaml(String),
+}
+
+impl ConfigSource {
+    /// Picks the source: `--config FILE` if given, else
+    /// `$SNIROUTE_CONFIG` (a path), else `$SNIROUTE_CONFIG_YAML` (the YAML
+    /// itself), else [`DEFAULT_CONFIG_PATH`]. Variables set to an empty
+    /// string count as unset. `env` looks a variable up (pass
+    /// `|k| std::env::var(k).ok()`).
+    pub fn resolve(cli: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> ConfigSource {
+        if let Some(path) = cli {
+            return Self::File(path.to_owned());
+        }
+        let env = |key: &str| env(key).filter(|v| !v.is_empty());
+        if let Some(path) = env(CONFIG_PATH_ENV) {
+            return Self::File(PathBuf::from(path));
+        }
+        if let Some(yaml) = env(CONFIG_YAML_ENV) {
+            return Self::EnvYaml(yaml);
+        }
+        Self::File(PathBuf::from(DEFAULT_CONFIG_PATH))
+    }
+
+    /// How the source is named in messages: the file's path, or
+    /// `$SNIROUTE_CONFIG_YAML`.
+    pub fn display_name(&self) -> String {
+        match self {
+            Self::File(path) => path.display().to_string(),
+            Self::EnvYaml(_) => CONFIG_YAML_ENV_NAME.to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the config from `source`.
+    ///
+    /// # Errors
+    /// `FILE: cannot read: ...` when the file cannot be read (missing, a
+    /// directory, over [`MAX_CONFIG_BYTES`], not UTF-8), otherwise as
+    /// [`Config::from_yaml_str`].
+    pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
+        let name = source.display_name();
+        let mut config = match source {
+            ConfigSource::File(path) => {
+                let text = read_file(path)
+                    .map_err(|why| ConfigError::whole_file(&name, format!("cannot read: {why}")))?;
+                Self::from_yaml_str(&text, &name)?
+            }
+            ConfigSource::EnvYaml(yaml) => Self::from_yaml_str(yaml, &name)?,
+        };
+        config.source = source.clone();
+        Ok(config)
+    }
+
+    /// Parses and validates YAML. `origin` names it in error messages (a
+    /// path, or `$SNIROUTE_CONFIG_YAML`) and becomes the config's `source`,
+    /// as `ConfigSource::File(origin)` ([`Config::load`] sets the real one).
+    ///
+    /// # Errors
+    /// The first problem found, with the position and path of the
+    /// offending node: YAML syntax, unknown or duplicate keys, wrong types,
+    /// invalid values, names or addresses used twice, references to routes
+    /// that do not exist, empty lists, and missing required keys.
+    pub fn from_yaml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        // libyaml mistakes a byte order mark (which some editors write) for
+        // a document boundary; editors do not count it as a column either.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let checker = validate::Checker::new(text, origin);
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let raw: raw::RawConfig =
+            serde_path_to_error::deserialize(deserializer).map_err(|e| checker.serde_error(&e))?;
+        checker.convert(raw, ConfigSource::File(PathBuf::from(origin)))
+    }
+
+    /// The route called `name`.
+    pub fn route(&self, name: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+}
+
+/// Reads a config file as UTF-8, refusing directories and huge files.
+fn read_file(path: &Path) -> Result<String, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if meta.is_dir() {
+        return Err("it is a directory".to_owned());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "the file is larger than {} MiB, too large for a config",
+            MAX_CONFIG_BYTES / 1024 / 1024
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "the file is not valid UTF-8 (at byte {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}

@@ -1,0 +1,371 @@
+//! The config as written: serde structs with `deny_unknown_fields`, whose
+//! scalar fields are checked while they are read (so serde_yaml knows their
+//! position), converted once into the validated types by `validate`.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use super::duration::{parse_duration, DURATION_FORM};
+use super::values::{check_route_name, parse_listen_addr, ValueError};
+use super::{Balance, Forwarding, IpNet, NamePattern, ProxyProtocol, UpstreamAddr};
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with at least `listeners` and `routes`"
+)]
+pub(crate) struct RawConfig {
+    pub(crate) listeners: NonEmpty<RawListener>,
+    #[serde(default)]
+    pub(crate) admin: Option<Parsed<ListenAddr>>,
+    #[serde(default)]
+    pub(crate) timeouts: Option<RawTimeouts>,
+    #[serde(default)]
+    pub(crate) limits: Option<RawLimits>,
+    pub(crate) routes: NonEmpty<RawRoute>,
+    #[serde(default)]
+    pub(crate) default_route: Option<String>,
+    #[serde(default)]
+    pub(crate) watch_config: Option<bool>,
+    #[serde(default)]
+    pub(crate) forwarding: Option<Forwarding>,
+}
+
+/// A listener: `"0.0.0.0:6443"` or `{address: ..., default_route: ...}`.
+#[derive(Debug)]
+pub(crate) enum RawListener {
+    Plain(SocketAddr),
+    Full(RawListenerMap),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a listener: a mapping with `address` and optionally `default_route`"
+)]
+pub(crate) struct RawListenerMap {
+    pub(crate) address: Parsed<ListenAddr>,
+    #[serde(default)]
+    pub(crate) default_route: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawListener {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawListener;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a listen address such as `0.0.0.0:6443`, or a mapping with `address` and `default_route`",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawListener, E> {
+                parse_listen_addr(v)
+                    .map(RawListener::Plain)
+                    .map_err(E::custom)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawListener, A::Error> {
+                RawListenerMap::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawListener::Full)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping of `client_hello`, `connect`, `idle` and `drain` durations"
+)]
+pub(crate) struct RawTimeouts {
+    pub(crate) client_hello: Option<Parsed<NonZeroDuration>>,
+    pub(crate) connect: Option<Parsed<NonZeroDuration>>,
+    pub(crate) idle: Option<Parsed<NonZeroDuration>>,
+    pub(crate) drain: Option<Parsed<NonZeroDuration>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `max_connections` and `max_client_hello_bytes`"
+)]
+pub(crate) struct RawLimits {
+    pub(crate) max_connections: Option<Count>,
+    pub(crate) max_client_hello_bytes: Option<Count>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a route: a mapping with `name`, `server_names` and either `upstreams` or `dcos_service`"
+)]
+pub(crate) struct RawRoute {
+    pub(crate) name: Parsed<RouteName>,
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) server_names: Option<NonEmpty<Parsed<NamePattern>>>,
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) upstreams: Option<NonEmpty<Parsed<UpstreamAddr>>>,
+    #[serde(default)]
+    pub(crate) dcos_service: Option<Parsed<DcosService>>,
+    #[serde(default)]
+    pub(crate) balance: Option<Balance>,
+    #[serde(default)]
+    pub(crate) health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    pub(crate) proxy_protocol: Option<ProxyProtocol>,
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) allow_sources: Option<NonEmpty<Parsed<IpNet>>>,
+}
+
+/// `health_check`: `true`/`false`, or a mapping whose missing keys default.
+#[derive(Debug)]
+pub(crate) enum RawHealthCheck {
+    Enabled(bool),
+    Map(RawHealthCheckMap),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "health check settings: a mapping with `enabled`, `interval`, `timeout`, `unhealthy_after`, `healthy_after`"
+)]
+pub(crate) struct RawHealthCheckMap {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) interval: Option<Parsed<NonZeroDuration>>,
+    pub(crate) timeout: Option<Parsed<NonZeroDuration>>,
+    pub(crate) unhealthy_after: Option<Count>,
+    pub(crate) healthy_after: Option<Count>,
+}
+
+impl<'de> Deserialize<'de> for RawHealthCheck {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawHealthCheck;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`false` to turn health checks off, or a mapping of their settings")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawHealthCheck, E> {
+                Ok(RawHealthCheck::Enabled(v))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RawHealthCheck, E> {
+                Ok(RawHealthCheck::Map(RawHealthCheckMap::default()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawHealthCheck, A::Error> {
+                RawHealthCheckMap::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawHealthCheck::Map)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// For optional lists: a key written with no value is an empty list (an
+/// error), not an absent key; only leaving the key out takes the default.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<NonEmpty<T>>, D::Error> {
+    NonEmpty::deserialize(d).map(Some)
+}
+
+/// A whole number, not negative.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Count(pub(crate) u64);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
+                Ok(Count(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Count, E> {
+                u64::try_from(v)
+                    .map(Count)
+                    .map_err(|_| E::custom(format!("`{v}` is negative: expected a whole number")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A list that must not be empty (`[]` or a key with no value).
+#[derive(Debug)]
+pub(crate) struct NonEmpty<T>(pub(crate) Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for NonEmpty<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = NonEmpty<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NonEmpty<T>, A::Error> {
+                // No size hint: a hostile length must not become an allocation.
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                if items.is_empty() {
+                    // The error is raised inside serde_yaml's handling of
+                    // this node, so it carries the list's position.
+                    return Err(de::Error::custom(
+                        "the list is empty: give at least one item, or leave the key out where it is optional",
+                    ));
+                }
+                Ok(NonEmpty(items))
+            }
+        }
+        d.deserialize_seq(V(PhantomData))
+    }
+}
+
+/// A scalar checked while it is read (inside serde_yaml's handling of the
+/// node, so errors carry its position), by the [`Scalar`] impl of `T`.
+#[derive(Debug)]
+pub(crate) struct Parsed<T: Scalar>(pub(crate) T::Output);
+
+/// How to read one kind of scalar.
+pub(crate) trait Scalar {
+    type Output;
+    /// What is expected, for type errors ("expected ...").
+    const EXPECTING: &'static str;
+    /// Reads a string (serde_yaml hands every plain scalar over as one when
+    /// asked for a string).
+    fn parse(s: &str) -> Result<Self::Output, ValueError>;
+    /// Whether to ask serde_yaml for any type rather than a string, so that
+    /// numbers reach [`Scalar::number`].
+    const ANY: bool = false;
+    /// Reads a YAML number (only with [`Scalar::ANY`]).
+    fn number(shown: &str) -> Result<Self::Output, ValueError> {
+        Err(ValueError::new(format!(
+            "invalid type: number `{shown}`, expected {}",
+            Self::EXPECTING
+        )))
+    }
+}
+
+impl<'de, T: Scalar> Deserialize<'de> for Parsed<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<T: Scalar> V<T> {
+            fn done<E: de::Error>(r: Result<T::Output, ValueError>) -> Result<Parsed<T>, E> {
+                r.map(Parsed).map_err(E::custom)
+            }
+        }
+        impl<T: Scalar> Visitor<'_> for V<T> {
+            type Value = Parsed<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(T::EXPECTING)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Parsed<T>, E> {
+                Self::done(T::parse(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Parsed<T>, E> {
+                Self::done(T::number(&v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Parsed<T>, E> {
+                Self::done(T::number(&v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Parsed<T>, E> {
+                Self::done(T::number(&v.to_string()))
+            }
+        }
+        if T::ANY {
+            d.deserialize_any(V(PhantomData))
+        } else {
+            d.deserialize_str(V(PhantomData))
+        }
+    }
+}
+
+/// `IP:PORT` to listen on.
+#[derive(Debug)]
+pub(crate) struct ListenAddr;
+impl Scalar for ListenAddr {
+    type Output = SocketAddr;
+    const EXPECTING: &'static str = "a listen address such as `0.0.0.0:6443` or `[::]:6443`";
+    fn parse(s: &str) -> Result<SocketAddr, ValueError> {
+        parse_listen_addr(s)
+    }
+}
+
+/// A duration greater than zero.
+#[derive(Debug)]
+pub(crate) struct NonZeroDuration;
+impl Scalar for NonZeroDuration {
+    type Output = Duration;
+    const EXPECTING: &'static str = "a duration such as `5s`";
+    const ANY: bool = true;
+    fn parse(s: &str) -> Result<Duration, ValueError> {
+        let d = parse_duration(s)?;
+        if d.is_zero() {
+            return Err(ValueError::new(format!(
+                "`{s}`: this duration must be greater than zero"
+            )));
+        }
+        Ok(d)
+    }
+    fn number(shown: &str) -> Result<Duration, ValueError> {
+        Err(ValueError::new(format!(
+            "`{shown}` has no unit: expected {DURATION_FORM}"
+        )))
+    }
+}
+
+/// A route name.
+#[derive(Debug)]
+pub(crate) struct RouteName;
+impl Scalar for RouteName {
+    type Output = String;
+    const EXPECTING: &'static str = "a route name made of a-z, 0-9, `_` and `-`";
+    fn parse(s: &str) -> Result<String, ValueError> {
+        check_route_name(s).map(|()| s.to_owned())
+    }
+}
+
+impl Scalar for NamePattern {
+    type Output = NamePattern;
+    const EXPECTING: &'static str = "a server name such as `api.example.com` or `*.example.com`";
+    fn parse(s: &str) -> Result<NamePattern, ValueError> {
+        s.parse()
+    }
+}
+
+impl Scalar for UpstreamAddr {
+    type Output = UpstreamAddr;
+    const EXPECTING: &'static str = "an upstream `host:port` such as `10.0.4.11:6443`";
+    fn parse(s: &str) -> Result<UpstreamAddr, ValueError> {
+        s.parse()
+    }
+}
+
+impl Scalar for IpNet {
+    type Output = IpNet;
+    const EXPECTING: &'static str = "a network such as `10.0.0.0/8`";
+    fn parse(s: &str) -> Result<IpNet, ValueError> {
+        s.parse()
+    }
+}
+
+/// A DC/OS service path; the output keeps it as written plus its VIP name.
+#[derive(Debug)]
+pub(crate) struct DcosService;
+impl Scalar for DcosService {
+    type Output = (String, clienthello::ServerName);
+    const EXPECTING: &'static str = "a DC/OS service path such as `dev/kubernetes01`";
+    fn parse(s: &str) -> Result<Self::Output, ValueError> {
+        super::values::dcos_vip(s).map(|vip| (s.to_owned(), vip))
+    }
+}

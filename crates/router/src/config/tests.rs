@@ -1,0 +1,991 @@
+//! Tests of config loading as a whole; the value parsers, durations and the
+//! position index have their own tests beside them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+fn name(s: &str) -> ServerName {
+    s.parse().unwrap()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn parse(yaml: &str) -> Config {
+    Config::from_yaml_str(yaml, "sniroute.yaml").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The example of the spec, verbatim.
+const SPEC_EXAMPLE: &str = r#"listeners: ["0.0.0.0:6443", "[::]:6443"]     # one or more; IPv4 and IPv6
+admin: "127.0.0.1:9090"                       # HTTP for metrics/health; optional, off when absent
+timeouts:
+  client_hello: 5s    # the whole ClientHello must arrive within this, else close
+  connect: 10s        # per upstream connection attempt
+  idle: 24h           # a tunnel with no bytes either way for this long is closed
+  drain: 30s          # on SIGTERM, how long open tunnels may finish
+limits:
+  max_connections: 50000        # over this, new connections are closed at once and counted
+  max_client_hello_bytes: 16384
+routes:
+  - name: dev-kubernetes01                       # label in logs/metrics; unique; [a-z0-9_-]
+    server_names: ["devkubernetes01.example.com"]
+    dcos_service: dev/kubernetes01               # shorthand, see below
+  - name: staging
+    server_names: ["*.staging.example.com", "staging.example.com"]
+    upstreams: ["10.0.4.11:6443", "10.0.4.12:6443", "master.mesos:6443"]
+    balance: least_connections                   # default; or round_robin
+    health_check: {interval: 5s, timeout: 2s, unhealthy_after: 3, healthy_after: 2}
+    proxy_protocol: none                         # none (default) | v1 | v2
+    allow_sources: ["10.0.0.0/8", "2001:db8::/32"]   # default: everyone
+default_route: dev-kubernetes01   # optional: for ClientHellos without SNI or with an unmatched SNI
+"#;
+
+#[test]
+fn the_spec_example_parses_to_the_expected_values() {
+    let config = parse(SPEC_EXAMPLE);
+    let vip = "apiserver.devkubernetes01.l4lb.thisdcos.directory";
+    let want = Config {
+        listeners: vec![
+            ListenerConfig {
+                address: addr("0.0.0.0:6443"),
+                default_route: None,
+            },
+            ListenerConfig {
+                address: addr("[::]:6443"),
+                default_route: None,
+            },
+        ],
+        admin: Some(addr("127.0.0.1:9090")),
+        timeouts: Timeouts {
+            client_hello: Duration::from_secs(5),
+            connect: Duration::from_secs(10),
+            idle: Duration::from_secs(86_400),
+            drain: Duration::from_secs(30),
+        },
+        limits: Limits {
+            max_connections: 50_000,
+            max_client_hello_bytes: 16_384,
+        },
+        routes: vec![
+            RouteConfig {
+                name: "dev-kubernetes01".into(),
+                server_names: vec![
+                    NamePattern::Exact(name("devkubernetes01.example.com")),
+                    NamePattern::Exact(name(vip)),
+                ],
+                upstreams: vec![UpstreamAddr {
+                    host: Host::Name(name(vip)),
+                    port: 6443,
+                }],
+                balance: Balance::LeastConnections,
+                health_check: Some(HealthCheck::default()),
+                proxy_protocol: ProxyProtocol::None,
+                allow_sources: vec![],
+                dcos_service: Some("dev/kubernetes01".into()),
+            },
+            RouteConfig {
+                name: "staging".into(),
+                server_names: vec![
+                    NamePattern::Wildcard(name("staging.example.com")),
+                    NamePattern::Exact(name("staging.example.com")),
+                ],
+                upstreams: vec![
+                    "10.0.4.11:6443".parse().unwrap(),
+                    "10.0.4.12:6443".parse().unwrap(),
+                    UpstreamAddr {
+                        host: Host::Name(name("master.mesos")),
+                        port: 6443,
+                    },
+                ],
+                balance: Balance::LeastConnections,
+                health_check: Some(HealthCheck {
+                    interval: Duration::from_secs(5),
+                    timeout: Duration::from_secs(2),
+                    unhealthy_after: 3,
+                    healthy_after: 2,
+                }),
+                proxy_protocol: ProxyProtocol::None,
+                allow_sources: vec![
+                    "10.0.0.0/8".parse().unwrap(),
+                    "2001:db8::/32".parse().unwrap(),
+                ],
+                dcos_service: None,
+            },
+        ],
+        default_route: Some("dev-kubernetes01".into()),
+        watch_config: false,
+        forwarding: Forwarding::Splice,
+        source: ConfigSource::File(PathBuf::from("sniroute.yaml")),
+    };
+    assert_eq!(config, want);
+    assert_eq!(
+        config.routes[1].upstreams[0].host,
+        Host::Ip(IpAddr::from([10, 0, 4, 11]))
+    );
+    assert_eq!(
+        config.route("staging").map(|r| r.name.as_str()),
+        Some("staging")
+    );
+}
+
+#[test]
+fn defaults_and_the_other_forms() {
+    let config = parse(
+        r#"
+listeners:
+  - "127.0.0.1:6443"
+  - {address: "[::1]:7443", default_route: b}
+watch_config: true
+forwarding: copy
+timeouts: {connect: 500ms}
+routes:
+  - name: a
+    server_names: [A.Example.COM.]
+    upstreams: ["[2001:db8::1]:6443"]
+    health_check: false
+    balance: round_robin
+    proxy_protocol: v1
+  - name: b
+    upstreams: ["10.0.0.2:6443"]
+    health_check: {interval: 1s}
+    proxy_protocol: v2
+    allow_sources: ["192.0.2.7"]
+  - name: c
+    server_names: ["*.c.test"]
+    upstreams: ["10.0.0.3:6443"]
+    health_check: {enabled: false, interval: 1s}
+  - name: d
+    server_names: [d.test]
+    upstreams: ["10.0.0.4:6443"]
+    health_check:
+  - name: e
+    server_names: [e.test]
+    dcos_service: /prod/k8s
+    health_check: true
+"#,
+    );
+    assert_eq!(config.admin, None);
+    assert!(config.watch_config);
+    assert_eq!(config.forwarding, Forwarding::Copy);
+    assert_eq!(config.default_route, None);
+    assert_eq!(config.listeners[1].default_route.as_deref(), Some("b"));
+    assert_eq!(
+        config.timeouts,
+        Timeouts {
+            connect: Duration::from_millis(500),
+            ..Timeouts::default()
+        }
+    );
+    assert_eq!(config.limits, Limits::default());
+    let [a, b, c, d, e] = &config.routes[..] else {
+        panic!("five routes");
+    };
+    assert_eq!(
+        a.server_names,
+        vec![NamePattern::Exact(name("a.example.com"))]
+    );
+    assert_eq!(a.upstreams[0].to_string(), "[2001:db8::1]:6443");
+    assert_eq!(a.health_check, None);
+    assert_eq!(a.balance, Balance::RoundRobin);
+    assert_eq!(a.proxy_protocol, ProxyProtocol::V1);
+    // A route with no names is fine as some listener's default.
+    assert!(b.server_names.is_empty());
+    assert_eq!(
+        b.health_check,
+        Some(HealthCheck {
+            interval: Duration::from_secs(1),
+            // The default timeout is shortened to fit the interval.
+            timeout: Duration::from_secs(1),
+            ..HealthCheck::default()
+        })
+    );
+    assert_eq!(b.proxy_protocol, ProxyProtocol::V2);
+    assert_eq!(b.allow_sources, vec!["192.0.2.7/32".parse().unwrap()]);
+    assert_eq!(c.health_check, None);
+    assert_eq!(d.health_check, Some(HealthCheck::default()));
+    assert_eq!(e.health_check, Some(HealthCheck::default()));
+    assert_eq!(e.dcos_service.as_deref(), Some("/prod/k8s"));
+    assert_eq!(
+        e.upstreams[0].to_string(),
+        "apiserver.prodk8s.l4lb.thisdcos.directory:6443"
+    );
+    assert_eq!(
+        e.server_names
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["e.test", "apiserver.prodk8s.l4lb.thisdcos.directory"]
+    );
+}
+
+#[test]
+fn a_byte_order_mark_is_ignored() {
+    let yaml = "\u{feff}listeners: [\"0.0.0.0:6443\"]\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n";
+    assert_eq!(parse(yaml).routes.len(), 1);
+    let err = Config::from_yaml_str("\u{feff}bogus: 1\n", "x.yaml").unwrap_err();
+    assert_eq!((err.line(), err.column()), (Some(1), Some(1)), "{err}");
+}
+
+#[test]
+fn a_dcos_vip_listed_by_hand_is_not_a_duplicate() {
+    let config = parse(
+        "listeners: [\"0.0.0.0:6443\"]\nroutes:\n  - name: a\n    server_names: [apiserver.x.l4lb.thisdcos.directory]\n    dcos_service: x\n",
+    );
+    assert_eq!(config.routes[0].server_names.len(), 1);
+}
+
+/// One bad config and what its error must say.
+struct Bad {
+    what: &'static str,
+    yaml: Vec<&'static str>,
+    line: usize,
+    column: usize,
+    path: Option<&'static str>,
+    fragment: &'static str,
+}
+
+const LISTENERS: &str = r#"listeners: ["0.0.0.0:6443"]"#;
+const ROUTE_A: &[&str] = &[
+    "routes:",
+    "  - name: a",
+    "    server_names: [a.example.com]",
+    "    upstreams: [\"10.0.0.1:6443\"]",
+];
+
+fn bad_configs() -> Vec<Bad> {
+    vec![
+        Bad {
+            what: "unknown top-level key",
+            yaml: vec![LISTENERS, "bogus: 1", "routes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]"],
+            line: 2,
+            column: 1,
+            path: Some("bogus"),
+            fragment: "unknown key `bogus`, expected one of `listeners`",
+        },
+        Bad {
+            what: "unknown key inside a route, block style",
+            yaml: vec![LISTENERS, "routes:", "  - name: a", "    server_names: [a.test]", "    upstream: [\"10.0.0.1:6443\"]"],
+            line: 5,
+            column: 5,
+            path: Some("routes[0].upstream"),
+            fragment: "unknown key `upstream`",
+        },
+        Bad {
+            what: "unknown key inside a route, flow style",
+            yaml: vec![LISTENERS, "routes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"], blance: round_robin}]"],
+            line: 2,
+            column: 71,
+            path: Some("routes[0].blance"),
+            fragment: "unknown key `blance`",
+        },
+        Bad {
+            what: "unknown key inside timeouts",
+            yaml: vec![LISTENERS, "timeouts: {connect: 1s, idel: 5m}", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 25,
+            path: Some("timeouts.idel"),
+            fragment: "unknown key `idel`, expected one of `client_hello`, `connect`, `idle`, `drain`",
+        },
+        Bad {
+            what: "unknown key inside a health check",
+            yaml: vec![LISTENERS, ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3], "    health_check:", "      enabled: true", "      intervall: 5s"],
+            line: 8,
+            column: 7,
+            path: Some("routes[0].health_check.intervall"),
+            fragment: "unknown key `intervall`",
+        },
+        Bad {
+            what: "typo in balance",
+            yaml: vec![LISTENERS, ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3], "    balance: roundrobin"],
+            line: 6,
+            column: 14,
+            path: Some("routes[0].balance"),
+            fragment: "unknown variant `roundrobin`, expected `least_connections` or `round_robin`",
+        },
+        Bad {
+            what: "typo in proxy_protocol",
+            yaml: vec![LISTENERS, ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3], "    proxy_protocol: V2"],
+            line: 6,
+            column: 21,
+            path: Some("routes[0].proxy_protocol"),
+            fragment: "unknown variant `V2`",
+        },
+        Bad {
+            what: "a bare number as duration",
+            yaml: vec![LISTENERS, "timeouts:", "  connect: 5", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 3,
+            column: 12,
+            path: Some("timeouts.connect"),
+            fragment: "`5` has no unit: expected a number followed by a unit: ms, s, m, h or d",
+        },
+        Bad {
+            what: "a duration with a spelled-out unit",
+            yaml: vec![LISTENERS, "timeouts:", "  connect: 5 sec", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 3,
+            column: 12,
+            path: Some("timeouts.connect"),
+            fragment: "`5 sec` is not a duration: expected a number followed by a unit",
+        },
+        Bad {
+            what: "a zero timeout",
+            yaml: vec![LISTENERS, "timeouts: {drain: 0s}", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 19,
+            path: Some("timeouts.drain"),
+            fragment: "must be greater than zero",
+        },
+        Bad {
+            what: "a zero health check interval",
+            yaml: vec![LISTENERS, ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3], "    health_check: {interval: 0ms}"],
+            line: 6,
+            column: 30,
+            path: Some("routes[0].health_check.interval"),
+            fragment: "must be greater than zero",
+        },
+        Bad {
+            what: "an IP literal as server name, flow list",
+            yaml: vec![LISTENERS, "routes:", "  - name: a", "    server_names: [a.test, 10.0.0.1]", "    upstreams: [\"10.0.0.1:6443\"]"],
+            line: 4,
+            column: 28,
+            path: Some("routes[0].server_names[1]"),
+            fragment: "IP address literal",
+        },
+        Bad {
+            what: "an empty label, block list",
+            yaml: vec![LISTENERS, "routes:", "  - name: a", "    server_names:", "      - a.test", "      - a..b", "    upstreams: [\"10.0.0.1:6443\"]"],
+            line: 6,
+            column: 9,
+            path: Some("routes[0].server_names[1]"),
+            fragment: "invalid server name `a..b`: server name has an empty label",
+        },
+        Bad {
+            what: "a wildcard inside a label",
+            yaml: vec![LISTENERS, "routes:", "  - name: a", "    server_names:", "      - \"bad_*.x\"", "    upstreams: [\"10.0.0.1:6443\"]"],
+            line: 5,
+            column: 9,
+            path: Some("routes[0].server_names[0]"),
+            fragment: "a wildcard must be a whole leftmost label",
+        },
+        Bad {
+            what: "the same name in two routes, after normalisation",
+            yaml: vec![
+                LISTENERS,
+                "routes:",
+                "  - name: a",
+                "    server_names: [A.example.com]",
+                "    upstreams: [\"10.0.0.1:6443\"]",
+                "  - name: b",
+                "    server_names:",
+                "      - x.example.com",
+                "      - a.example.com.",
+                "    upstreams: [\"10.0.0.2:6443\"]",
+            ],
+            line: 9,
+            column: 9,
+            path: Some("routes[1].server_names[1]"),
+            fragment: "server name `a.example.com` is already claimed by route `a` (on line 4): a name can belong to one route only",
+        },
+        Bad {
+            what: "the same wildcard in two routes",
+            yaml: vec![
+                LISTENERS,
+                "routes:",
+                "  - {name: a, server_names: [\"*.Example.com\"], upstreams: [\"10.0.0.1:6443\"]}",
+                "  - {name: b, server_names: [b.test, \"*.example.com\"], upstreams: [\"10.0.0.2:6443\"]}",
+            ],
+            line: 4,
+            column: 38,
+            path: Some("routes[1].server_names[1]"),
+            fragment: "server name `*.example.com` is already claimed by route `a`",
+        },
+        Bad {
+            what: "the same name twice in one route",
+            yaml: vec![LISTENERS, "routes:", "  - name: a", "    server_names: [a.test, A.TEST]", "    upstreams: [\"10.0.0.1:6443\"]"],
+            line: 4,
+            column: 28,
+            path: Some("routes[0].server_names[1]"),
+            fragment: "listed twice in route `a` (first on line 4)",
+        },
+        Bad {
+            what: "a dcos_service VIP claimed by another route",
+            yaml: vec![
+                LISTENERS,
+                "routes:",
+                "  - {name: a, server_names: [apiserver.k8s.l4lb.thisdcos.directory], upstreams: [\"10.0.0.1:1\"]}",
+                "  - name: b",
+                "    dcos_service: k8s",
+            ],
+            line: 5,
+            column: 19,
+            path: Some("routes[1].dcos_service"),
+            fragment: "`apiserver.k8s.l4lb.thisdcos.directory` is already claimed by route `a`",
+        },
+        Bad {
+            what: "duplicate route names",
+            yaml: vec![
+                LISTENERS,
+                "routes:",
+                "  - name: a",
+                "    server_names: [a.test]",
+                "    upstreams: [\"10.0.0.1:6443\"]",
+                "  - name: a",
+                "    server_names: [b.test]",
+                "    upstreams: [\"10.0.0.2:6443\"]",
+            ],
+            line: 6,
+            column: 11,
+            path: Some("routes[1].name"),
+            fragment: "route name `a` is used twice (first on line 3)",
+        },
+        Bad {
+            what: "an invalid route name",
+            yaml: vec![LISTENERS, "routes:", "  - name: Dev.K8s", "    server_names: [a.test]", "    upstreams: [\"10.0.0.1:6443\"]"],
+            line: 3,
+            column: 11,
+            path: Some("routes[0].name"),
+            fragment: "only a-z, 0-9, `_` and `-` are allowed",
+        },
+        Bad {
+            what: "unknown global default_route",
+            yaml: vec![LISTENERS, ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3], "default_route: nope"],
+            line: 6,
+            column: 16,
+            path: Some("default_route"),
+            fragment: "default_route `nope` is not a route; the routes are: a",
+        },
+        Bad {
+            what: "unknown default_route of a listener",
+            yaml: vec![
+                "listeners:",
+                "  - \"0.0.0.0:6443\"",
+                "  - {address: \"[::]:6443\", default_route: nope}",
+                ROUTE_A[0],
+                ROUTE_A[1],
+                ROUTE_A[2],
+                ROUTE_A[3],
+            ],
+            line: 3,
+            column: 43,
+            path: Some("listeners[1].default_route"),
+            fragment: "the listener's default_route `nope` is not a route",
+        },
+        Bad {
+            what: "an invalid CIDR",
+            yaml: vec![LISTENERS, ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3], "    allow_sources: [\"10.0.0.0/8\", \"10.1.0.0/33\"]"],
+            line: 6,
+            column: 35,
+            path: Some("routes[0].allow_sources[1]"),
+            fragment: "invalid network `10.1.0.0/33`",
+        },
+        Bad {
+            what: "a CIDR with host bits",
+            yaml: vec![LISTENERS, ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3], "    allow_sources:", "      - 10.0.0.1/8"],
+            line: 7,
+            column: 9,
+            path: Some("routes[0].allow_sources[0]"),
+            fragment: "did you mean 10.0.0.0/8?",
+        },
+        Bad {
+            what: "an upstream without port",
+            yaml: vec![LISTENERS, "routes:", "  - name: a", "    server_names: [a.test]", "    upstreams: [master.mesos]"],
+            line: 5,
+            column: 17,
+            path: Some("routes[0].upstreams[0]"),
+            fragment: "upstream `master.mesos` has no port",
+        },
+        Bad {
+            what: "both dcos_service and upstreams",
+            yaml: vec![LISTENERS, ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3], "    dcos_service: dev/kubernetes01"],
+            line: 6,
+            column: 5,
+            path: Some("routes[0].dcos_service"),
+            fragment: "has both `dcos_service` and `upstreams`: a route takes exactly one of them",
+        },
+        Bad {
+            what: "neither dcos_service nor upstreams",
+            yaml: vec![LISTENERS, "routes:", "  - name: a", "    server_names: [a.test]"],
+            line: 3,
+            column: 5,
+            path: Some("routes[0]"),
+            fragment: "route `a` has no upstreams: add `upstreams",
+        },
+        Bad {
+            what: "empty listeners",
+            yaml: vec!["listeners: []", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 1,
+            column: 12,
+            path: Some("listeners"),
+            fragment: "the list is empty",
+        },
+        Bad {
+            what: "empty upstreams",
+            yaml: vec![LISTENERS, "routes:", "  - name: a", "    server_names: [a.test]", "    upstreams:"],
+            line: 5,
+            column: 15,
+            path: Some("routes[0].upstreams"),
+            fragment: "the list is empty",
+        },
+        Bad {
+            what: "missing routes",
+            yaml: vec!["# a comment first", LISTENERS],
+            line: 2,
+            column: 1,
+            path: None,
+            fragment: "missing required key `routes`",
+        },
+        Bad {
+            what: "a missing route name",
+            yaml: vec![LISTENERS, "routes:", "  - server_names: [a.test]", "    upstreams: [\"10.0.0.1:6443\"]"],
+            line: 3,
+            column: 5,
+            path: Some("routes[0]"),
+            fragment: "missing required key `name`",
+        },
+        Bad {
+            what: "YAML syntax error: unclosed flow list",
+            yaml: vec!["listeners: [\"0.0.0.0:6443\"", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 1,
+            path: Some("listeners"),
+            fragment: "did not find expected ',' or ']'",
+        },
+        Bad {
+            what: "YAML syntax error: bad indentation",
+            yaml: vec![LISTENERS, "routes:", "  - name: a", "   server_names: [a.test]"],
+            line: 4,
+            column: 4,
+            path: Some("routes"),
+            fragment: "did not find expected '-' indicator",
+        },
+        Bad {
+            what: "duplicate mapping key in a route",
+            yaml: vec![LISTENERS, ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3], "    name: b"],
+            line: 6,
+            column: 5,
+            path: Some("routes[0].name"),
+            fragment: "duplicate key `name`",
+        },
+        Bad {
+            what: "duplicate top-level key",
+            yaml: vec![LISTENERS, ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3], "listeners: [\"0.0.0.0:7443\"]"],
+            line: 6,
+            column: 1,
+            path: Some("listeners"),
+            fragment: "duplicate key `listeners`",
+        },
+        Bad {
+            what: "duplicate key in a listener mapping",
+            yaml: vec!["listeners: [{address: \"0.0.0.0:1\", address: \"0.0.0.0:2\"}]", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 1,
+            column: 36,
+            path: Some("listeners[0].address"),
+            fragment: "duplicate key `address`",
+        },
+        Bad {
+            what: "duplicate listener addresses",
+            yaml: vec!["listeners:", "  - 0.0.0.0:6443", "  - {address: \"0.0.0.0:6443\"}", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 3,
+            column: 15,
+            path: Some("listeners[1].address"),
+            fragment: "listener address 0.0.0.0:6443 is listed twice (first on line 2)",
+        },
+        Bad {
+            what: "a host name as listener",
+            yaml: vec!["listeners: [\"localhost:6443\"]", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 1,
+            column: 13,
+            path: Some("listeners[0]"),
+            fragment: "host names are not allowed here",
+        },
+        Bad {
+            what: "the admin address on a listener",
+            yaml: vec![LISTENERS, "admin: 0.0.0.0:6443", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 8,
+            path: Some("admin"),
+            fragment: "is also a listener",
+        },
+        Bad {
+            what: "max_client_hello_bytes out of range",
+            yaml: vec![LISTENERS, "limits:", "  max_client_hello_bytes: 100", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 3,
+            column: 27,
+            path: Some("limits.max_client_hello_bytes"),
+            fragment: "must be between 512 and 65536",
+        },
+        Bad {
+            what: "zero max_connections",
+            yaml: vec![LISTENERS, "limits: {max_connections: 0}", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 27,
+            path: Some("limits.max_connections"),
+            fragment: "at least 1",
+        },
+        Bad {
+            what: "negative max_connections",
+            yaml: vec![LISTENERS, "limits: {max_connections: -5}", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 27,
+            path: Some("limits.max_connections"),
+            fragment: "`-5` is negative: expected a whole number",
+        },
+        Bad {
+            what: "health check timeout longer than its interval",
+            yaml: vec![LISTENERS, ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3], "    health_check: {interval: 2s, timeout: 3s}"],
+            line: 6,
+            column: 43,
+            path: Some("routes[0].health_check.timeout"),
+            fragment: "timeout (3s) is longer than its interval (2s)",
+        },
+        Bad {
+            what: "zero unhealthy_after",
+            yaml: vec![LISTENERS, ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3], "    health_check:", "      unhealthy_after: 0"],
+            line: 7,
+            column: 24,
+            path: Some("routes[0].health_check.unhealthy_after"),
+            fragment: "unhealthy_after must be at least 1",
+        },
+        Bad {
+            what: "a route nothing reaches",
+            yaml: vec![LISTENERS, ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3], "  - name: b", "    upstreams: [\"10.0.0.2:6443\"]"],
+            line: 6,
+            column: 5,
+            path: Some("routes[1]"),
+            fragment: "route `b` has no server names and is no default route",
+        },
+        Bad {
+            what: "a YAML 1.1 boolean",
+            yaml: vec![LISTENERS, "watch_config: yes", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 15,
+            path: Some("watch_config"),
+            fragment: "invalid type: string \"yes\", expected a boolean",
+        },
+        Bad {
+            what: "unknown forwarding",
+            yaml: vec![LISTENERS, "forwarding: zero_copy", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 13,
+            path: Some("forwarding"),
+            fragment: "unknown variant `zero_copy`, expected `splice` or `copy`",
+        },
+        Bad {
+            what: "a list where a mapping belongs",
+            yaml: vec![LISTENERS, "timeouts: [5s]", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 11,
+            path: Some("timeouts"),
+            fragment: "invalid type: sequence, expected a mapping of `client_hello`",
+        },
+        Bad {
+            what: "an empty route name",
+            yaml: vec![LISTENERS, "routes:", "  - name:", "    server_names: [a.test]", "    upstreams: [\"10.0.0.1:6443\"]"],
+            line: 3,
+            column: 10,
+            path: Some("routes[0].name"),
+            fragment: "route name is empty",
+        },
+        Bad {
+            what: "empty server_names, flow style",
+            yaml: vec![LISTENERS, "routes: [{name: a, server_names: [], upstreams: [\"10.0.0.1:1\"]}]"],
+            line: 2,
+            column: 34,
+            path: Some("routes[0].server_names"),
+            fragment: "the list is empty",
+        },
+        Bad {
+            what: "allow_sources with no value",
+            yaml: vec![LISTENERS, ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3], "    allow_sources:", "    balance: round_robin"],
+            line: 6,
+            column: 19,
+            path: Some("routes[0].allow_sources"),
+            fragment: "the list is empty",
+        },
+        Bad {
+            what: "a word as a count",
+            yaml: vec![LISTENERS, "limits:", "  max_connections: lots", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 3,
+            column: 20,
+            path: Some("limits.max_connections"),
+            fragment: "invalid type: string \"lots\", expected a whole number",
+        },
+        Bad {
+            what: "a bare port as listener",
+            yaml: vec!["listeners:", "  - 6443", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 5,
+            path: Some("listeners[0]"),
+            fragment: "invalid type: integer `6443`, expected a listen address such as `0.0.0.0:6443`",
+        },
+        Bad {
+            what: "an invalid dcos_service",
+            yaml: vec![LISTENERS, "routes:", "  - name: a", "    dcos_service: dev.kubernetes01"],
+            line: 4,
+            column: 19,
+            path: Some("routes[0].dcos_service"),
+            fragment: "expected a DC/OS service path such as `dev/kubernetes01`",
+        },
+        Bad {
+            what: "an unknown anchor",
+            yaml: vec![LISTENERS, "routes: *nope"],
+            line: 2,
+            column: 9,
+            path: Some("routes"),
+            fragment: "unknown anchor",
+        },
+        Bad {
+            what: "two documents",
+            yaml: vec![LISTENERS, ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3], "---", "listeners: []"],
+            line: 6,
+            column: 1,
+            path: None,
+            fragment: "more than one YAML document",
+        },
+    ]
+}
+
+#[test]
+fn bad_configs_are_reported_at_the_offending_node() {
+    let mut failures = Vec::new();
+    for case in bad_configs() {
+        let yaml = case.yaml.join("\n") + "\n";
+        let err = match Config::from_yaml_str(&yaml, "sniroute.yaml") {
+            Ok(_) => {
+                failures.push(format!("{}: accepted\n{yaml}", case.what));
+                continue;
+            }
+            Err(e) => e,
+        };
+        let got = (err.line(), err.column(), err.path());
+        let want = (Some(case.line), Some(case.column), case.path);
+        if got != want || !err.message().contains(case.fragment) || err.file() != "sniroute.yaml" {
+            failures.push(format!(
+                "{}:\n  got  {got:?} {:?}\n  want {want:?} containing {:?}",
+                case.what,
+                err.message(),
+                case.fragment
+            ));
+            continue;
+        }
+        // The one-line form an operator sees.
+        let shown = err.to_string();
+        let mut prefix = format!("sniroute.yaml:{}:{}: ", case.line, case.column);
+        prefix.push_str(err.message());
+        assert!(shown.starts_with(&prefix), "{shown}");
+        match case.path {
+            Some(p) => assert!(shown.ends_with(&format!(" (at {p})")), "{shown}"),
+            None => assert!(!shown.contains(" (at "), "{shown}"),
+        }
+        // No serde_yaml leftovers.
+        let own = format!(" at line {} column {}", case.line, case.column);
+        assert!(!err.message().contains(&own), "{shown}");
+        assert!(!err.message().contains("field"), "{shown}");
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn errors_without_a_position() {
+    for empty in ["", "\n", "# nothing here\n", "~\n", "---\n"] {
+        let err = Config::from_yaml_str(empty, "x.yaml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "x.yaml: the configuration is empty: it needs at least `listeners` and `routes`"
+        );
+        assert_eq!((err.line(), err.column(), err.path()), (None, None, None));
+    }
+    let err = Config::load(&ConfigSource::File("/nonexistent/sniroute.yaml".into())).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/sniroute.yaml: cannot read: "),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let err = Config::load(&ConfigSource::File(dir.path().to_owned())).unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with(": cannot read: it is a directory"),
+        "{err}"
+    );
+    let file = dir.path().join("latin1.yaml");
+    std::fs::write(&file, b"listeners: [\"\xe9\"]\n").unwrap();
+    let err = Config::load(&ConfigSource::File(file)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot read: the file is not valid UTF-8 (at byte 13)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn load_reads_files_and_environment_yaml_and_records_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sniroute.yaml");
+    std::fs::write(&file, SPEC_EXAMPLE).unwrap();
+    let source = ConfigSource::File(file.clone());
+    let config = Config::load(&source).unwrap();
+    assert_eq!(config.source, source);
+    assert_eq!(config.routes.len(), 2);
+
+    let source = ConfigSource::EnvYaml(SPEC_EXAMPLE.to_owned());
+    assert_eq!(Config::load(&source).unwrap().source, source);
+
+    // Errors name the environment variable as the file.
+    let source = ConfigSource::EnvYaml("listeners: [\"0.0.0.0:1\"]\nroutes: 5\n".to_owned());
+    let err = Config::load(&source).unwrap_err();
+    assert_eq!(err.file(), "$SNIROUTE_CONFIG_YAML");
+    assert!(
+        err.to_string()
+            .starts_with("$SNIROUTE_CONFIG_YAML:2:9: invalid type"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &file,
+        "listeners: [\"0.0.0.0:1\"]\nroutes:\n  - name: x\n    bogus_key: 1\n",
+    )
+    .unwrap();
+    let err = Config::load(&ConfigSource::File(file.clone())).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}:4:5: unknown key `bogus_key`, expected one of `name`, `server_names`, `upstreams`, \
+             `dcos_service`, `balance`, `health_check`, `proxy_protocol`, `allow_sources` (at routes[0].bogus_key)",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn config_source_resolution_order() {
+    let env = |vars: &'static [(&'static str, &'static str)]| {
+        move |key: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    };
+    let all: &[(&str, &str)] = &[
+        ("SNIROUTE_CONFIG", "/env/path.yaml"),
+        ("SNIROUTE_CONFIG_YAML", "listeners: []"),
+    ];
+    assert_eq!(
+        ConfigSource::resolve(Some(Path::new("/cli.yaml")), env(all)),
+        ConfigSource::File("/cli.yaml".into())
+    );
+    assert_eq!(
+        ConfigSource::resolve(None, env(all)),
+        ConfigSource::File("/env/path.yaml".into())
+    );
+    assert_eq!(
+        ConfigSource::resolve(None, env(&[("SNIROUTE_CONFIG_YAML", "listeners: []")])),
+        ConfigSource::EnvYaml("listeners: []".into())
+    );
+    // Empty variables count as unset.
+    assert_eq!(
+        ConfigSource::resolve(
+            None,
+            env(&[("SNIROUTE_CONFIG", ""), ("SNIROUTE_CONFIG_YAML", "x: 1")])
+        ),
+        ConfigSource::EnvYaml("x: 1".into())
+    );
+    assert_eq!(
+        ConfigSource::resolve(None, env(&[("SNIROUTE_CONFIG_YAML", "")])),
+        ConfigSource::File(DEFAULT_CONFIG_PATH.into())
+    );
+    assert_eq!(
+        ConfigSource::resolve(None, env(&[])),
+        ConfigSource::File("/etc/sniroute/sniroute.yaml".into())
+    );
+    assert_eq!(
+        ConfigSource::File("/etc/sniroute/sniroute.yaml".into()).display_name(),
+        "/etc/sniroute/sniroute.yaml"
+    );
+    assert_eq!(
+        ConfigSource::EnvYaml("x".into()).display_name(),
+        "$SNIROUTE_CONFIG_YAML"
+    );
+}
+
+#[test]
+fn the_deploy_example_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/sniroute.example.yaml");
+    let config = Config::load(&ConfigSource::File(path)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!config.routes.is_empty());
+    // Every top-level key is shown with a value, so the example documents
+    // them all (they are optional, so serde would not notice a missing one).
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/sniroute.example.yaml"),
+    )
+    .unwrap();
+    for key in [
+        "listeners:",
+        "admin:",
+        "timeouts:",
+        "client_hello:",
+        "connect:",
+        "idle:",
+        "drain:",
+        "limits:",
+        "max_connections:",
+        "max_client_hello_bytes:",
+        "routes:",
+        "name:",
+        "server_names:",
+        "upstreams:",
+        "dcos_service:",
+        "balance:",
+        "health_check:",
+        "enabled:",
+        "interval:",
+        "timeout:",
+        "unhealthy_after:",
+        "healthy_after:",
+        "proxy_protocol:",
+        "allow_sources:",
+        "default_route:",
+        "watch_config:",
+        "forwarding:",
+        "address:",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().trim_start_matches("- ").starts_with(key)),
+            "the example does not show `{key}`"
+        );
+    }
+}
+
+#[test]
+fn no_input_makes_it_panic() {
+    // Every prefix of a full config, and a few hostile shapes.
+    for end in 0..=SPEC_EXAMPLE.len() {
+        if SPEC_EXAMPLE.is_char_boundary(end) {
+            let _ = Config::from_yaml_str(&SPEC_EXAMPLE[..end], "prefix.yaml");
+        }
+    }
+    let deep = format!("listeners: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+    let hostile = [
+        deep.as_str(),
+        "a: &a [*a]\n",
+        "listeners: *nope\n",
+        "? [a, b]\n: c\n",
+        "listeners: !!binary AAAA\n",
+        "\u{feff}listeners: [\"0.0.0.0:1\"]\nroutes: [{name: a, server_names: [é.test], upstreams: [\"1.1.1.1:1\"]}]\n",
+        "listeners: [\"0.0.0.0:1\"]\nroutes: [{name: a, server_names: [\"a\\0.test\"], upstreams: [\"1.1.1.1:1\"]}]\n",
+        "listeners: [\"0.0.0.0:1\"]\nroutes: [{name: a, server_names: [a.test], upstreams: [\"1.1.1.1:1\"]}]\ntimeouts: {idle: 99999999999999999999d}\n",
+        "\t\t\n",
+        "{",
+        "}",
+        "'",
+        "---\n---\n---\n",
+    ];
+    for text in hostile {
+        let err = Config::from_yaml_str(text, "hostile.yaml").unwrap_err();
+        assert!(!err.message().is_empty(), "{text:?}");
+    }
+}

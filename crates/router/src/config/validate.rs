@@ -1,0 +1,465 @@
+//! From the raw structs to a [`Config`]: defaults, range checks and every
+//! check that involves more than one node, each error pointed at its node
+//! through the [`SourceMap`].
+
+use std::cell::OnceCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use super::error::{ConfigError, Path};
+use super::raw::{Count, RawConfig, RawHealthCheck, RawListener, RawRoute};
+use super::source_map::{At, SourceMap};
+use super::values::{NamePattern, UpstreamAddr, DCOS_APISERVER_PORT};
+use super::{
+    Config, ConfigSource, HealthCheck, Host, Limits, ListenerConfig, RouteConfig, Timeouts,
+    MAX_CLIENT_HELLO_BYTES, MIN_CLIENT_HELLO_BYTES,
+};
+
+/// Turns problems into [`ConfigError`]s that point into one YAML text.
+pub(crate) struct Checker<'a> {
+    text: &'a str,
+    file: &'a str,
+    /// Built on the first error that needs it.
+    map: OnceCell<Option<SourceMap>>,
+}
+
+impl<'a> Checker<'a> {
+    pub(crate) fn new(text: &'a str, file: &'a str) -> Self {
+        Self {
+            text,
+            file,
+            map: OnceCell::new(),
+        }
+    }
+
+    fn map(&self) -> Option<&SourceMap> {
+        self.map
+            .get_or_init(|| SourceMap::build(self.text))
+            .as_ref()
+    }
+
+    /// An error about the node at `path`.
+    fn at(&self, path: &Path, at: At, message: impl Into<String>) -> ConfigError {
+        let pos = self
+            .map()
+            .and_then(|m| m.locate(path, at))
+            .map(|p| p.pair());
+        ConfigError::new(self.file, pos, path, message)
+    }
+
+    /// Where an earlier node is, for messages that refer to it: `on line
+    /// N`, or `at PATH` should its position be unknown.
+    fn where_is(&self, path: &Path) -> String {
+        match self.map().and_then(|m| m.locate(path, At::Value)) {
+            Some(pos) => format!("on line {}", pos.line),
+            None => format!("at {path}"),
+        }
+    }
+
+    /// A serde error: serde_yaml's position (or the index's, where serde_yaml
+    /// has none or a vague one) and serde_path_to_error's path, with the
+    /// message freed of serde_yaml's own copies of both.
+    pub(crate) fn serde_error(
+        &self,
+        error: &serde_path_to_error::Error<serde_yaml::Error>,
+    ) -> ConfigError {
+        if self.map().is_some_and(SourceMap::is_empty_document) {
+            return ConfigError::whole_file(
+                self.file,
+                "the configuration is empty: it needs at least `listeners` and `routes`",
+            );
+        }
+        let mut path = Path::from_serde(error.path());
+        let inner = error.inner();
+        let location = inner.location();
+        let mut message = inner.to_string();
+        if let Some(loc) = &location {
+            let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+            if let Some(i) = message.find(&suffix) {
+                message.replace_range(i..i + suffix.len(), "");
+            }
+        }
+        // serde_yaml prefixes its messages with the path it tracks itself,
+        // which is the path of the node or of one of its ancestors.
+        for len in (1..=path.0.len()).rev() {
+            let prefix = format!("{}: ", Path(path.0[..len].to_vec()));
+            if let Some(rest) = message.strip_prefix(&prefix) {
+                message = rest.to_owned();
+                break;
+            }
+        }
+        for (serde_word, ours) in [
+            ("unknown field ", "unknown key "),
+            ("missing field ", "missing required key "),
+            ("duplicate field ", "duplicate key "),
+            ("invalid type: unit value", "invalid type: empty value"),
+        ] {
+            if let Some(rest) = message.strip_prefix(serde_word) {
+                message = format!("{ours}{rest}");
+            }
+        }
+        let mut pos = location.map(|l| (l.line(), l.column()));
+        if let Some(key) = message
+            .strip_prefix("duplicate key `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            // serde_yaml points at the start of the mapping; point at the
+            // second occurrence of the key instead.
+            let key = key.to_owned();
+            if let Some(p) = self.map().and_then(|m| m.duplicate_key(&path, &key)) {
+                pos = Some(p.pair());
+            }
+            path = path.key(&key);
+        }
+        if pos.is_none() && message.contains("more than one document") {
+            message =
+                "the text holds more than one YAML document (`---`): a config is one document"
+                    .to_owned();
+            pos = self
+                .map()
+                .and_then(SourceMap::second_document)
+                .map(|p| p.pair());
+        }
+        if pos.is_none() {
+            pos = self
+                .map()
+                .and_then(|m| m.locate(&path, At::Value))
+                .map(|p| p.pair());
+        }
+        ConfigError::new(self.file, pos, &path, message)
+    }
+
+    /// Converts and validates.
+    pub(crate) fn convert(
+        &self,
+        raw: RawConfig,
+        source: ConfigSource,
+    ) -> Result<Config, ConfigError> {
+        let root = Path::root();
+        let listeners_path = root.key("listeners");
+
+        // Listeners, with the path of each address and default route.
+        let mut listeners = Vec::with_capacity(raw.listeners.0.len());
+        let mut listener_defaults = Vec::new();
+        let mut seen: HashMap<SocketAddr, Path> = HashMap::new();
+        for (i, l) in raw.listeners.0.into_iter().enumerate() {
+            let item = listeners_path.index(i);
+            let (address, address_path, default_route) = match l {
+                RawListener::Plain(a) => (a, item.clone(), None),
+                RawListener::Full(m) => (m.address.0, item.key("address"), m.default_route),
+            };
+            if let Some(first) = seen.get(&address) {
+                return Err(self.at(
+                    &address_path,
+                    At::Value,
+                    format!(
+                        "listener address {address} is listed twice (first {})",
+                        self.where_is(first)
+                    ),
+                ));
+            }
+            seen.insert(address, address_path);
+            if let Some(name) = &default_route {
+                listener_defaults.push((item.key("default_route"), name.clone()));
+            }
+            listeners.push(ListenerConfig {
+                address,
+                default_route,
+            });
+        }
+
+        let admin = raw.admin.map(|a| a.0);
+        if let Some(admin) = admin {
+            if admin.port() != 0 && seen.contains_key(&admin) {
+                return Err(self.at(
+                    &root.key("admin"),
+                    At::Value,
+                    format!("the admin address {admin} is also a listener: give it an address of its own"),
+                ));
+            }
+        }
+
+        let timeouts = {
+            let t = raw.timeouts.unwrap_or_default();
+            let d = Timeouts::default();
+            Timeouts {
+                client_hello: t.client_hello.map_or(d.client_hello, |v| v.0),
+                connect: t.connect.map_or(d.connect, |v| v.0),
+                idle: t.idle.map_or(d.idle, |v| v.0),
+                drain: t.drain.map_or(d.drain, |v| v.0),
+            }
+        };
+
+        let limits = {
+            let l = raw.limits.unwrap_or_default();
+            let d = Limits::default();
+            let path = root.key("limits");
+            let max_connections = match l.max_connections.map(|c| c.0) {
+                None => d.max_connections,
+                Some(0) => {
+                    return Err(self.at(
+                        &path.key("max_connections"),
+                        At::Value,
+                        "max_connections must be at least 1",
+                    ))
+                }
+                Some(n) => usize::try_from(n).map_err(|_| {
+                    self.at(
+                        &path.key("max_connections"),
+                        At::Value,
+                        format!("max_connections {n} is too large for this machine"),
+                    )
+                })?,
+            };
+            let max_client_hello_bytes = match l.max_client_hello_bytes.map(|c| c.0) {
+                None => d.max_client_hello_bytes,
+                Some(n) if (MIN_CLIENT_HELLO_BYTES as u64..=MAX_CLIENT_HELLO_BYTES as u64)
+                    .contains(&n) =>
+                {
+                    n as usize
+                }
+                Some(n) => {
+                    return Err(self.at(
+                        &path.key("max_client_hello_bytes"),
+                        At::Value,
+                        format!(
+                            "max_client_hello_bytes is {n}, it must be between {MIN_CLIENT_HELLO_BYTES} and {MAX_CLIENT_HELLO_BYTES}: \
+                             clients pad ClientHellos to 512 bytes, and each connection may buffer this much \
+                             until its server name is read"
+                        ),
+                    ))
+                }
+            };
+            Limits {
+                max_connections,
+                max_client_hello_bytes,
+            }
+        };
+
+        let routes_path = root.key("routes");
+        let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.0.len());
+        let mut route_paths: HashMap<String, Path> = HashMap::new();
+        let mut claimed: HashMap<NamePattern, (usize, Path)> = HashMap::new();
+        for (i, r) in raw.routes.0.into_iter().enumerate() {
+            let path = routes_path.index(i);
+            let route = self.route(r, i, &path, &routes, &mut claimed)?;
+            if let Some(first) = route_paths.get(&route.name) {
+                return Err(self.at(
+                    &path.key("name"),
+                    At::Value,
+                    format!(
+                        "route name `{}` is used twice (first {}): route names must be unique",
+                        route.name,
+                        self.where_is(first)
+                    ),
+                ));
+            }
+            route_paths.insert(route.name.clone(), path.key("name"));
+            routes.push(route);
+        }
+
+        let known = |name: &str, path: &Path, what: &str| -> Result<(), ConfigError> {
+            if route_paths.contains_key(name) {
+                return Ok(());
+            }
+            let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+            Err(self.at(
+                path,
+                At::Value,
+                format!(
+                    "{what} `{name}` is not a route; the routes are: {}",
+                    names.join(", ")
+                ),
+            ))
+        };
+        let default_route = raw.default_route;
+        if let Some(name) = &default_route {
+            known(name, &root.key("default_route"), "default_route")?;
+        }
+        for (path, name) in &listener_defaults {
+            known(name, path, "the listener's default_route")?;
+        }
+
+        // A route nothing can reach is a mistake worth stopping for.
+        for (i, route) in routes.iter().enumerate() {
+            let is_default = default_route.as_deref() == Some(route.name.as_str())
+                || listener_defaults.iter().any(|(_, n)| *n == route.name);
+            if route.server_names.is_empty() && !is_default {
+                return Err(self.at(
+                    &routes_path.index(i),
+                    At::Value,
+                    format!(
+                        "route `{}` has no server names and is no default route, so no connection can reach it: \
+                         add `server_names`, or name it in `default_route`",
+                        route.name
+                    ),
+                ));
+            }
+        }
+
+        Ok(Config {
+            listeners,
+            admin,
+            timeouts,
+            limits,
+            routes,
+            default_route,
+            watch_config: raw.watch_config.unwrap_or(false),
+            forwarding: raw.forwarding.unwrap_or_default(),
+            source,
+        })
+    }
+
+    /// Converts route `index` (at `path`), claiming its server names.
+    fn route(
+        &self,
+        r: RawRoute,
+        index: usize,
+        path: &Path,
+        earlier: &[RouteConfig],
+        claimed: &mut HashMap<NamePattern, (usize, Path)>,
+    ) -> Result<RouteConfig, ConfigError> {
+        let name = r.name.0;
+        let route_name =
+            |i: usize| -> &str { earlier.get(i).map_or(name.as_str(), |r| r.name.as_str()) };
+
+        let (upstreams, dcos) = match (r.upstreams, r.dcos_service) {
+            (Some(_), Some(_)) => {
+                return Err(self.at(
+                    &path.key("dcos_service"),
+                    At::Key,
+                    format!(
+                        "route `{name}` has both `dcos_service` and `upstreams`: a route takes exactly one of them \
+                         (dcos_service is shorthand for the upstream apiserver.<service>.l4lb.thisdcos.directory:6443)"
+                    ),
+                ))
+            }
+            (None, None) => {
+                return Err(self.at(
+                    path,
+                    At::Value,
+                    format!(
+                        "route `{name}` has no upstreams: add `upstreams: [\"host:port\", ...]`, \
+                         or `dcos_service: <group>/<name>` for a DC/OS Kubernetes cluster"
+                    ),
+                ))
+            }
+            (Some(u), None) => (u.0.into_iter().map(|u| u.0).collect::<Vec<_>>(), None),
+            (None, Some(d)) => {
+                let (service, vip) = d.0;
+                let upstream = UpstreamAddr {
+                    host: Host::Name(vip.clone()),
+                    port: DCOS_APISERVER_PORT,
+                };
+                (vec![upstream], Some((service, vip)))
+            }
+        };
+
+        let mut server_names: Vec<NamePattern> = Vec::new();
+        let names_path = path.key("server_names");
+        let mut claim = |pattern: NamePattern,
+                         at: Path,
+                         server_names: &mut Vec<NamePattern>|
+         -> Result<(), ConfigError> {
+            if let Some((owner, first)) = claimed.get(&pattern) {
+                let message = if *owner == index {
+                    format!(
+                        "server name `{pattern}` is listed twice in route `{name}` (first {})",
+                        self.where_is(first)
+                    )
+                } else {
+                    format!(
+                        "server name `{pattern}` is already claimed by route `{}` ({}): \
+                         a name can belong to one route only",
+                        route_name(*owner),
+                        self.where_is(first)
+                    )
+                };
+                return Err(self.at(&at, At::Value, message));
+            }
+            claimed.insert(pattern.clone(), (index, at));
+            server_names.push(pattern);
+            Ok(())
+        };
+        for (j, pattern) in r
+            .server_names
+            .map(|n| n.0)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            claim(pattern.0, names_path.index(j), &mut server_names)?;
+        }
+        if let Some((_, vip)) = &dcos {
+            let pattern = NamePattern::Exact(vip.clone());
+            if !server_names.contains(&pattern) {
+                claim(pattern, path.key("dcos_service"), &mut server_names)?;
+            }
+        }
+
+        let health_check = self.health_check(r.health_check, &path.key("health_check"))?;
+
+        Ok(RouteConfig {
+            name: name.clone(),
+            server_names,
+            upstreams,
+            balance: r.balance.unwrap_or_default(),
+            health_check,
+            proxy_protocol: r.proxy_protocol.unwrap_or_default(),
+            allow_sources: r
+                .allow_sources
+                .map(|s| s.0.into_iter().map(|n| n.0).collect())
+                .unwrap_or_default(),
+            dcos_service: dcos.map(|(service, _)| service),
+        })
+    }
+
+    fn health_check(
+        &self,
+        raw: Option<RawHealthCheck>,
+        path: &Path,
+    ) -> Result<Option<HealthCheck>, ConfigError> {
+        let map = match raw {
+            None | Some(RawHealthCheck::Enabled(true)) => return Ok(Some(HealthCheck::default())),
+            Some(RawHealthCheck::Enabled(false)) => return Ok(None),
+            Some(RawHealthCheck::Map(m)) => m,
+        };
+        if map.enabled == Some(false) {
+            return Ok(None);
+        }
+        let d = HealthCheck::default();
+        let interval = map.interval.map_or(d.interval, |v| v.0);
+        let timeout = match map.timeout {
+            Some(t) if t.0 > interval => {
+                return Err(self.at(
+                    &path.key("timeout"),
+                    At::Value,
+                    format!(
+                        "the health check timeout ({}) is longer than its interval ({}): checks would overlap",
+                        super::format_duration(t.0),
+                        super::format_duration(interval)
+                    ),
+                ))
+            }
+            Some(t) => t.0,
+            // The default timeout, shortened to fit a short interval.
+            None => d.timeout.min(interval),
+        };
+        let count = |value: Option<Count>, default: u32, key: &str| match value.map(|c| c.0) {
+            None => Ok(default),
+            Some(0) => Err(self.at(
+                &path.key(key),
+                At::Value,
+                format!("{key} must be at least 1"),
+            )),
+            Some(n) => u32::try_from(n)
+                .map_err(|_| self.at(&path.key(key), At::Value, format!("{key} is too large"))),
+        };
+        Ok(Some(HealthCheck {
+            interval,
+            timeout,
+            unhealthy_after: count(map.unhealthy_after, d.unhealthy_after, "unhealthy_after")?,
+            healthy_after: count(map.healthy_after, d.healthy_after, "healthy_after")?,
+        }))
+    }
+}

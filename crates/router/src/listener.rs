@@ -1,0 +1,161 @@
+//! Binding and accept loops.
+//!
+//! An accept loop never spins and never dies: when the process is out of
+//! file descriptors (EMFILE/ENFILE) it backs off, doubling from 10 ms to
+//! 1 s, and recovers as soon as connections close. Over
+//! `limits.max_connections` a connection is accepted and closed at once, so
+//! the kernel's accept queue never fills with connections nobody serves.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::metrics as m;
+use crate::pipeline::{self, Accepted};
+use crate::state::Shared;
+
+/// Pending connections the kernel may queue per listener.
+const BACKLOG: i32 = 4096;
+
+/// Binds a TLS listener: `SO_REUSEADDR` (restart while old connections
+/// linger in TIME_WAIT) and, for IPv6, `IPV6_V6ONLY`, so that
+/// `0.0.0.0:6443` and `[::]:6443` can both be configured.
+///
+/// # Errors
+/// The bind or listen error, e.g. address in use or permission denied.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// A running accept loop; dropping it does not stop it, [`Running::stop`] does.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound address (with the real port when 0 was configured).
+    pub local: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting and closes the listening socket; open connections
+    /// are not touched.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the accept loop of `listener`, configured as `configured`.
+pub fn spawn(listener: TcpListener, configured: SocketAddr, shared: Arc<Shared>) -> Running {
+    let local = listener.local_addr().unwrap_or(configured);
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(accept_loop(listener, configured, shared, stopped));
+    Running { local, stop, task }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    configured: SocketAddr,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::ZERO;
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped.wait_for(|&s| s) => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::ZERO;
+                admit(stream, peer, configured, &shared);
+            }
+            Err(e) => {
+                let kind = match e.raw_os_error() {
+                    Some(code) if code == rustix::io::Errno::MFILE.raw_os_error() => "emfile",
+                    Some(code) if code == rustix::io::Errno::NFILE.raw_os_error() => "enfile",
+                    _ => "other",
+                };
+                metrics::counter!(m::ACCEPT_ERRORS_TOTAL, "error" => kind).increment(1);
+                // Errors that concern only the connection being accepted
+                // (it was reset while queued) need no pause.
+                if kind == "other" && is_per_connection(&e) {
+                    continue;
+                }
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tracing::warn!(listener = %configured, error = %e, backoff_ms = backoff.as_millis() as u64,
+                    "accept failed; pausing this listener");
+                tokio::select! {
+                    _ = stopped.wait_for(|&s| s) => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+        }
+    }
+}
+
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+    )
+}
+
+/// Counts the connection against `max_connections` and hands it to the
+/// pipeline, or closes it at once when over the limit.
+fn admit(stream: TcpStream, peer: SocketAddr, listener: SocketAddr, shared: &Arc<Shared>) {
+    let at = Instant::now();
+    let max = shared.current().config.limits.max_connections;
+    let before = shared.connections.fetch_add(1, Ordering::AcqRel);
+    if before >= max {
+        shared.connections.fetch_sub(1, Ordering::AcqRel);
+        metrics::counter!(m::CONNECTIONS_TOTAL,
+            "listener" => listener.to_string(), "route" => "none", "result" => "over_limit")
+        .increment(1);
+        tracing::info!(target: "sniroute::access", listener = %listener, client = %peer,
+            route = "none", result = "over_limit", "connection refused: max_connections reached");
+        // Reset rather than FIN: nothing lingers in TIME_WAIT on our side.
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        drop(stream);
+        return;
+    }
+    pipeline::tune(&stream);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let _slot = Slot(shared.clone());
+        pipeline::serve(
+            Accepted {
+                stream,
+                peer,
+                listener,
+                at,
+            },
+            shared,
+        )
+        .await;
+    });
+}
+
+/// Releases a `max_connections` slot when the connection task ends, however
+/// it ends.
+struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}

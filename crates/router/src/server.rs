@@ -1,0 +1,233 @@
+//! `sniroute run`: start-up, live reload and graceful drain.
+//!
+//! - Start: load the config, raise `RLIMIT_NOFILE` to the hard limit, bind
+//!   every listener and the admin endpoint, then report ready.
+//! - `SIGHUP` (or a changed file with `watch_config: true`): load the config
+//!   again. An invalid file changes nothing (the error is logged with file,
+//!   line and key, and counted); a valid one applies to new connections at
+//!   once, binds added listeners and closes removed ones. Open tunnels keep
+//!   the generation they started with.
+//! - `SIGTERM`/`SIGINT`: `/readyz` turns 503, listeners close, open tunnels
+//!   may finish for `timeouts.drain`, then the rest are closed and counted.
+//!   A second signal ends at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{Config, ConfigSource};
+use crate::listener::{self, Running};
+use crate::metrics as m;
+use crate::state::{Generation, Shared};
+
+/// Why `run` could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The config did not load (message includes file, line and key).
+    Config(crate::config::ConfigError),
+    /// A listener or the admin endpoint could not be bound.
+    Bind(SocketAddr, std::io::Error),
+    /// Anything else (signal handlers, metrics recorder).
+    Other(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(e) => write!(f, "{e}"),
+            Self::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            Self::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Runs the router until it is told to stop and has drained.
+///
+/// # Errors
+/// [`StartError`] when it cannot start; once running it only stops on a
+/// signal.
+pub async fn run(source: ConfigSource) -> Result<(), StartError> {
+    let config = Config::load(&source).map_err(StartError::Config)?;
+    raise_nofile_limit();
+    let metrics = m::install().map_err(StartError::Other)?;
+    let shared = Shared::new(Generation::build(1, config, None));
+    let generation = shared.current();
+
+    let mut listeners: HashMap<SocketAddr, Running> = HashMap::new();
+    for l in &generation.config.listeners {
+        let bound = listener::bind(l.address).map_err(|e| StartError::Bind(l.address, e))?;
+        let running = listener::spawn(bound, l.address, shared.clone());
+        tracing::info!(listener = %l.address, local = %running.local, "listening");
+        listeners.insert(l.address, running);
+    }
+    let admin = match generation.config.admin {
+        Some(addr) => {
+            let bound = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Bind(addr, e))?;
+            let local = bound.local_addr().unwrap_or(addr);
+            tracing::info!(admin = %addr, local = %local, "admin endpoint listening");
+            Some(tokio::spawn(crate::admin::serve(bound, shared.clone(), metrics)))
+        }
+        None => None,
+    };
+    let signal_err = |e: std::io::Error| StartError::Other(format!("cannot handle signals: {e}"));
+    let mut hup = signal(SignalKind::hangup()).map_err(signal_err)?;
+    let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
+    shared.ready.store(true, Ordering::Release);
+    tracing::info!(
+        generation = generation.id,
+        routes = generation.routes.len(),
+        source = %source.display_name(),
+        "sniroute is ready"
+    );
+    drop(generation);
+
+    let mut watched = file_stamp(&source);
+    let mut watch_tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                reload(&source, &shared, &mut listeners).await;
+                watched = file_stamp(&source);
+            }
+            _ = watch_tick.tick() => {
+                if shared.current().config.watch_config {
+                    let now = file_stamp(&source);
+                    if now != watched {
+                        tracing::info!("config file changed: reloading");
+                        watched = now;
+                        reload(&source, &shared, &mut listeners).await;
+                    }
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    drain(&shared, listeners, &mut term, &mut int).await;
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    Ok(())
+}
+
+/// Loads the config again and puts it in force if it is valid.
+async fn reload(source: &ConfigSource, shared: &Arc<Shared>, listeners: &mut HashMap<SocketAddr, Running>) {
+    let config = match Config::load(source) {
+        Ok(c) => c,
+        Err(e) => {
+            metrics::counter!(m::CONFIG_RELOADS_TOTAL, "result" => "failure").increment(1);
+            tracing::error!(error = %e, "config reload failed; the previous config stays in force");
+            return;
+        }
+    };
+    // Bind added listeners first: if one cannot be bound, nothing changes.
+    let wanted: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
+    let mut added = Vec::new();
+    for addr in wanted.iter().filter(|a| !listeners.contains_key(a)) {
+        match listener::bind(*addr) {
+            Ok(l) => added.push((*addr, l)),
+            Err(e) => {
+                metrics::counter!(m::CONFIG_RELOADS_TOTAL, "result" => "failure").increment(1);
+                tracing::error!(listener = %addr, error = %e,
+                    "config reload failed: cannot listen on a new address; the previous config stays in force");
+                return;
+            }
+        }
+    }
+    if config.admin != shared.current().config.admin {
+        tracing::warn!("the admin address changed; it takes effect at the next restart");
+    }
+    let generation = shared.install(config);
+    for (addr, l) in added {
+        let running = listener::spawn(l, addr, shared.clone());
+        tracing::info!(listener = %addr, "listening (added by reload)");
+        listeners.insert(addr, running);
+    }
+    let removed: Vec<SocketAddr> = listeners.keys().filter(|a| !wanted.contains(a)).copied().collect();
+    for addr in removed {
+        if let Some(running) = listeners.remove(&addr) {
+            running.stop().await;
+            tracing::info!(listener = %addr, "stopped listening (removed by reload)");
+        }
+    }
+    metrics::counter!(m::CONFIG_RELOADS_TOTAL, "result" => "success").increment(1);
+    tracing::info!(generation = generation.id, routes = generation.routes.len(), "config reloaded");
+}
+
+async fn drain(
+    shared: &Arc<Shared>,
+    listeners: HashMap<SocketAddr, Running>,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) {
+    let drain_for = shared.current().config.timeouts.drain;
+    shared.ready.store(false, Ordering::Release);
+    shared.draining.store(true, Ordering::Release);
+    for (_, running) in listeners {
+        running.stop().await;
+    }
+    let open = shared.connections.load(Ordering::Acquire);
+    tracing::info!(open_connections = open, drain_seconds = drain_for.as_secs_f64(),
+        "draining: listeners closed, waiting for open tunnels");
+    let deadline = Instant::now() + drain_for;
+    let mut poll = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        if shared.connections.load(Ordering::Acquire) == 0 {
+            tracing::info!("drained: every tunnel finished");
+            return;
+        }
+        tokio::select! {
+            _ = poll.tick() => {}
+            _ = tokio::time::sleep_until(deadline.into()) => break,
+            _ = term.recv() => { tracing::warn!("second signal: closing now"); break }
+            _ = int.recv() => { tracing::warn!("second signal: closing now"); break }
+        }
+    }
+    let _ = shared.force_close.send(true);
+    // Give the tunnels a moment to count and log their end.
+    let until = Instant::now() + Duration::from_secs(2);
+    while shared.connections.load(Ordering::Acquire) > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::warn!(
+        closed = shared.drain_closed.load(Ordering::Relaxed),
+        "drain time over: remaining tunnels closed"
+    );
+}
+
+/// What identifies the config file's content for `watch_config`.
+fn file_stamp(source: &ConfigSource) -> Option<(SystemTime, u64)> {
+    match source {
+        ConfigSource::File(path) => std::fs::metadata(path)
+            .ok()
+            .and_then(|md| Some((md.modified().ok()?, md.len()))),
+        ConfigSource::EnvYaml(_) => None,
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit: every tunnel costs
+/// two descriptors, and the distribution default (1024) would cap sniroute
+/// at about 500 tunnels.
+pub fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let before = limit.current;
+        limit.current = limit.maximum;
+        match setrlimit(Resource::Nofile, limit.clone()) {
+            Ok(()) => tracing::debug!(from = before, to = limit.current, "raised RLIMIT_NOFILE"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Upstream pools: a route's upstreams resolved into endpoints, with health
+//! state, balancing and the connect loop.
+//!
+//! A pool outlives config generations when its route's upstream settings do
+//! not change, so health state and connection counts survive a reload.
+//! Its maintenance task (DNS refresh, health checks) holds only a `Weak`
+//! reference and ends by itself once the last generation using the pool is
+//! gone.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+use crate::config::{Balance, HealthCheck, Host, RouteConfig, UpstreamAddr};
+use crate::metrics as m;
+
+/// How often upstream host names are resolved again.
+pub const DNS_REFRESH: Duration = Duration::from_secs(30);
+/// The most endpoints one connection tries before giving up.
+pub const MAX_CONNECT_ATTEMPTS: usize = 4;
+
+/// One address to connect to.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The resolved address.
+    pub addr: SocketAddr,
+    /// The configured upstream it came from (`host:port`).
+    pub upstream: String,
+    /// The `upstream` metric label: the address as `ip:port`.
+    label: String,
+    healthy: AtomicBool,
+    active: AtomicUsize,
+    successes: AtomicU32,
+    failures: AtomicU32,
+}
+
+impl Endpoint {
+    fn new(addr: SocketAddr, upstream: &UpstreamAddr) -> Self {
+        Self {
+            addr,
+            upstream: upstream.to_string(),
+            label: addr.to_string(),
+            healthy: AtomicBool::new(true),
+            active: AtomicUsize::new(0),
+            successes: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+        }
+    }
+
+    /// Whether the endpoint passes its health checks (true without checks).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Tunnels open to this endpoint now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// The metric label of the endpoint.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+/// Counts a tunnel against its endpoint while it lives.
+#[derive(Debug)]
+pub struct EndpointGuard(Arc<Endpoint>);
+
+impl EndpointGuard {
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+impl Drop for EndpointGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What makes two routes' pools interchangeable across a reload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolKey {
+    route: String,
+    upstreams: Vec<UpstreamAddr>,
+    balance: Balance,
+    health_check: Option<HealthCheck>,
+}
+
+impl PoolKey {
+    /// The key of a configured route.
+    pub fn of(route: &RouteConfig) -> Self {
+        Self {
+            route: route.name.clone(),
+            upstreams: route.upstreams.clone(),
+            balance: route.balance.clone(),
+            health_check: route.health_check.clone(),
+        }
+    }
+}
+
+/// A route's endpoints.
+#[derive(Debug)]
+pub struct Pool {
+    key: PoolKey,
+    endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
+    next: AtomicUsize,
+}
+
+/// Why no upstream connection could be made.
+#[derive(Debug)]
+pub struct Unavailable {
+    /// Endpoints tried, each with its error.
+    pub attempts: Vec<(SocketAddr, std::io::Error)>,
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.attempts.is_empty() {
+            return f.write_str("no upstream endpoint (names did not resolve)");
+        }
+        for (i, (addr, e)) in self.attempts.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{addr}: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Pool {
+    /// A pool for `key`; literal IP upstreams become endpoints at once, host
+    /// names on the first [`Pool::refresh`]. Starts its maintenance task.
+    pub fn start(key: PoolKey) -> Arc<Self> {
+        let endpoints = key
+            .upstreams
+            .iter()
+            .filter_map(|u| match &u.host {
+                Host::Ip(ip) => Some(Arc::new(Endpoint::new(SocketAddr::new(*ip, u.port), u))),
+                Host::Name(_) => None,
+            })
+            .collect();
+        let pool = Arc::new(Self {
+            key,
+            endpoints: RwLock::new(Arc::new(endpoints)),
+            next: AtomicUsize::new(0),
+        });
+        pool.publish_health();
+        tokio::spawn(maintain(Arc::downgrade(&pool)));
+        pool
+    }
+
+    /// The key this pool was built for.
+    pub fn key(&self) -> &PoolKey {
+        &self.key
+    }
+
+    /// The endpoints now.
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.endpoints.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn has_names(&self) -> bool {
+        self.key
+            .upstreams
+            .iter()
+            .any(|u| matches!(u.host, Host::Name(_)))
+    }
+
+    /// Resolves host names again. An endpoint whose address is still
+    /// returned keeps its health and counters; a name that fails to resolve
+    /// keeps its previous addresses.
+    pub async fn refresh(&self) {
+        if !self.has_names() {
+            return;
+        }
+        let old = self.endpoints();
+        let mut new: Vec<Arc<Endpoint>> = Vec::new();
+        for u in &self.key.upstreams {
+            let addrs: Vec<SocketAddr> = match &u.host {
+                Host::Ip(ip) => vec![SocketAddr::new(*ip, u.port)],
+                Host::Name(name) => {
+                    match tokio::net::lookup_host((name.as_str(), u.port)).await {
+                        Ok(addrs) => addrs.collect(),
+                        Err(e) => {
+                            tracing::warn!(route = %self.key.route, upstream = %u, error = %e,
+                                "upstream name did not resolve; keeping its last known addresses");
+                            old.iter()
+                                .filter(|ep| ep.upstream == u.to_string())
+                                .map(|ep| ep.addr)
+                                .collect()
+                        }
+                    }
+                }
+            };
+            for addr in addrs {
+                if new.iter().any(|ep| ep.addr == addr) {
+                    continue;
+                }
+                let ep = old
+                    .iter()
+                    .find(|ep| ep.addr == addr)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(addr, u)));
+                new.push(ep);
+            }
+        }
+        *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        self.publish_health();
+    }
+
+    fn publish_health(&self) {
+        for ep in self.endpoints().iter() {
+            metrics::gauge!(m::UPSTREAM_HEALTHY, "route" => self.key.route.clone(), "upstream" => ep.label.clone())
+                .set(if ep.is_healthy() { 1.0 } else { 0.0 });
+        }
+    }
+
+    /// Endpoints in the order to try them: healthy ones first, by the
+    /// route's balancing rule, then the unhealthy ones (with none healthy,
+    /// every endpoint is still tried).
+    pub fn candidates(&self) -> Vec<Arc<Endpoint>> {
+        let all = self.endpoints();
+        let n = all.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut order: Vec<Arc<Endpoint>> = all[start..].iter().chain(&all[..start]).cloned().collect();
+        match self.key.balance {
+            Balance::RoundRobin => order.sort_by_key(|ep| !ep.is_healthy()),
+            // Stable sort: among equals, the round-robin rotation decides.
+            Balance::LeastConnections => order.sort_by_key(|ep| (!ep.is_healthy(), ep.active())),
+        }
+        order
+    }
+
+    /// Connects to the first endpoint that answers, each attempt bounded
+    /// by `timeout`. Nothing has been sent upstream before a connect
+    /// succeeds, so moving on to the next endpoint is always safe.
+    ///
+    /// # Errors
+    /// [`Unavailable`] when every attempt failed.
+    pub async fn connect(
+        &self,
+        timeout: Duration,
+    ) -> Result<(TcpStream, EndpointGuard, Duration), Unavailable> {
+        let mut candidates = self.candidates();
+        if candidates.is_empty() && self.has_names() {
+            // Names not resolved yet (first connection after start).
+            self.refresh().await;
+            candidates = self.candidates();
+        }
+        let mut attempts = Vec::new();
+        for ep in candidates.into_iter().take(MAX_CONNECT_ATTEMPTS) {
+            let started = Instant::now();
+            let result = match tokio::time::timeout(timeout, TcpStream::connect(ep.addr)).await {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connect timed out after {timeout:?}"),
+                )),
+            };
+            match result {
+                Ok(stream) => {
+                    ep.active.fetch_add(1, Ordering::Relaxed);
+                    return Ok((stream, EndpointGuard(ep), started.elapsed()));
+                }
+                Err(e) => {
+                    metrics::counter!(m::UPSTREAM_CONNECT_FAILURES_TOTAL,
+                        "route" => self.key.route.clone(), "upstream" => ep.label.clone())
+                    .increment(1);
+                    attempts.push((ep.addr, e));
+                }
+            }
+        }
+        Err(Unavailable { attempts })
+    }
+
+    /// One round of active health checks: a TCP connect to every endpoint.
+    async fn check_health(&self, hc: &HealthCheck) {
+        let endpoints = self.endpoints();
+        let mut set = tokio::task::JoinSet::new();
+        for ep in endpoints.iter().cloned() {
+            let timeout = hc.timeout;
+            set.spawn(async move {
+                let ok = matches!(
+                    tokio::time::timeout(timeout, TcpStream::connect(ep.addr)).await,
+                    Ok(Ok(_))
+                );
+                (ep, ok)
+            });
+        }
+        while let Some(Ok((ep, ok))) = set.join_next().await {
+            let was = ep.is_healthy();
+            if ok {
+                ep.failures.store(0, Ordering::Relaxed);
+                let n = ep.successes.fetch_add(1, Ordering::Relaxed) + 1;
+                if !was && n >= hc.healthy_after {
+                    ep.healthy.store(true, Ordering::Relaxed);
+                    tracing::info!(route = %self.key.route, upstream = %ep.label, "upstream is healthy again");
+                }
+            } else {
+                ep.successes.store(0, Ordering::Relaxed);
+                let n = ep.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if was && n >= hc.unhealthy_after {
+                    ep.healthy.store(false, Ordering::Relaxed);
+                    tracing::warn!(route = %self.key.route, upstream = %ep.label,
+                        failures = n, "upstream failed its health checks; marked down");
+                }
+            }
+        }
+        self.publish_health();
+    }
+}
+
+/// DNS refresh and health checks, for as long as the pool is in use.
+async fn maintain(pool: Weak<Pool>) {
+    let (hc, has_names) = match pool.upgrade() {
+        Some(p) => (p.key.health_check.clone(), p.has_names()),
+        None => return,
+    };
+    if let Some(p) = pool.upgrade() {
+        p.refresh().await;
+    }
+    let tick = match &hc {
+        Some(hc) => hc.interval,
+        None if has_names => DNS_REFRESH,
+        None => return,
+    };
+    let mut last_dns = Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(p) = pool.upgrade() else { return };
+        if has_names && last_dns.elapsed() >= DNS_REFRESH {
+            p.refresh().await;
+            last_dns = Instant::now();
+        }
+        if let Some(hc) = &hc {
+            p.check_health(hc).await;
+        }
+    }
+}

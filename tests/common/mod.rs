@@ -1,0 +1,426 @@
+//! Shared harness for the end-to-end tests: starts the real `sniroute`
+//! binary with a config on ephemeral loopback ports and talks to it over
+//! real sockets.
+//!
+//! Listeners and the admin endpoint are configured on port 0; the harness
+//! learns the real ports from the router's JSON start-up log lines, so tests
+//! can run in parallel without racing for free ports.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long the router may take to become ready.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running router process, stopped (by PID) when dropped.
+pub struct Router {
+    child: Option<Child>,
+    /// Configured listener address → bound address.
+    pub listeners: HashMap<String, SocketAddr>,
+    /// Bound admin address, when configured.
+    pub admin: Option<SocketAddr>,
+    logs: Arc<(Mutex<Vec<serde_json::Value>>, Condvar)>,
+    /// The config file (rewrite it and call `reload`).
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// The path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sniroute")
+}
+
+impl Router {
+    /// Starts `sniroute run` with `yaml` and waits until it is ready.
+    pub fn start(yaml: &str) -> Router {
+        Self::start_with(yaml, |_| {})
+    }
+
+    /// Like [`Router::start`], letting the caller adjust the command (env,
+    /// resource limits through `prlimit`, ...).
+    pub fn start_with(yaml: &str, adjust: impl FnOnce(&mut Command)) -> Router {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("sniroute.yaml");
+        std::fs::write(&config_path, yaml).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["--log-format", "json", "--log-level", "info", "run", "--config"])
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("RUST_LOG");
+        adjust(&mut cmd);
+        let mut child = cmd.spawn().expect("start sniroute");
+        let stderr = child.stderr.take().unwrap();
+        let logs: Arc<(Mutex<Vec<serde_json::Value>>, Condvar)> = Arc::default();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "raw": line }));
+                sink.0.lock().unwrap().push(value);
+                sink.1.notify_all();
+            }
+        });
+        let mut router = Router {
+            child: Some(child),
+            listeners: HashMap::new(),
+            admin: None,
+            logs,
+            config_path,
+            _dir: dir,
+        };
+        router.wait_log(START_TIMEOUT, |l| l["message"] == "sniroute is ready");
+        for l in router.logs() {
+            if l["message"] == "listening" {
+                let configured = l["listener"].as_str().unwrap().to_owned();
+                let local = l["local"].as_str().unwrap().parse().unwrap();
+                router.listeners.insert(configured, local);
+            }
+            if l["message"] == "admin endpoint listening" {
+                router.admin = Some(l["local"].as_str().unwrap().parse().unwrap());
+            }
+        }
+        router
+    }
+
+    /// The bound address of the only (or first configured) listener.
+    pub fn addr(&self) -> SocketAddr {
+        assert_eq!(self.listeners.len(), 1, "several listeners: use listener()");
+        *self.listeners.values().next().unwrap()
+    }
+
+    /// The bound address of a configured listener.
+    pub fn listener(&self, configured: &str) -> SocketAddr {
+        self.listeners[configured]
+    }
+
+    /// The router's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Every JSON log line so far.
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.logs.0.lock().unwrap().clone()
+    }
+
+    /// Access log lines so far.
+    pub fn access_logs(&self) -> Vec<serde_json::Value> {
+        self.logs()
+            .into_iter()
+            .filter(|l| l["target"] == "sniroute::access")
+            .collect()
+    }
+
+    /// Waits until a log line satisfies `pred`; panics with the log on timeout.
+    pub fn wait_log(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        let (lock, cvar) = &*self.logs;
+        let mut logs = lock.lock().unwrap();
+        loop {
+            if let Some(l) = logs.iter().find(|l| pred(l)) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!("log line not seen within {timeout:?}; log so far:\n{}", dump(&logs));
+            }
+            logs = cvar.wait_timeout(logs, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits for `n` access log lines in total and returns them.
+    pub fn wait_access_logs(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let logs = self.access_logs();
+            if logs.len() >= n {
+                return logs;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "expected {n} access log lines, got {}:\n{}",
+                    logs.len(),
+                    dump(&self.logs())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal (by name, e.g. "HUP", "TERM") to the router.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Rewrites the config file and sends SIGHUP; waits for the reload's
+    /// log line and returns it.
+    pub fn reload(&self, yaml: &str) -> serde_json::Value {
+        let before = self.logs().len();
+        std::fs::write(&self.config_path, yaml).unwrap();
+        self.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs();
+            if let Some(l) = logs[before..].iter().find(|l| {
+                l["message"] == "config reloaded"
+                    || l["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("config reload failed"))
+            }) {
+                return l.clone();
+            }
+            assert!(Instant::now() < deadline, "no reload log:\n{}", dump(&logs));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `GET path` on the admin endpoint: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin.expect("admin endpoint configured"), path)
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.admin_get("/metrics");
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                panic!("router did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Open file descriptors of the router process.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Resident memory of the router process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn dump(logs: &[serde_json::Value]) -> String {
+    logs.iter()
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A blocking HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of a Prometheus sample with exactly these labels (in any
+/// order), or `None` when the series is absent.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let mut found: Vec<(String, String)> = label_text
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| {
+                    let (k, v) = p.split_once("=\"")?;
+                    Some((k.to_owned(), v.trim_end_matches('"').to_owned()))
+                })
+                .collect();
+            let mut want: Vec<(String, String)> = labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            found.sort();
+            want.sort();
+            (found == want).then(|| value.parse().ok()).flatten()
+        })
+}
+
+/// A raw TCP "upstream" on loopback that records what it receives and
+/// answers with a fixed behaviour; for tests that need no TLS server.
+pub mod raw {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// What a raw upstream does with each connection.
+    #[derive(Clone, Copy, Debug)]
+    pub enum Behaviour {
+        /// Echo every byte back until EOF, then close.
+        Echo,
+        /// Reply `name\n` after the first read, then echo.
+        Greet,
+    }
+
+    /// A running raw upstream.
+    pub struct Upstream {
+        pub addr: SocketAddr,
+        pub name: &'static str,
+        /// First bytes of each connection (up to 64 KiB).
+        pub received: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl Upstream {
+        /// Starts one on 127.0.0.1 with an ephemeral port.
+        pub fn start(name: &'static str, behaviour: Behaviour) -> Upstream {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+            let rec = received.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    let rec = rec.clone();
+                    std::thread::spawn(move || serve(stream, name, behaviour, rec));
+                }
+            });
+            Upstream {
+                addr,
+                name,
+                received,
+            }
+        }
+
+        /// Connections seen so far.
+        pub fn connections(&self) -> usize {
+            self.received.lock().unwrap().len()
+        }
+    }
+
+    fn serve(
+        mut s: TcpStream,
+        name: &str,
+        behaviour: Behaviour,
+        rec: Arc<Mutex<Vec<Vec<u8>>>>,
+    ) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+        let idx = {
+            let mut r = rec.lock().unwrap();
+            r.push(Vec::new());
+            r.len() - 1
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut greeted = false;
+        loop {
+            let n = match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            {
+                let mut r = rec.lock().unwrap();
+                let seen = &mut r[idx];
+                let room = (64 * 1024usize).saturating_sub(seen.len());
+                seen.extend_from_slice(&buf[..n.min(room)]);
+            }
+            if matches!(behaviour, Behaviour::Greet) && !greeted {
+                greeted = true;
+                if s.write_all(format!("{name}\n").as_bytes()).is_err() {
+                    break;
+                }
+                continue;
+            }
+            if s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Sends `hello` to the router and reads the first line the raw upstream
+/// greets with (`Behaviour::Greet`): which upstream was reached.
+pub fn reach(router: SocketAddr, hello: &[u8]) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&router, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(hello)?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match s.read(&mut byte)? {
+            0 => break,
+            _ if byte[0] == b'\n' => break,
+            _ => line.push(byte[0]),
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// Sends `hello` and returns everything the router answers until it closes.
+pub fn answer(router: SocketAddr, hello: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect_timeout(&router, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(hello).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}

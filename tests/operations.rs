@@ -1,0 +1,283 @@
+//! Operations: metrics as Prometheus sees them, the admin endpoint, live
+//! reload and graceful drain, all on the real binary.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use clienthello::synth::HelloBuilder;
+use common::raw::{Behaviour, Upstream};
+use common::{http_get, metric, reach, Router};
+
+fn two_routes(a: SocketAddr, b: Option<SocketAddr>) -> String {
+    let mut yaml = format!(
+        r#"
+listeners: ["127.0.0.1:0"]
+admin: "127.0.0.1:0"
+timeouts: {{client_hello: 1s, connect: 1s, drain: 3s}}
+routes:
+  - name: alpha
+    server_names: [alpha.test]
+    upstreams: ["{a}"]
+"#
+    );
+    if let Some(b) = b {
+        yaml.push_str(&format!(
+            "  - name: beta\n    server_names: [beta.test]\n    upstreams: [\"{b}\"]\n"
+        ));
+    }
+    yaml
+}
+
+fn promtool() -> &'static str {
+    if Command::new("promtool").arg("--version").output().is_err() {
+        panic!("promtool not found: install the Debian package `prometheus` (bash .ci/run does)");
+    }
+    "promtool"
+}
+
+#[test]
+fn admin_endpoints_answer() {
+    let up = Upstream::start("a", Behaviour::Greet);
+    let router = Router::start(&two_routes(up.addr, None));
+    assert_eq!(router.admin_get("/healthz"), (200, "ok\n".to_owned()));
+    assert_eq!(router.admin_get("/readyz"), (200, "ready\n".to_owned()));
+    assert_eq!(router.admin_get("/nope").0, 404);
+    let (status, body) = router.admin_get("/status");
+    assert_eq!(status, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["config_generation"], 1);
+    assert_eq!(status["routes"][0]["name"], "alpha");
+    assert_eq!(status["routes"][0]["server_names"][0], "alpha.test");
+    assert_eq!(status["routes"][0]["endpoints"][0]["address"], up.addr.to_string());
+    assert_eq!(status["routes"][0]["endpoints"][0]["healthy"], true);
+    let (status, page) = router.admin_get("/");
+    assert_eq!(status, 200);
+    assert!(page.starts_with("<!doctype html>"));
+    // Self-contained: no external scripts, styles or fonts.
+    assert!(!page.contains("http://") && !page.contains("https://"));
+}
+
+#[test]
+fn metrics_count_known_traffic_and_pass_promtool() {
+    let up = Upstream::start("a", Behaviour::Echo);
+    let router = Router::start(&two_routes(up.addr, None));
+    let addr = router.addr();
+    let hello = HelloBuilder::new("alpha.test").build();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&hello).unwrap();
+        s.write_all(&[7u8; 1000]).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).unwrap();
+        assert_eq!(back.len(), hello.len() + 1000);
+    }
+    let _ = common::answer(addr, &HelloBuilder::new("unknown.test").build());
+    let _ = common::answer(addr, b"GET / HTTP/1.0\r\n\r\n");
+    router.wait_access_logs(5, Duration::from_secs(5));
+
+    let m = router.metrics();
+    let conn = |route: &str, result: &str| {
+        metric(&m, "sniroute_connections_total", &[("listener", "127.0.0.1:0"), ("route", route), ("result", result)])
+    };
+    assert_eq!(conn("alpha", "forwarded"), Some(3.0));
+    assert_eq!(conn("none", "no_route"), Some(1.0));
+    assert_eq!(conn("none", "not_tls"), Some(1.0));
+    let sent = (3 * (hello.len() + 1000)) as f64;
+    assert_eq!(metric(&m, "sniroute_bytes_total", &[("route", "alpha"), ("direction", "client_to_upstream")]), Some(sent));
+    assert_eq!(metric(&m, "sniroute_bytes_total", &[("route", "alpha"), ("direction", "upstream_to_client")]), Some(sent));
+    assert_eq!(metric(&m, "sniroute_active_tunnels", &[("route", "alpha")]), Some(0.0));
+    assert_eq!(metric(&m, "sniroute_tunnel_duration_seconds_count", &[("route", "alpha")]), Some(3.0));
+    assert_eq!(metric(&m, "sniroute_upstream_connect_seconds_count", &[("route", "alpha")]), Some(3.0));
+    assert_eq!(metric(&m, "sniroute_client_hello_bytes_count", &[]), Some(4.0));
+    assert_eq!(metric(&m, "sniroute_upstream_healthy", &[("route", "alpha"), ("upstream", &up.addr.to_string())]), Some(1.0));
+    assert_eq!(metric(&m, "sniroute_config_generation", &[]), Some(1.0));
+    assert_eq!(metric(&m, "sniroute_tunnels_on_old_config", &[]), Some(0.0));
+    assert_eq!(metric(&m, "sniroute_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
+    // Client-controlled strings never become labels.
+    assert!(!m.contains("unknown.test"));
+
+    let mut child = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_router() {
+    let prometheus = match Command::new("prometheus").arg("--version").output() {
+        Ok(_) => "prometheus",
+        Err(_) => panic!("prometheus not found: install the Debian package `prometheus` (bash .ci/run does)"),
+    };
+    let up = Upstream::start("a", Behaviour::Greet);
+    let router = Router::start(&two_routes(up.addr, None));
+    assert_eq!(reach(router.addr(), &HelloBuilder::new("alpha.test").build()).unwrap(), "a");
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: sniroute\n    static_configs: [{{targets: [\"{}\"]}}]\n",
+            router.admin.unwrap()
+        ),
+    )
+    .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _prometheus = Kill(
+        Command::new(prometheus)
+        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    let api: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let query = "/api/v1/query?query=sniroute_connections_total%7Broute%3D%22alpha%22%2Cresult%3D%22forwarded%22%7D";
+    loop {
+        let ok = std::panic::catch_unwind(|| {
+            let (_, targets) = http_get(api, "/api/v1/targets");
+            let (_, value) = http_get(api, query);
+            (targets, value)
+        });
+        if let Ok((targets, value)) = ok {
+            let t: serde_json::Value = serde_json::from_str(&targets).unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&value).unwrap_or_default();
+            let up = t["data"]["activeTargets"][0]["health"] == "up";
+            let sample = v["data"]["result"][0]["value"][1].as_str().map(str::to_owned);
+            if up && sample.as_deref() == Some("1") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "Prometheus did not scrape sniroute within 60 s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_a_route_while_a_tunnel_keeps_streaming() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Upstream::start("a", Behaviour::Echo);
+    let b = Upstream::start("b", Behaviour::Greet);
+    let router = Router::start(&two_routes(a.addr, None));
+    let addr = router.addr();
+
+    // A streaming tunnel on the first config.
+    let mut tunnel = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let hello = HelloBuilder::new("alpha.test").build();
+    tunnel.write_all(&hello).await.unwrap();
+    let mut back = vec![0u8; hello.len()];
+    tunnel.read_exact(&mut back).await.unwrap();
+
+    // beta is unknown before the reload.
+    let beta = HelloBuilder::new("beta.test").build();
+    assert_eq!(common::answer(addr, &beta), [21, 3, 3, 0, 2, 2, 112]);
+
+    let log = router.reload(&two_routes(a.addr, Some(b.addr)));
+    assert_eq!(log["message"], "config reloaded", "{log}");
+    assert_eq!(reach(addr, &beta).unwrap(), "b");
+
+    // The old tunnel still flows, counted as on the old config.
+    for i in 0..20u8 {
+        tunnel.write_all(&[i; 100]).await.unwrap();
+        let mut got = [0u8; 100];
+        tunnel.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [i; 100]);
+    }
+    let m = router.metrics();
+    assert_eq!(metric(&m, "sniroute_config_generation", &[]), Some(2.0));
+    assert_eq!(metric(&m, "sniroute_tunnels_on_old_config", &[]), Some(1.0));
+    assert_eq!(metric(&m, "sniroute_config_reloads_total", &[("result", "success")]), Some(1.0));
+
+    // A broken file changes nothing and is counted.
+    let log = router.reload("listeners: [\"127.0.0.1:0\"]\nroutes:\n  - name: x\n    bogus_key: 1\n");
+    let msg = log["error"].as_str().unwrap_or_default().to_owned();
+    assert!(msg.contains("sniroute.yaml:4:"), "{log}");
+    assert!(msg.contains("bogus_key"), "{log}");
+    assert_eq!(reach(addr, &beta).unwrap(), "b");
+    let m = router.metrics();
+    assert_eq!(metric(&m, "sniroute_config_reloads_total", &[("result", "failure")]), Some(1.0));
+    assert_eq!(metric(&m, "sniroute_config_generation", &[]), Some(2.0));
+    drop(tunnel);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_tunnels_and_refuses_new_ones() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Upstream::start("a", Behaviour::Echo);
+    let mut router = Router::start(&two_routes(a.addr, None));
+    let addr = router.addr();
+    let admin = router.admin.unwrap();
+
+    let mut tunnel = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let hello = HelloBuilder::new("alpha.test").build();
+    tunnel.write_all(&hello).await.unwrap();
+    let mut back = vec![0u8; hello.len()];
+    tunnel.read_exact(&mut back).await.unwrap();
+
+    router.signal("TERM");
+    router.wait_log(Duration::from_secs(5), |l| {
+        l["message"].as_str().is_some_and(|m| m.starts_with("draining"))
+    });
+    // Not ready any more, but the admin endpoint still answers.
+    assert_eq!(http_get(admin, "/readyz").0, 503);
+    assert_eq!(http_get(admin, "/healthz").0, 200);
+    // New connections are refused.
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err());
+    // The open tunnel keeps working and finishes on its own.
+    tunnel.write_all(b"last words").await.unwrap();
+    let mut got = [0u8; 10];
+    tunnel.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"last words");
+    tunnel.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tunnel.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(router.wait_exit(Duration::from_secs(5)), Some(0));
+    assert!(router.logs().iter().any(|l| l["message"] == "drained: every tunnel finished"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_time_over_closes_remaining_tunnels() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Upstream::start("a", Behaviour::Echo);
+    let mut router = Router::start(&two_routes(a.addr, None));
+    let mut tunnel = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
+    let hello = HelloBuilder::new("alpha.test").build();
+    tunnel.write_all(&hello).await.unwrap();
+    let mut back = vec![0u8; hello.len()];
+    tunnel.read_exact(&mut back).await.unwrap();
+    let started = Instant::now();
+    router.signal("TERM");
+    // The tunnel stays open: closed by the router when the 3 s drain ends.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tunnel.read_to_end(&mut rest)).await;
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(2500) && waited < Duration::from_secs(8), "{waited:?}");
+    assert_eq!(router.wait_exit(Duration::from_secs(5)), Some(0));
+    let logs = router.access_logs();
+    assert_eq!(logs.last().unwrap()["end"], "drain");
+}

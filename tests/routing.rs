@@ -1,0 +1,292 @@
+//! Routing decisions and refusals of the real binary, with synthetic
+//! ClientHellos and raw TCP upstreams that say who they are.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use clienthello::synth::HelloBuilder;
+use common::raw::{Behaviour, Upstream};
+use common::{answer, metric, reach, Router};
+
+fn hello(name: &str) -> Vec<u8> {
+    HelloBuilder::new(name).build()
+}
+
+const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [21, 3, 3, 0, 2, 2, 112];
+const ALERT_ACCESS_DENIED: [u8; 7] = [21, 3, 3, 0, 2, 2, 49];
+const ALERT_INTERNAL_ERROR: [u8; 7] = [21, 3, 3, 0, 2, 2, 80];
+const ALERT_DECODE_ERROR: [u8; 7] = [21, 3, 3, 0, 2, 2, 50];
+
+/// Three upstreams: `exact`, `wild`, `deeper`, and a config routing to them.
+fn three_routes(default: bool) -> (Router, Vec<Upstream>) {
+    let ups = vec![
+        Upstream::start("exact", Behaviour::Greet),
+        Upstream::start("wild", Behaviour::Greet),
+        Upstream::start("deeper", Behaviour::Greet),
+    ];
+    let yaml = format!(
+        r#"
+listeners: ["127.0.0.1:0"]
+admin: "127.0.0.1:0"
+timeouts: {{client_hello: 1s, connect: 2s}}
+routes:
+  - name: exact
+    server_names: ["api.example.com"]
+    upstreams: ["{}"]
+  - name: wild
+    server_names: ["*.example.com"]
+    upstreams: ["{}"]
+  - name: deeper
+    server_names: ["*.staging.example.com"]
+    upstreams: ["{}"]
+{}"#,
+        ups[0].addr,
+        ups[1].addr,
+        ups[2].addr,
+        if default { "default_route: exact\n" } else { "" }
+    );
+    (Router::start(&yaml), ups)
+}
+
+#[test]
+fn exact_beats_wildcard_and_longest_wildcard_wins() {
+    let (router, _ups) = three_routes(false);
+    let addr = router.addr();
+    assert_eq!(reach(addr, &hello("api.example.com")).unwrap(), "exact");
+    assert_eq!(reach(addr, &hello("API.Example.COM.")).unwrap(), "exact");
+    assert_eq!(reach(addr, &hello("other.example.com")).unwrap(), "wild");
+    assert_eq!(reach(addr, &hello("a.b.c.example.com")).unwrap(), "wild");
+    assert_eq!(reach(addr, &hello("x.staging.example.com")).unwrap(), "deeper");
+    // The wildcard does not match the bare domain.
+    assert_eq!(answer(addr, &hello("example.com")), ALERT_UNRECOGNIZED_NAME);
+
+    let logs = router.wait_access_logs(6, Duration::from_secs(5));
+    let routes: Vec<&str> = logs.iter().map(|l| l["route"].as_str().unwrap()).collect();
+    assert_eq!(routes, ["exact", "exact", "wild", "wild", "deeper", "none"]);
+    assert_eq!(logs[5]["result"], "no_route");
+    assert_eq!(logs[0]["sni"], "api.example.com");
+
+    let m = router.metrics();
+    assert_eq!(
+        metric(&m, "sniroute_connections_total", &[("listener", "127.0.0.1:0"), ("route", "wild"), ("result", "forwarded")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&m, "sniroute_connections_total", &[("listener", "127.0.0.1:0"), ("route", "none"), ("result", "no_route")]),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn no_sni_and_unmatched_names_use_the_default_route() {
+    let (router, _ups) = three_routes(true);
+    let addr = router.addr();
+    assert_eq!(reach(addr, &HelloBuilder::new("x").no_sni().build()).unwrap(), "exact");
+    assert_eq!(reach(addr, &hello("unknown.test")).unwrap(), "exact");
+    assert_eq!(reach(addr, &hello("x.example.com")).unwrap(), "wild");
+}
+
+#[test]
+fn listener_default_replaces_the_global_one() {
+    let a = Upstream::start("a", Behaviour::Greet);
+    let b = Upstream::start("b", Behaviour::Greet);
+    let yaml = format!(
+        r#"
+listeners:
+  - "127.0.0.1:0"
+  - {{address: "[::1]:0", default_route: b}}
+routes:
+  - {{name: a, server_names: [a.test], upstreams: ["{}"]}}
+  - {{name: b, server_names: [b.test], upstreams: ["{}"]}}
+default_route: a
+"#,
+        a.addr, b.addr
+    );
+    let router = Router::start(&yaml);
+    let v4 = router.listener("127.0.0.1:0");
+    let v6 = router.listener("[::1]:0");
+    assert!(v6.is_ipv6());
+    let nosni = HelloBuilder::new("x").no_sni().build();
+    assert_eq!(reach(v4, &nosni).unwrap(), "a");
+    assert_eq!(reach(v6, &nosni).unwrap(), "b");
+    // Named routes work on both listeners, IPv6 included.
+    assert_eq!(reach(v6, &hello("a.test")).unwrap(), "a");
+    assert_eq!(reach(v4, &hello("b.test")).unwrap(), "b");
+}
+
+#[test]
+fn refusals_send_the_right_alert_and_count() {
+    let up = Upstream::start("up", Behaviour::Greet);
+    // A port with nothing listening: bind, learn the port, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let yaml = format!(
+        r#"
+listeners: ["127.0.0.1:0"]
+admin: "127.0.0.1:0"
+timeouts: {{client_hello: 1s, connect: 1s}}
+routes:
+  - name: private
+    server_names: [private.test]
+    upstreams: ["{up}"]
+    allow_sources: ["10.0.0.0/8", "2001:db8::/32"]
+  - name: down
+    server_names: [down.test]
+    upstreams: ["{dead}"]
+    health_check: false
+  - name: open
+    server_names: [open.test]
+    upstreams: ["{up}"]
+default_route: open
+"#,
+        up = up.addr
+    );
+    let router = Router::start(&yaml);
+    let addr = router.addr();
+    assert_eq!(answer(addr, &hello("private.test")), ALERT_ACCESS_DENIED);
+    assert_eq!(answer(addr, &hello("down.test")), ALERT_INTERNAL_ERROR);
+    // Invalid names never fall through to the default route.
+    let ip_literal = HelloBuilder::new("x").raw_server_name(b"10.0.4.11").build();
+    assert_eq!(answer(addr, &ip_literal), ALERT_DECODE_ERROR);
+    let two_names = HelloBuilder::new("x")
+        .server_names(&[b"open.test", b"private.test"])
+        .build();
+    assert_eq!(answer(addr, &two_names), ALERT_DECODE_ERROR);
+    let nul = HelloBuilder::new("x").raw_server_name(b"open.test\0.evil").build();
+    assert_eq!(answer(addr, &nul), ALERT_DECODE_ERROR);
+    // SSLv2-style hello: closed without an answer.
+    assert_eq!(answer(addr, &[0x80, 0x2e, 0x01, 0x03, 0x01, 0, 0x15, 0, 0, 0, 0x10]), b"");
+    // Plaintext HTTP: a 400 that says why.
+    let http = answer(addr, b"GET / HTTP/1.1\r\nHost: open.test\r\n\r\n");
+    let http = String::from_utf8(http).unwrap();
+    assert!(http.starts_with("HTTP/1.1 400 "), "{http}");
+    assert!(http.contains("This port speaks TLS"), "{http}");
+    // Other garbage: closed without an answer.
+    assert_eq!(answer(addr, b"SSH-2.0-OpenSSH_9.2\r\n"), b"");
+    // Oversized: refused from the header alone, without waiting for bytes.
+    let started = Instant::now();
+    assert_eq!(answer(addr, &[22, 3, 1, 0xff, 0xff]), ALERT_DECODE_ERROR);
+    assert!(started.elapsed() < Duration::from_millis(900), "waited for the body");
+    assert_eq!(up.connections(), 0, "nothing may reach an upstream");
+
+    let logs = router.wait_access_logs(9, Duration::from_secs(5));
+    let results: Vec<&str> = logs.iter().map(|l| l["result"].as_str().unwrap()).collect();
+    assert_eq!(
+        results,
+        [
+            "denied",
+            "upstream_unavailable",
+            "bad_client_hello",
+            "bad_client_hello",
+            "bad_client_hello",
+            "bad_client_hello",
+            "not_tls",
+            "not_tls",
+            "client_hello_too_large"
+        ]
+    );
+    let m = router.metrics();
+    let count = |route: &str, result: &str| {
+        metric(&m, "sniroute_connections_total", &[("listener", "127.0.0.1:0"), ("route", route), ("result", result)])
+    };
+    assert_eq!(count("private", "denied"), Some(1.0));
+    assert_eq!(count("down", "upstream_unavailable"), Some(1.0));
+    assert_eq!(count("none", "bad_client_hello"), Some(4.0));
+    assert_eq!(count("none", "not_tls"), Some(2.0));
+    assert_eq!(count("none", "client_hello_too_large"), Some(1.0));
+    assert!(metric(&m, "sniroute_upstream_connect_failures_total", &[("route", "down"), ("upstream", &dead.to_string())]).unwrap() >= 1.0);
+}
+
+#[test]
+fn dribbled_and_record_split_hellos_are_routed() {
+    let (router, _ups) = three_routes(false);
+    let addr = router.addr();
+    // A few bytes at a time, with pauses, as a slow link delivers them.
+    let bytes = HelloBuilder::new("api.example.com").pad_to(1900).build();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    for chunk in bytes.chunks(97) {
+        s.write_all(chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut greeting = [0u8; 6];
+    s.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting, b"exact\n");
+    // Split across TLS records, down to one byte per record: HAProxy and
+    // sniproxy fail this one.
+    for size in [1, 7, 100] {
+        let split = HelloBuilder::new("x.staging.example.com").build_in_records(size);
+        assert_eq!(reach(addr, &split).unwrap(), "deeper", "records of {size}");
+    }
+}
+
+#[test]
+fn a_slow_hello_is_closed_at_the_timeout() {
+    let (router, _ups) = three_routes(true);
+    let bytes = hello("api.example.com");
+    let mut s = TcpStream::connect(router.addr()).unwrap();
+    s.write_all(&bytes[..50]).unwrap();
+    let started = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let waited = started.elapsed();
+    assert!(out.is_empty(), "got {out:?}");
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "{waited:?}");
+    let log = router.wait_access_logs(1, Duration::from_secs(5));
+    assert_eq!(log[0]["result"], "client_hello_timeout");
+}
+
+#[test]
+fn a_dead_endpoint_is_skipped_for_the_next_one() {
+    let up = Upstream::start("alive", Behaviour::Greet);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let yaml = format!(
+        r#"
+listeners: ["127.0.0.1:0"]
+admin: "127.0.0.1:0"
+routes:
+  - name: pair
+    server_names: [pair.test]
+    upstreams: ["{dead}", "{alive}"]
+    balance: round_robin
+    health_check: false
+"#,
+        alive = up.addr
+    );
+    let router = Router::start(&yaml);
+    for _ in 0..4 {
+        assert_eq!(reach(router.addr(), &hello("pair.test")).unwrap(), "alive");
+    }
+    let m = router.metrics();
+    assert!(
+        metric(&m, "sniroute_upstream_connect_failures_total", &[("route", "pair"), ("upstream", &dead.to_string())])
+            .unwrap()
+            >= 1.0
+    );
+}
+
+#[test]
+fn the_client_hello_reaches_the_upstream_unchanged() {
+    let up = Upstream::start("echo", Behaviour::Echo);
+    let yaml = format!(
+        "listeners: [\"127.0.0.1:0\"]\nroutes:\n  - {{name: e, server_names: [e.test], upstreams: [\"{}\"]}}\n",
+        up.addr
+    );
+    let router = Router::start(&yaml);
+    let bytes = HelloBuilder::new("e.test").build_in_records(50);
+    let mut s = TcpStream::connect(router.addr()).unwrap();
+    s.write_all(&bytes).unwrap();
+    s.write_all(b"after the hello").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    let mut want = bytes.clone();
+    want.extend_from_slice(b"after the hello");
+    assert_eq!(back, want);
+    assert_eq!(up.received.lock().unwrap()[0], want);
+}
