@@ -52,7 +52,10 @@ fn admin_endpoints_answer() {
     assert_eq!(status["config_generation"], 1);
     assert_eq!(status["routes"][0]["name"], "alpha");
     assert_eq!(status["routes"][0]["server_names"][0], "alpha.test");
-    assert_eq!(status["routes"][0]["endpoints"][0]["address"], up.addr.to_string());
+    assert_eq!(
+        status["routes"][0]["endpoints"][0]["address"],
+        up.addr.to_string()
+    );
     assert_eq!(status["routes"][0]["endpoints"][0]["healthy"], true);
     let (status, page) = router.admin_get("/");
     assert_eq!(status, 200);
@@ -82,22 +85,78 @@ fn metrics_count_known_traffic_and_pass_promtool() {
 
     let m = router.metrics();
     let conn = |route: &str, result: &str| {
-        metric(&m, "sniroute_connections_total", &[("listener", "127.0.0.1:0"), ("route", route), ("result", result)])
+        metric(
+            &m,
+            "sniroute_connections_total",
+            &[
+                ("listener", "127.0.0.1:0"),
+                ("route", route),
+                ("result", result),
+            ],
+        )
     };
     assert_eq!(conn("alpha", "forwarded"), Some(3.0));
     assert_eq!(conn("none", "no_route"), Some(1.0));
     assert_eq!(conn("none", "not_tls"), Some(1.0));
     let sent = (3 * (hello.len() + 1000)) as f64;
-    assert_eq!(metric(&m, "sniroute_bytes_total", &[("route", "alpha"), ("direction", "client_to_upstream")]), Some(sent));
-    assert_eq!(metric(&m, "sniroute_bytes_total", &[("route", "alpha"), ("direction", "upstream_to_client")]), Some(sent));
-    assert_eq!(metric(&m, "sniroute_active_tunnels", &[("route", "alpha")]), Some(0.0));
-    assert_eq!(metric(&m, "sniroute_tunnel_duration_seconds_count", &[("route", "alpha")]), Some(3.0));
-    assert_eq!(metric(&m, "sniroute_upstream_connect_seconds_count", &[("route", "alpha")]), Some(3.0));
-    assert_eq!(metric(&m, "sniroute_client_hello_bytes_count", &[]), Some(4.0));
-    assert_eq!(metric(&m, "sniroute_upstream_healthy", &[("route", "alpha"), ("upstream", &up.addr.to_string())]), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            "sniroute_bytes_total",
+            &[("route", "alpha"), ("direction", "client_to_upstream")]
+        ),
+        Some(sent)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "sniroute_bytes_total",
+            &[("route", "alpha"), ("direction", "upstream_to_client")]
+        ),
+        Some(sent)
+    );
+    assert_eq!(
+        metric(&m, "sniroute_active_tunnels", &[("route", "alpha")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "sniroute_tunnel_duration_seconds_count",
+            &[("route", "alpha")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "sniroute_upstream_connect_seconds_count",
+            &[("route", "alpha")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&m, "sniroute_client_hello_bytes_count", &[]),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "sniroute_upstream_healthy",
+            &[("route", "alpha"), ("upstream", &up.addr.to_string())]
+        ),
+        Some(1.0)
+    );
     assert_eq!(metric(&m, "sniroute_config_generation", &[]), Some(1.0));
     assert_eq!(metric(&m, "sniroute_tunnels_on_old_config", &[]), Some(0.0));
-    assert_eq!(metric(&m, "sniroute_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            "sniroute_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
     // Client-controlled strings never become labels.
     assert!(!m.contains("unknown.test"));
 
@@ -122,14 +181,23 @@ fn metrics_count_known_traffic_and_pass_promtool() {
 fn a_real_prometheus_scrapes_the_router() {
     let prometheus = match Command::new("prometheus").arg("--version").output() {
         Ok(_) => "prometheus",
-        Err(_) => panic!("prometheus not found: install the Debian package `prometheus` (bash .ci/run does)"),
+        Err(_) => panic!(
+            "prometheus not found: install the Debian package `prometheus` (bash .ci/run does)"
+        ),
     };
     let up = Upstream::start("a", Behaviour::Greet);
     let router = Router::start(&two_routes(up.addr, None));
-    assert_eq!(reach(router.addr(), &HelloBuilder::new("alpha.test").build()).unwrap(), "a");
+    assert_eq!(
+        reach(router.addr(), &HelloBuilder::new("alpha.test").build()).unwrap(),
+        "a"
+    );
 
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     std::fs::write(
         dir.path().join("prometheus.yml"),
         format!(
@@ -147,13 +215,19 @@ fn a_real_prometheus_scrapes_the_router() {
     }
     let _prometheus = Kill(
         Command::new(prometheus)
-        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap(),
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
     );
     let api: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -168,12 +242,17 @@ fn a_real_prometheus_scrapes_the_router() {
             let t: serde_json::Value = serde_json::from_str(&targets).unwrap_or_default();
             let v: serde_json::Value = serde_json::from_str(&value).unwrap_or_default();
             let up = t["data"]["activeTargets"][0]["health"] == "up";
-            let sample = v["data"]["result"][0]["value"][1].as_str().map(str::to_owned);
+            let sample = v["data"]["result"][0]["value"][1]
+                .as_str()
+                .map(str::to_owned);
             if up && sample.as_deref() == Some("1") {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "Prometheus did not scrape sniroute within 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not scrape sniroute within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -211,16 +290,31 @@ async fn reload_adds_a_route_while_a_tunnel_keeps_streaming() {
     let m = router.metrics();
     assert_eq!(metric(&m, "sniroute_config_generation", &[]), Some(2.0));
     assert_eq!(metric(&m, "sniroute_tunnels_on_old_config", &[]), Some(1.0));
-    assert_eq!(metric(&m, "sniroute_config_reloads_total", &[("result", "success")]), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            "sniroute_config_reloads_total",
+            &[("result", "success")]
+        ),
+        Some(1.0)
+    );
 
     // A broken file changes nothing and is counted.
-    let log = router.reload("listeners: [\"127.0.0.1:0\"]\nroutes:\n  - name: x\n    bogus_key: 1\n");
+    let log =
+        router.reload("listeners: [\"127.0.0.1:0\"]\nroutes:\n  - name: x\n    bogus_key: 1\n");
     let msg = log["error"].as_str().unwrap_or_default().to_owned();
     assert!(msg.contains("sniroute.yaml:4:"), "{log}");
     assert!(msg.contains("bogus_key"), "{log}");
     assert_eq!(reach(addr, &beta).unwrap(), "b");
     let m = router.metrics();
-    assert_eq!(metric(&m, "sniroute_config_reloads_total", &[("result", "failure")]), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            "sniroute_config_reloads_total",
+            &[("result", "failure")]
+        ),
+        Some(1.0)
+    );
     assert_eq!(metric(&m, "sniroute_config_generation", &[]), Some(2.0));
     drop(tunnel);
 }
@@ -241,7 +335,9 @@ async fn sigterm_drains_open_tunnels_and_refuses_new_ones() {
 
     router.signal("TERM");
     router.wait_log(Duration::from_secs(5), |l| {
-        l["message"].as_str().is_some_and(|m| m.starts_with("draining"))
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("draining"))
     });
     // Not ready any more, but the admin endpoint still answers.
     assert_eq!(http_get(admin, "/readyz").0, 503);
@@ -257,7 +353,10 @@ async fn sigterm_drains_open_tunnels_and_refuses_new_ones() {
     let mut rest = Vec::new();
     tunnel.read_to_end(&mut rest).await.unwrap();
     assert_eq!(router.wait_exit(Duration::from_secs(5)), Some(0));
-    assert!(router.logs().iter().any(|l| l["message"] == "drained: every tunnel finished"));
+    assert!(router
+        .logs()
+        .iter()
+        .any(|l| l["message"] == "drained: every tunnel finished"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,7 +375,10 @@ async fn drain_time_over_closes_remaining_tunnels() {
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), tunnel.read_to_end(&mut rest)).await;
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(2500) && waited < Duration::from_secs(8), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(2500) && waited < Duration::from_secs(8),
+        "{waited:?}"
+    );
     assert_eq!(router.wait_exit(Duration::from_secs(5)), Some(0));
     let logs = router.access_logs();
     assert_eq!(logs.last().unwrap()["end"], "drain");

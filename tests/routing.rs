@@ -46,7 +46,11 @@ routes:
         ups[0].addr,
         ups[1].addr,
         ups[2].addr,
-        if default { "default_route: exact\n" } else { "" }
+        if default {
+            "default_route: exact\n"
+        } else {
+            ""
+        }
     );
     (Router::start(&yaml), ups)
 }
@@ -59,7 +63,10 @@ fn exact_beats_wildcard_and_longest_wildcard_wins() {
     assert_eq!(reach(addr, &hello("API.Example.COM.")).unwrap(), "exact");
     assert_eq!(reach(addr, &hello("other.example.com")).unwrap(), "wild");
     assert_eq!(reach(addr, &hello("a.b.c.example.com")).unwrap(), "wild");
-    assert_eq!(reach(addr, &hello("x.staging.example.com")).unwrap(), "deeper");
+    assert_eq!(
+        reach(addr, &hello("x.staging.example.com")).unwrap(),
+        "deeper"
+    );
     // The wildcard does not match the bare domain.
     assert_eq!(answer(addr, &hello("example.com")), ALERT_UNRECOGNIZED_NAME);
 
@@ -71,11 +78,27 @@ fn exact_beats_wildcard_and_longest_wildcard_wins() {
 
     let m = router.metrics();
     assert_eq!(
-        metric(&m, "sniroute_connections_total", &[("listener", "127.0.0.1:0"), ("route", "wild"), ("result", "forwarded")]),
+        metric(
+            &m,
+            "sniroute_connections_total",
+            &[
+                ("listener", "127.0.0.1:0"),
+                ("route", "wild"),
+                ("result", "forwarded")
+            ]
+        ),
         Some(2.0)
     );
     assert_eq!(
-        metric(&m, "sniroute_connections_total", &[("listener", "127.0.0.1:0"), ("route", "none"), ("result", "no_route")]),
+        metric(
+            &m,
+            "sniroute_connections_total",
+            &[
+                ("listener", "127.0.0.1:0"),
+                ("route", "none"),
+                ("result", "no_route")
+            ]
+        ),
         Some(1.0)
     );
 }
@@ -84,7 +107,10 @@ fn exact_beats_wildcard_and_longest_wildcard_wins() {
 fn no_sni_and_unmatched_names_use_the_default_route() {
     let (router, _ups) = three_routes(true);
     let addr = router.addr();
-    assert_eq!(reach(addr, &HelloBuilder::new("x").no_sni().build()).unwrap(), "exact");
+    assert_eq!(
+        reach(addr, &HelloBuilder::new("x").no_sni().build()).unwrap(),
+        "exact"
+    );
     assert_eq!(reach(addr, &hello("unknown.test")).unwrap(), "exact");
     assert_eq!(reach(addr, &hello("x.example.com")).unwrap(), "wild");
 }
@@ -121,7 +147,10 @@ default_route: a
 fn refusals_send_the_right_alert_and_count() {
     let up = Upstream::start("up", Behaviour::Greet);
     // A port with nothing listening: bind, learn the port, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let yaml = format!(
         r#"
 listeners: ["127.0.0.1:0"]
@@ -154,10 +183,18 @@ default_route: open
         .server_names(&[b"open.test", b"private.test"])
         .build();
     assert_eq!(answer(addr, &two_names), ALERT_DECODE_ERROR);
-    let nul = HelloBuilder::new("x").raw_server_name(b"open.test\0.evil").build();
+    let nul = HelloBuilder::new("x")
+        .raw_server_name(b"open.test\0.evil")
+        .build();
     assert_eq!(answer(addr, &nul), ALERT_DECODE_ERROR);
     // SSLv2-style hello: closed without an answer.
-    assert_eq!(answer(addr, &[0x80, 0x2e, 0x01, 0x03, 0x01, 0, 0x15, 0, 0, 0, 0x10]), b"");
+    assert_eq!(
+        answer(
+            addr,
+            &[0x80, 0x2e, 0x01, 0x03, 0x01, 0, 0x15, 0, 0, 0, 0x10]
+        ),
+        b""
+    );
     // Plaintext HTTP: a 400 that says why.
     let http = answer(addr, b"GET / HTTP/1.1\r\nHost: open.test\r\n\r\n");
     let http = String::from_utf8(http).unwrap();
@@ -168,7 +205,10 @@ default_route: open
     // Oversized: refused from the header alone, without waiting for bytes.
     let started = Instant::now();
     assert_eq!(answer(addr, &[22, 3, 1, 0xff, 0xff]), ALERT_DECODE_ERROR);
-    assert!(started.elapsed() < Duration::from_millis(900), "waited for the body");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "waited for the body"
+    );
     assert_eq!(up.connections(), 0, "nothing may reach an upstream");
 
     let logs = router.wait_access_logs(9, Duration::from_secs(5));
@@ -189,14 +229,30 @@ default_route: open
     );
     let m = router.metrics();
     let count = |route: &str, result: &str| {
-        metric(&m, "sniroute_connections_total", &[("listener", "127.0.0.1:0"), ("route", route), ("result", result)])
+        metric(
+            &m,
+            "sniroute_connections_total",
+            &[
+                ("listener", "127.0.0.1:0"),
+                ("route", route),
+                ("result", result),
+            ],
+        )
     };
     assert_eq!(count("private", "denied"), Some(1.0));
     assert_eq!(count("down", "upstream_unavailable"), Some(1.0));
     assert_eq!(count("none", "bad_client_hello"), Some(4.0));
     assert_eq!(count("none", "not_tls"), Some(2.0));
     assert_eq!(count("none", "client_hello_too_large"), Some(1.0));
-    assert!(metric(&m, "sniroute_upstream_connect_failures_total", &[("route", "down"), ("upstream", &dead.to_string())]).unwrap() >= 1.0);
+    assert!(
+        metric(
+            &m,
+            "sniroute_upstream_connect_failures_total",
+            &[("route", "down"), ("upstream", &dead.to_string())]
+        )
+        .unwrap()
+            >= 1.0
+    );
 }
 
 #[test]
@@ -235,7 +291,10 @@ fn a_slow_hello_is_closed_at_the_timeout() {
     let _ = s.read_to_end(&mut out);
     let waited = started.elapsed();
     assert!(out.is_empty(), "got {out:?}");
-    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
     let log = router.wait_access_logs(1, Duration::from_secs(5));
     assert_eq!(log[0]["result"], "client_hello_timeout");
 }
@@ -243,7 +302,10 @@ fn a_slow_hello_is_closed_at_the_timeout() {
 #[test]
 fn a_dead_endpoint_is_skipped_for_the_next_one() {
     let up = Upstream::start("alive", Behaviour::Greet);
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let yaml = format!(
         r#"
 listeners: ["127.0.0.1:0"]
@@ -263,8 +325,12 @@ routes:
     }
     let m = router.metrics();
     assert!(
-        metric(&m, "sniroute_upstream_connect_failures_total", &[("route", "pair"), ("upstream", &dead.to_string())])
-            .unwrap()
+        metric(
+            &m,
+            "sniroute_upstream_connect_failures_total",
+            &[("route", "pair"), ("upstream", &dead.to_string())]
+        )
+        .unwrap()
             >= 1.0
     );
 }

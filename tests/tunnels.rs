@@ -63,9 +63,14 @@ async fn half_close_from_either_side_keeps_the_other_direction() {
     client.write_all(b"request").await.unwrap();
     client.shutdown().await.unwrap();
     assert_eq!(read_to_end(&mut up).await, b"request");
-    up.write_all(b"response after the client's FIN").await.unwrap();
+    up.write_all(b"response after the client's FIN")
+        .await
+        .unwrap();
     up.shutdown().await.unwrap();
-    assert_eq!(read_to_end(&mut client).await, b"response after the client's FIN");
+    assert_eq!(
+        read_to_end(&mut client).await,
+        b"response after the client's FIN"
+    );
 
     // Upstream closes its sending side first.
     let (mut client, mut up) = open(router.addr(), &upstream).await;
@@ -89,7 +94,9 @@ async fn an_upstream_reset_closes_the_client_promptly() {
     let (mut client, up) = open(router.addr(), &upstream).await;
     let started = Instant::now();
     // SO_LINGER 0: close sends RST instead of FIN.
-    socket2::SockRef::from(&up).set_linger(Some(Duration::ZERO)).unwrap();
+    socket2::SockRef::from(&up)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
     drop(up);
     let mut buf = [0u8; 16];
     let r = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
@@ -104,7 +111,10 @@ async fn an_upstream_reset_closes_the_client_promptly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tunnel_is_closed_after_the_idle_timeout() {
     let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let router = Router::start(&config(upstream.local_addr().unwrap(), "timeouts: {idle: 1s}"));
+    let router = Router::start(&config(
+        upstream.local_addr().unwrap(),
+        "timeouts: {idle: 1s}",
+    ));
     let (mut client, mut up) = open(router.addr(), &upstream).await;
     // Traffic keeps it open past the timeout...
     for _ in 0..4 {
@@ -117,7 +127,10 @@ async fn an_idle_tunnel_is_closed_after_the_idle_timeout() {
     let started = Instant::now();
     assert_eq!(read_to_end(&mut client).await, b"");
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(4), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
     let logs = router.wait_access_logs(1, Duration::from_secs(5));
     assert_eq!(logs[0]["end"], "idle_timeout");
 }
@@ -158,14 +171,22 @@ async fn check_pattern(mut r: impl AsyncReadExt + Unpin, seed: u64) -> u64 {
             pending.extend_from_slice(&data[..take]);
             data = &data[take..];
             if pending.len() == 8 {
-                assert_eq!(u64::from_le_bytes(pending[..].try_into().unwrap()), word ^ seed, "word {word}");
+                assert_eq!(
+                    u64::from_le_bytes(pending[..].try_into().unwrap()),
+                    word ^ seed,
+                    "word {word}"
+                );
                 word += 1;
                 pending.clear();
             }
         }
         let mut words = data.chunks_exact(8);
         for w in &mut words {
-            assert_eq!(u64::from_le_bytes(w.try_into().unwrap()), word ^ seed, "word {word}");
+            assert_eq!(
+                u64::from_le_bytes(w.try_into().unwrap()),
+                word ^ seed,
+                "word {word}"
+            );
             word += 1;
         }
         pending.extend_from_slice(words.remainder());
@@ -202,11 +223,19 @@ async fn one_gib_each_way_arrives_intact() {
     assert_eq!(logs[0]["bytes_upstream_to_client"], GIB);
     let m = router.metrics();
     assert_eq!(
-        metric(&m, "sniroute_bytes_total", &[("route", "bulk"), ("direction", "client_to_upstream")]),
+        metric(
+            &m,
+            "sniroute_bytes_total",
+            &[("route", "bulk"), ("direction", "client_to_upstream")]
+        ),
         Some((GIB + hello) as f64)
     );
     assert_eq!(
-        metric(&m, "sniroute_bytes_total", &[("route", "bulk"), ("direction", "upstream_to_client")]),
+        metric(
+            &m,
+            "sniroute_bytes_total",
+            &[("route", "bulk"), ("direction", "upstream_to_client")]
+        ),
         Some(GIB as f64)
     );
 }
@@ -221,7 +250,9 @@ async fn two_thousand_concurrent_tunnels() {
     let hello_len = hello.len();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = upstream.accept().await else { return };
+            let Ok((mut s, _)) = upstream.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut h = vec![0u8; hello_len];
                 if s.read_exact(&mut h).await.is_err() {
@@ -241,13 +272,15 @@ async fn two_thousand_concurrent_tunnels() {
     for i in 0..N {
         let mut c = TcpStream::connect(addr).await.unwrap();
         c.write_all(&hello).await.unwrap();
-        c.write_all(format!("tunnel {i:05}").as_bytes()).await.unwrap();
+        c.write_all(format!("tunnel {i:05}").as_bytes())
+            .await
+            .unwrap();
         clients.push(c);
     }
     let mut tasks = Vec::with_capacity(N);
     for (i, mut c) in clients.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
-            let mut b = [0u8; 11];
+            let mut b = [0u8; 12];
             c.read_exact(&mut b).await.unwrap();
             assert_eq!(&b, format!("tunnel {i:05}").as_bytes());
             c
@@ -255,13 +288,24 @@ async fn two_thousand_concurrent_tunnels() {
     }
     let mut clients = Vec::with_capacity(N);
     for t in tasks {
-        clients.push(tokio::time::timeout(Duration::from_secs(60), t).await.unwrap().unwrap());
+        clients.push(
+            tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
     let m = router.metrics();
-    assert_eq!(metric(&m, "sniroute_active_tunnels", &[("route", "bulk")]), Some(N as f64));
+    assert_eq!(
+        metric(&m, "sniroute_active_tunnels", &[("route", "bulk")]),
+        Some(N as f64)
+    );
     // Two sockets per tunnel and no pipe held while idle.
     let fds = router.open_fds();
-    assert!(fds <= fds_before + 2 * N + 16, "{fds} fds for {N} idle tunnels (before: {fds_before})");
+    assert!(
+        fds <= fds_before + 2 * N + 16,
+        "{fds} fds for {N} idle tunnels (before: {fds_before})"
+    );
 
     drop(clients);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -275,13 +319,26 @@ async fn two_thousand_concurrent_tunnels() {
     }
     let m = router.metrics();
     assert_eq!(
-        metric(&m, "sniroute_connections_total", &[("listener", "127.0.0.1:0"), ("route", "bulk"), ("result", "forwarded")]),
+        metric(
+            &m,
+            "sniroute_connections_total",
+            &[
+                ("listener", "127.0.0.1:0"),
+                ("route", "bulk"),
+                ("result", "forwarded")
+            ]
+        ),
         Some(N as f64)
     );
     // Every descriptor is returned.
     let deadline = Instant::now() + Duration::from_secs(10);
     while router.open_fds() > fds_before + 4 {
-        assert!(Instant::now() < deadline, "fds leaked: {} > {}", router.open_fds(), fds_before);
+        assert!(
+            Instant::now() < deadline,
+            "fds leaked: {} > {}",
+            router.open_fds(),
+            fds_before
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -166,7 +166,12 @@ fn kubeconfig(a: KubeconfigArgs) -> Result<String, Box<dyn std::error::Error>> {
         ca: kc::CaChoice::from_flags(a.certificate_authority, a.insecure_skip_tls_verify)?,
         context_name: a.context_name,
         activate: !a.no_activate_context,
-        credentials: kc::Credentials::from_flags(a.client_certificate, a.client_key, a.token, a.token_file)?,
+        credentials: kc::Credentials::from_flags(
+            a.client_certificate,
+            a.client_key,
+            a.token,
+            a.token_file,
+        )?,
     };
     if a.print {
         for w in kc::warnings(&cfg, &req)? {
@@ -183,7 +188,10 @@ fn kubeconfig(a: KubeconfigArgs) -> Result<String, Box<dyn std::error::Error>> {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sniroute: cannot start the async runtime: {e}");

@@ -49,12 +49,19 @@ impl Router {
         let config_path = dir.path().join("sniroute.yaml");
         std::fs::write(&config_path, yaml).unwrap();
         let mut cmd = Command::new(bin());
-        cmd.args(["--log-format", "json", "--log-level", "info", "run", "--config"])
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env_remove("RUST_LOG");
+        cmd.args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+            "run",
+            "--config",
+        ])
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env_remove("RUST_LOG");
         adjust(&mut cmd);
         let mut child = cmd.spawn().expect("start sniroute");
         let stderr = child.stderr.take().unwrap();
@@ -135,7 +142,10 @@ impl Router {
             }
             let now = Instant::now();
             if now >= deadline {
-                panic!("log line not seen within {timeout:?}; log so far:\n{}", dump(&logs));
+                panic!(
+                    "log line not seen within {timeout:?}; log so far:\n{}",
+                    dump(&logs)
+                );
             }
             logs = cvar.wait_timeout(logs, deadline - now).unwrap().0;
         }
@@ -257,7 +267,11 @@ fn dump(logs: &[serde_json::Value]) -> String {
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).unwrap();
     let text = String::from_utf8_lossy(&resp).into_owned();
@@ -357,12 +371,7 @@ pub mod raw {
         }
     }
 
-    fn serve(
-        mut s: TcpStream,
-        name: &str,
-        behaviour: Behaviour,
-        rec: Arc<Mutex<Vec<Vec<u8>>>>,
-    ) {
+    fn serve(mut s: TcpStream, name: &str, behaviour: Behaviour, rec: Arc<Mutex<Vec<Vec<u8>>>>) {
         let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
         let idx = {
             let mut r = rec.lock().unwrap();

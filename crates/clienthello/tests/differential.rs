@@ -186,8 +186,16 @@ fn builder_variants_and_malformed_hellos() {
     let cases: Vec<(&str, Vec<u8>, Only)> = vec![
         // Valid hellos.
         ("default", ok.build(), Only::Both),
-        ("upper case, trailing dot", HelloBuilder::new("API.Example.COM.").build(), Only::Both),
-        ("no SNI, no ALPN", ok.clone().no_sni().alpn(&[]).build(), Only::Both),
+        (
+            "upper case, trailing dot",
+            HelloBuilder::new("API.Example.COM.").build(),
+            Only::Both,
+        ),
+        (
+            "no SNI, no ALPN",
+            ok.clone().no_sni().alpn(&[]).build(),
+            Only::Both,
+        ),
         (
             "ECH outer extension",
             {
@@ -201,19 +209,71 @@ fn builder_variants_and_malformed_hellos() {
             },
             Only::Both,
         ),
-        ("ALPN h2 only", ok.clone().alpn(&[b"h2"]).build(), Only::Both),
-        ("ALPN binary names", ok.clone().alpn(&[&[0, 1, 255], &[b'x'; 255]]).build(), Only::Both),
-        ("TLS 1.2 only", ok.clone().supported_versions(&[]).build(), Only::Both),
-        ("GREASE versions", ok.clone().supported_versions(&[0x0a0a, 0x0304]).build(), Only::Both),
-        ("padded to 1900", ok.clone().pad_to(1900).build(), Only::Both),
-        ("padded, records of 1", ok.clone().pad_to(1900).build_in_records(1), Only::Both),
-        ("padded, records of 300", ok.clone().pad_to(1900).build_in_records(300), Only::Both),
-        ("20 KB over two records", ok.clone().pad_to(20_000).build(), Only::Both),
-        ("underscore label", HelloBuilder::new("_acme.host_1.example").build(), Only::Both),
-        ("253-byte name", HelloBuilder::new(&name_253).build(), Only::Both),
-        ("digits and letters", HelloBuilder::new("1.2.3.4.example.com").build(), Only::Both),
-        ("single label", HelloBuilder::new("localhost").build(), Only::Both),
-        ("200 unknown extensions", ok.clone().many_extensions(200).build(), Only::Both),
+        (
+            "ALPN h2 only",
+            ok.clone().alpn(&[b"h2"]).build(),
+            Only::Both,
+        ),
+        (
+            "ALPN binary names",
+            ok.clone().alpn(&[&[0, 1, 255], &[b'x'; 255]]).build(),
+            Only::Both,
+        ),
+        (
+            "TLS 1.2 only",
+            ok.clone().supported_versions(&[]).build(),
+            Only::Both,
+        ),
+        (
+            "GREASE versions",
+            ok.clone().supported_versions(&[0x0a0a, 0x0304]).build(),
+            Only::Both,
+        ),
+        (
+            "padded to 1900",
+            ok.clone().pad_to(1900).build(),
+            Only::Both,
+        ),
+        (
+            "padded, records of 1",
+            ok.clone().pad_to(1900).build_in_records(1),
+            Only::Both,
+        ),
+        (
+            "padded, records of 300",
+            ok.clone().pad_to(1900).build_in_records(300),
+            Only::Both,
+        ),
+        (
+            "20 KB over two records",
+            ok.clone().pad_to(20_000).build(),
+            Only::Both,
+        ),
+        (
+            "underscore label",
+            HelloBuilder::new("_acme.host_1.example").build(),
+            Only::Both,
+        ),
+        (
+            "253-byte name",
+            HelloBuilder::new(&name_253).build(),
+            Only::Both,
+        ),
+        (
+            "digits and letters",
+            HelloBuilder::new("1.2.3.4.example.com").build(),
+            Only::Both,
+        ),
+        (
+            "single label",
+            HelloBuilder::new("localhost").build(),
+            Only::Both,
+        ),
+        (
+            "200 unknown extensions",
+            ok.clone().many_extensions(200).build(),
+            Only::Both,
+        ),
         (
             "followed by application data",
             {
@@ -223,16 +283,51 @@ fn builder_variants_and_malformed_hellos() {
             },
             Only::Both,
         ),
-        ("record version 3.0", records(&ok.handshake(), 1 << 14, 0x0300), Only::Both),
-        ("record version 3.3", records(&ok.handshake(), 1 << 14, 0x0303), Only::Both),
+        (
+            "record version 3.0",
+            records(&ok.handshake(), 1 << 14, 0x0300),
+            Only::Both,
+        ),
+        (
+            "record version 3.3",
+            records(&ok.handshake(), 1 << 14, 0x0303),
+            Only::Both,
+        ),
         // The intentional difference.
-        ("IPv4 literal", ok.clone().raw_server_name(b"10.0.4.11").build(), Only::IpLiteral),
-        ("IPv6 literal", ok.clone().raw_server_name(b"2001:db8::1").build(), Only::IpLiteral),
+        (
+            "IPv4 literal",
+            ok.clone().raw_server_name(b"10.0.4.11").build(),
+            Only::IpLiteral,
+        ),
+        (
+            "IPv6 literal",
+            ok.clone().raw_server_name(b"2001:db8::1").build(),
+            Only::IpLiteral,
+        ),
         // We read these, rustls refuses them.
-        ("label starting with -", HelloBuilder::new("-a.example").build(), Only::Ours),
-        ("numeric last label", HelloBuilder::new("1.2.3.4.5").build(), Only::Ours),
-        ("ECH filler (40 zero bytes)", ok.clone().ech().build(), Only::Ours),
-        ("repeated unknown extension", ok.clone().extension(0x4a4a, &[]).extension(0x4a4a, &[]).build(), Only::Ours),
+        (
+            "label starting with -",
+            HelloBuilder::new("-a.example").build(),
+            Only::Ours,
+        ),
+        (
+            "numeric last label",
+            HelloBuilder::new("1.2.3.4.5").build(),
+            Only::Ours,
+        ),
+        (
+            "ECH filler (40 zero bytes)",
+            ok.clone().ech().build(),
+            Only::Ours,
+        ),
+        (
+            "repeated unknown extension",
+            ok.clone()
+                .extension(0x4a4a, &[])
+                .extension(0x4a4a, &[])
+                .build(),
+            Only::Ours,
+        ),
         (
             "no null compression",
             {
@@ -248,7 +343,10 @@ fn builder_variants_and_malformed_hellos() {
             {
                 let hs = ok.handshake();
                 let sig_algs: &[u8] = &[0, 13, 0, 6, 0, 4, 4, 3, 8, 4];
-                let at = hs.windows(sig_algs.len()).position(|w| w == sig_algs).unwrap();
+                let at = hs
+                    .windows(sig_algs.len())
+                    .position(|w| w == sig_algs)
+                    .unwrap();
                 let mut hs = [&hs[..at], &hs[at + sig_algs.len()..]].concat();
                 let ext_len_at = COMPRESSION_AT + 2;
                 let ext_len = u16::from_be_bytes([hs[ext_len_at], hs[ext_len_at + 1]]) - 10;
@@ -261,12 +359,36 @@ fn builder_variants_and_malformed_hellos() {
         ),
         // Neither reads these.
         ("cut short", ok.build()[..100].to_vec(), Only::Neither),
-        ("record version 2.0", records(&ok.handshake(), 1 << 14, 0x0200), Only::Neither),
-        ("record of 16385 bytes", records(&ok.clone().pad_to(16_385).handshake(), 16_385, 0x0301), Only::RecordOverflow),
-        ("record of 18431 bytes", records(&ok.clone().pad_to(18_431).handshake(), 18_431, 0x0301), Only::RecordOverflow),
-        ("record of 18432 bytes", records(&ok.clone().pad_to(18_432).handshake(), 18_432, 0x0301), Only::Neither),
-        ("empty record first", [vec![22, 3, 1, 0, 0], ok.build()].concat(), Only::Neither),
-        ("change_cipher_spec first", [vec![20, 3, 3, 0, 1, 1], ok.build()].concat(), Only::Neither),
+        (
+            "record version 2.0",
+            records(&ok.handshake(), 1 << 14, 0x0200),
+            Only::Neither,
+        ),
+        (
+            "record of 16385 bytes",
+            records(&ok.clone().pad_to(16_385).handshake(), 16_385, 0x0301),
+            Only::RecordOverflow,
+        ),
+        (
+            "record of 18431 bytes",
+            records(&ok.clone().pad_to(18_431).handshake(), 18_431, 0x0301),
+            Only::RecordOverflow,
+        ),
+        (
+            "record of 18432 bytes",
+            records(&ok.clone().pad_to(18_432).handshake(), 18_432, 0x0301),
+            Only::Neither,
+        ),
+        (
+            "empty record first",
+            [vec![22, 3, 1, 0, 0], ok.build()].concat(),
+            Only::Neither,
+        ),
+        (
+            "change_cipher_spec first",
+            [vec![20, 3, 3, 0, 1, 1], ok.build()].concat(),
+            Only::Neither,
+        ),
         (
             "alert between hello records",
             {
@@ -305,25 +427,113 @@ fn builder_variants_and_malformed_hellos() {
             },
             Only::Neither,
         ),
-        ("two host names", ok.clone().server_names(&[b"a.example", b"b.example"]).build(), Only::Neither),
-        ("name type 1", ok.clone().no_sni().extension(0, &sni_ext(&[(1, b"a.example")])).build(), Only::Neither),
-        ("empty SNI list", ok.clone().no_sni().extension(0, &[0, 0]).build(), Only::Neither),
-        ("empty SNI extension", ok.clone().no_sni().extension(0, &[]).build(), Only::Neither),
-        ("empty host name", ok.clone().raw_server_name(b"").build(), Only::Neither),
-        ("two SNI extensions", ok.clone().extension(0, &sni_ext(&[(0, b"b.example")])).build(), Only::Neither),
-        ("NUL in name", ok.clone().raw_server_name(b"good.com\0.evil.com").build(), Only::Neither),
-        ("space in name", ok.clone().raw_server_name(b"a b.example").build(), Only::Neither),
-        ("wildcard name", ok.clone().raw_server_name(b"*.example.com").build(), Only::Neither),
-        ("non-ASCII name", ok.clone().raw_server_name("b\u{fc}cher.de".as_bytes()).build(), Only::Neither),
-        ("empty label", ok.clone().raw_server_name(b"a..example").build(), Only::Neither),
-        ("64-byte label", ok.clone().raw_server_name(&[b'a'; 64]).build(), Only::Neither),
-        ("bracketed IPv6", ok.clone().raw_server_name(b"[::1]").build(), Only::Neither),
-        ("empty ALPN name", ok.clone().alpn(&[b""]).build(), Only::Neither),
-        ("empty ALPN list", ok.clone().alpn(&[]).extension(16, &[0, 0]).build(), Only::Neither),
-        ("two ALPN extensions", ok.clone().extension(16, &[0, 3, 2, b'h', b'2']).build(), Only::Neither),
-        ("odd supported_versions", ok.clone().supported_versions(&[]).extension(43, &[3, 3, 4, 3]).build(), Only::Neither),
-        ("sslv2 hello", vec![0x80, 0x2e, 0x01, 0x03, 0x01, 0x00, 0x15], Only::Neither),
-        ("http request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), Only::Neither),
+        (
+            "two host names",
+            ok.clone()
+                .server_names(&[b"a.example", b"b.example"])
+                .build(),
+            Only::Neither,
+        ),
+        (
+            "name type 1",
+            ok.clone()
+                .no_sni()
+                .extension(0, &sni_ext(&[(1, b"a.example")]))
+                .build(),
+            Only::Neither,
+        ),
+        (
+            "empty SNI list",
+            ok.clone().no_sni().extension(0, &[0, 0]).build(),
+            Only::Neither,
+        ),
+        (
+            "empty SNI extension",
+            ok.clone().no_sni().extension(0, &[]).build(),
+            Only::Neither,
+        ),
+        (
+            "empty host name",
+            ok.clone().raw_server_name(b"").build(),
+            Only::Neither,
+        ),
+        (
+            "two SNI extensions",
+            ok.clone()
+                .extension(0, &sni_ext(&[(0, b"b.example")]))
+                .build(),
+            Only::Neither,
+        ),
+        (
+            "NUL in name",
+            ok.clone().raw_server_name(b"good.com\0.evil.com").build(),
+            Only::Neither,
+        ),
+        (
+            "space in name",
+            ok.clone().raw_server_name(b"a b.example").build(),
+            Only::Neither,
+        ),
+        (
+            "wildcard name",
+            ok.clone().raw_server_name(b"*.example.com").build(),
+            Only::Neither,
+        ),
+        (
+            "non-ASCII name",
+            ok.clone()
+                .raw_server_name("b\u{fc}cher.de".as_bytes())
+                .build(),
+            Only::Neither,
+        ),
+        (
+            "empty label",
+            ok.clone().raw_server_name(b"a..example").build(),
+            Only::Neither,
+        ),
+        (
+            "64-byte label",
+            ok.clone().raw_server_name(&[b'a'; 64]).build(),
+            Only::Neither,
+        ),
+        (
+            "bracketed IPv6",
+            ok.clone().raw_server_name(b"[::1]").build(),
+            Only::Neither,
+        ),
+        (
+            "empty ALPN name",
+            ok.clone().alpn(&[b""]).build(),
+            Only::Neither,
+        ),
+        (
+            "empty ALPN list",
+            ok.clone().alpn(&[]).extension(16, &[0, 0]).build(),
+            Only::Neither,
+        ),
+        (
+            "two ALPN extensions",
+            ok.clone().extension(16, &[0, 3, 2, b'h', b'2']).build(),
+            Only::Neither,
+        ),
+        (
+            "odd supported_versions",
+            ok.clone()
+                .supported_versions(&[])
+                .extension(43, &[3, 3, 4, 3])
+                .build(),
+            Only::Neither,
+        ),
+        (
+            "sslv2 hello",
+            vec![0x80, 0x2e, 0x01, 0x03, 0x01, 0x00, 0x15],
+            Only::Neither,
+        ),
+        (
+            "http request",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            Only::Neither,
+        ),
         ("alert", vec![21, 3, 3, 0, 2, 2, 40], Only::Neither),
     ];
     let mut failures = Vec::new();

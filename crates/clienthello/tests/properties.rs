@@ -38,7 +38,10 @@ fn assert_final_answers_stay(answers: &[(usize, Answer)], one_shot: &Answer) {
     for entry in answers {
         let (len, answer) = entry;
         if let Some((at, first)) = first_final {
-            assert_eq!(answer, first, "answer at {len} bytes differs from the one at {at}");
+            assert_eq!(
+                answer, first,
+                "answer at {len} bytes differs from the one at {at}"
+            );
         } else if !matches!(answer, Ok(Progress::NeedMore { .. })) {
             first_final = Some(entry);
         }

@@ -42,11 +42,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, metrics: Promethe
         let shared = shared.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(30),
-                handle(stream, &shared, &metrics),
-            )
-            .await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(30), handle(stream, &shared, &metrics))
+                    .await;
             drop(permit);
         });
     }
@@ -102,7 +100,11 @@ fn route(path: &str, shared: &Shared, metrics: &PrometheusHandle) -> (u16, &'sta
     match path {
         "/metrics" => {
             shared.publish_old_tunnels();
-            (200, "text/plain; version=0.0.4; charset=utf-8", metrics.render())
+            (
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics.render(),
+            )
         }
         "/healthz" => (200, "text/plain", "ok\n".to_owned()),
         "/readyz" => {
@@ -119,8 +121,16 @@ fn route(path: &str, shared: &Shared, metrics: &PrometheusHandle) -> (u16, &'sta
             "application/json",
             serde_json::to_string_pretty(&status(shared)).unwrap_or_default() + "\n",
         ),
-        "/" => (200, "text/html; charset=utf-8", crate::status_page::PAGE.to_owned()),
-        _ => (404, "text/plain", "not found; try /, /status, /metrics, /healthz, /readyz\n".to_owned()),
+        "/" => (
+            200,
+            "text/html; charset=utf-8",
+            crate::status_page::PAGE.to_owned(),
+        ),
+        _ => (
+            404,
+            "text/plain",
+            "not found; try /, /status, /metrics, /healthz, /readyz\n".to_owned(),
+        ),
     }
 }
 

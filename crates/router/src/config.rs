@@ -173,7 +173,7 @@ pub struct RouteConfig {
 }
 
 /// How an upstream is picked among the healthy ones.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     /// The one with the fewest open tunnels.
@@ -194,7 +194,7 @@ impl Balance {
 }
 
 /// PROXY protocol header sent to the upstream before the client's bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProxyProtocol {
     /// No header.
@@ -218,7 +218,7 @@ impl ProxyProtocol {
 }
 
 /// How tunnel bytes are moved.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Forwarding {
     /// splice(2) where the kernel allows, buffer copies otherwise.

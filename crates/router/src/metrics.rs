@@ -47,7 +47,17 @@ pub const TUNNELS_ENDED_TOTAL: &str = "sniroute_tunnels_ended_total";
 
 /// Buckets for `tunnel_duration_seconds`: from 10 ms up to a day.
 const DURATION_BUCKETS: &[f64] = &[
-    0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 4.0 * 3600.0, 12.0 * 3600.0, 86400.0,
+    0.01,
+    0.1,
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    1800.0,
+    3600.0,
+    4.0 * 3600.0,
+    12.0 * 3600.0,
+    86400.0,
 ];
 /// Buckets for connect and ClientHello latencies: 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[

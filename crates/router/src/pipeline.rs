@@ -111,7 +111,9 @@ pub async fn serve(conn: Accepted, shared: Arc<Shared>) {
         Err(refused) => {
             if let Some(reply) = refused.reply() {
                 // Best effort, bounded: the client may be gone already.
-                let _ = tokio::time::timeout(Duration::from_secs(1), write_all(&conn.stream, reply)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), write_all(&conn.stream, reply))
+                        .await;
                 linger_close(&conn.stream).await;
             }
             if let Refused::BadHello(e) = &refused {
@@ -237,7 +239,10 @@ fn pick_route<'g>(
         .flatten();
     let (id, _kind) = generation
         .table
-        .lookup(hello.server_name.as_ref().map(|n| n.as_str()), listener_default)
+        .lookup(
+            hello.server_name.as_ref().map(|n| n.as_str()),
+            listener_default,
+        )
         .ok_or(Refused::NoRoute)?;
     Ok((id, &generation.routes[id]))
 }

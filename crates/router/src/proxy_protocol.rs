@@ -86,7 +86,10 @@ mod tests {
         assert_eq!(v1(c, l), b"PROXY TCP4 192.0.2.1 198.51.100.2 5000 6443\r\n");
         let c: SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
         let l: SocketAddr = "[2001:db8::2]:6443".parse().unwrap();
-        assert_eq!(v1(c, l), b"PROXY TCP6 2001:db8::1 2001:db8::2 5000 6443\r\n");
+        assert_eq!(
+            v1(c, l),
+            b"PROXY TCP6 2001:db8::1 2001:db8::2 5000 6443\r\n"
+        );
         let mapped: SocketAddr = "[::ffff:192.0.2.1]:5000".parse().unwrap();
         assert_eq!(
             v1(mapped, "198.51.100.2:6443".parse().unwrap()),

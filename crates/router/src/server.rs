@@ -73,7 +73,11 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
                 .map_err(|e| StartError::Bind(addr, e))?;
             let local = bound.local_addr().unwrap_or(addr);
             tracing::info!(admin = %addr, local = %local, "admin endpoint listening");
-            Some(tokio::spawn(crate::admin::serve(bound, shared.clone(), metrics)))
+            Some(tokio::spawn(crate::admin::serve(
+                bound,
+                shared.clone(),
+                metrics,
+            )))
         }
         None => None,
     };
@@ -122,7 +126,11 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
 }
 
 /// Loads the config again and puts it in force if it is valid.
-async fn reload(source: &ConfigSource, shared: &Arc<Shared>, listeners: &mut HashMap<SocketAddr, Running>) {
+async fn reload(
+    source: &ConfigSource,
+    shared: &Arc<Shared>,
+    listeners: &mut HashMap<SocketAddr, Running>,
+) {
     let config = match Config::load(source) {
         Ok(c) => c,
         Err(e) => {
@@ -154,7 +162,11 @@ async fn reload(source: &ConfigSource, shared: &Arc<Shared>, listeners: &mut Has
         tracing::info!(listener = %addr, "listening (added by reload)");
         listeners.insert(addr, running);
     }
-    let removed: Vec<SocketAddr> = listeners.keys().filter(|a| !wanted.contains(a)).copied().collect();
+    let removed: Vec<SocketAddr> = listeners
+        .keys()
+        .filter(|a| !wanted.contains(a))
+        .copied()
+        .collect();
     for addr in removed {
         if let Some(running) = listeners.remove(&addr) {
             running.stop().await;
@@ -162,7 +174,11 @@ async fn reload(source: &ConfigSource, shared: &Arc<Shared>, listeners: &mut Has
         }
     }
     metrics::counter!(m::CONFIG_RELOADS_TOTAL, "result" => "success").increment(1);
-    tracing::info!(generation = generation.id, routes = generation.routes.len(), "config reloaded");
+    tracing::info!(
+        generation = generation.id,
+        routes = generation.routes.len(),
+        "config reloaded"
+    );
 }
 
 async fn drain(
@@ -178,8 +194,11 @@ async fn drain(
         running.stop().await;
     }
     let open = shared.connections.load(Ordering::Acquire);
-    tracing::info!(open_connections = open, drain_seconds = drain_for.as_secs_f64(),
-        "draining: listeners closed, waiting for open tunnels");
+    tracing::info!(
+        open_connections = open,
+        drain_seconds = drain_for.as_secs_f64(),
+        "draining: listeners closed, waiting for open tunnels"
+    );
     let deadline = Instant::now() + drain_for;
     let mut poll = tokio::time::interval(Duration::from_millis(50));
     loop {
@@ -225,7 +244,7 @@ pub fn raise_nofile_limit() {
     if limit.current < limit.maximum {
         let before = limit.current;
         limit.current = limit.maximum;
-        match setrlimit(Resource::Nofile, limit.clone()) {
+        match setrlimit(Resource::Nofile, limit) {
             Ok(()) => tracing::debug!(from = before, to = limit.current, "raised RLIMIT_NOFILE"),
             Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
         }

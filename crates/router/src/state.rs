@@ -141,7 +141,10 @@ impl Shared {
 
     /// The generation in force.
     pub fn current(&self) -> Arc<Generation> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Puts a new config in force for new connections.

@@ -151,13 +151,20 @@ pub fn render(config: &Config) -> String {
 fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
     writeln!(out, "config: {}", config.source.display_name())?;
     writeln!(out, "listeners:")?;
+    let width = config
+        .listeners
+        .iter()
+        .map(|l| l.address.to_string().len())
+        .max()
+        .unwrap_or(0);
     for l in &config.listeners {
         let default = match (&l.default_route, &config.default_route) {
             (Some(own), _) => format!("{own} (this listener's)"),
             (None, Some(global)) => format!("{global} (global)"),
             (None, None) => "none: connections without a matching name are closed".to_owned(),
         };
-        writeln!(out, "  {}  default route: {default}", l.address)?;
+        let address = l.address.to_string();
+        writeln!(out, "  {address:<width$}  default route: {default}")?;
     }
     match config.admin {
         Some(a) => writeln!(out, "admin: {a}")?,
@@ -487,6 +494,17 @@ default_route: dev-kubernetes01
         ));
         assert!(bare.contains("\nadmin: off\n"), "{bare}");
         assert!(bare.contains("  [::]:6443  default route: none"), "{bare}");
+        let mixed = render(&config(
+            "listeners: [\"[::]:6443\", \"127.0.0.1:6443\"]\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n",
+        ));
+        assert!(
+            mixed.contains("\n  [::]:6443       default route: none"),
+            "{mixed}"
+        );
+        assert!(
+            mixed.contains("\n  127.0.0.1:6443  default route: none"),
+            "{mixed}"
+        );
         assert!(
             bare.contains("\ndefault route: none (ClientHellos without SNI"),
             "{bare}"

@@ -163,7 +163,10 @@ impl Pool {
 
     /// The endpoints now.
     pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
-        self.endpoints.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn has_names(&self) -> bool {
@@ -185,19 +188,17 @@ impl Pool {
         for u in &self.key.upstreams {
             let addrs: Vec<SocketAddr> = match &u.host {
                 Host::Ip(ip) => vec![SocketAddr::new(*ip, u.port)],
-                Host::Name(name) => {
-                    match tokio::net::lookup_host((name.as_str(), u.port)).await {
-                        Ok(addrs) => addrs.collect(),
-                        Err(e) => {
-                            tracing::warn!(route = %self.key.route, upstream = %u, error = %e,
+                Host::Name(name) => match tokio::net::lookup_host((name.as_str(), u.port)).await {
+                    Ok(addrs) => addrs.collect(),
+                    Err(e) => {
+                        tracing::warn!(route = %self.key.route, upstream = %u, error = %e,
                                 "upstream name did not resolve; keeping its last known addresses");
-                            old.iter()
-                                .filter(|ep| ep.upstream == u.to_string())
-                                .map(|ep| ep.addr)
-                                .collect()
-                        }
+                        old.iter()
+                            .filter(|ep| ep.upstream == u.to_string())
+                            .map(|ep| ep.addr)
+                            .collect()
                     }
-                }
+                },
             };
             for addr in addrs {
                 if new.iter().any(|ep| ep.addr == addr) {
@@ -232,7 +233,8 @@ impl Pool {
             return Vec::new();
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut order: Vec<Arc<Endpoint>> = all[start..].iter().chain(&all[..start]).cloned().collect();
+        let mut order: Vec<Arc<Endpoint>> =
+            all[start..].iter().chain(&all[..start]).cloned().collect();
         match self.key.balance {
             Balance::RoundRobin => order.sort_by_key(|ep| !ep.is_healthy()),
             // Stable sort: among equals, the round-robin rotation decides.
