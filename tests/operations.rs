@@ -383,3 +383,88 @@ async fn drain_time_over_closes_remaining_tunnels() {
     let logs = router.access_logs();
     assert_eq!(logs.last().unwrap()["end"], "drain");
 }
+
+#[test]
+fn watch_config_reloads_when_the_file_changes() {
+    let a = Upstream::start("a", Behaviour::Greet);
+    let b = Upstream::start("b", Behaviour::Greet);
+    let base = format!("watch_config: true\n{}", two_routes(a.addr, None));
+    let router = Router::start(&base);
+    let beta = HelloBuilder::new("beta.test").build();
+    assert_eq!(
+        common::answer(router.addr(), &beta),
+        [21, 3, 3, 0, 2, 2, 112]
+    );
+    // No signal: just a new file content, as a Marathon config update does.
+    std::fs::write(
+        &router.config_path,
+        format!("watch_config: true\n{}", two_routes(a.addr, Some(b.addr))),
+    )
+    .unwrap();
+    router.wait_log(Duration::from_secs(10), |l| {
+        l["message"] == "config reloaded"
+    });
+    assert_eq!(reach(router.addr(), &beta).unwrap(), "b");
+    let m = router.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "sniroute_config_reloads_total",
+            &[("result", "success")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "sniroute_config_reloads_total",
+            &[("result", "failure")]
+        ),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn reload_binds_added_listeners_and_closes_removed_ones() {
+    let a = Upstream::start("a", Behaviour::Echo);
+    let one = two_routes(a.addr, None);
+    let router = Router::start(&one);
+    let first = router.addr();
+    // A tunnel on the first listener, open across both reloads.
+    let hello = HelloBuilder::new("alpha.test").build();
+    let mut tunnel = TcpStream::connect(first).unwrap();
+    tunnel.write_all(&hello).unwrap();
+    let mut back = vec![0u8; hello.len()];
+    tunnel.read_exact(&mut back).unwrap();
+
+    let two = one.replace(
+        "listeners: [\"127.0.0.1:0\"]",
+        "listeners: [\"127.0.0.1:0\", \"[::1]:0\"]",
+    );
+    assert_eq!(router.reload(&two)["message"], "config reloaded");
+    let added = router.wait_log(Duration::from_secs(5), |l| {
+        l["message"] == "listening (added by reload)"
+    });
+    let second: SocketAddr = added["local"].as_str().unwrap().parse().unwrap();
+    assert!(second.is_ipv6());
+    assert_eq!(
+        common::answer(second, &HelloBuilder::new("nope.test").build()),
+        [21, 3, 3, 0, 2, 2, 112]
+    );
+
+    assert_eq!(router.reload(&one)["message"], "config reloaded");
+    assert!(
+        TcpStream::connect_timeout(&second, Duration::from_secs(2)).is_err(),
+        "removed listener still open"
+    );
+    // The first listener and its tunnel were not disturbed.
+    tunnel.write_all(b"still here").unwrap();
+    let mut got = [0u8; 10];
+    tunnel.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still here");
+    let mut fresh = TcpStream::connect(first).unwrap();
+    fresh.write_all(&hello).unwrap();
+    let mut back = vec![0u8; hello.len()];
+    fresh.read_exact(&mut back).unwrap();
+    assert_eq!(back, hello);
+}

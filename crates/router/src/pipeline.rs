@@ -439,7 +439,7 @@ fn access_log(conn: &Accepted, r: &Record, route: &str, result: &str) {
         listener = %conn.listener,
         client = %conn.peer,
         sni = r.sni.as_deref(),
-        alpn = ?r.alpn,
+        alpn = (!r.alpn.is_empty()).then(|| r.alpn.join(",")),
         route,
         upstream = r.upstream.as_deref(),
         result,
@@ -452,5 +452,6 @@ fn access_log(conn: &Accepted, r: &Record, route: &str, result: &str) {
         closed_first = t.and_then(|t| t.first_eof).map(|s| s.as_str()),
         end = t.map(|t| t.end),
         error = r.error.as_deref().or(t.and_then(|t| t.error.as_deref())),
+        "connection",
     );
 }

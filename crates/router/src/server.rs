@@ -56,6 +56,11 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     let config = Config::load(&source).map_err(StartError::Config)?;
     raise_nofile_limit();
     let metrics = m::install().map_err(StartError::Other)?;
+    // Both results exist from the start, so `increase()` sees the first
+    // failure (a counter born at 1 has no increase).
+    for result in ["success", "failure"] {
+        metrics::counter!(m::CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
+    }
     let shared = Shared::new(Generation::build(1, config, None));
     let generation = shared.current();
 
@@ -159,7 +164,7 @@ async fn reload(
     let generation = shared.install(config);
     for (addr, l) in added {
         let running = listener::spawn(l, addr, shared.clone());
-        tracing::info!(listener = %addr, "listening (added by reload)");
+        tracing::info!(listener = %addr, local = %running.local, "listening (added by reload)");
         listeners.insert(addr, running);
     }
     let removed: Vec<SocketAddr> = listeners
