@@ -356,3 +356,52 @@ fn the_client_hello_reaches_the_upstream_unchanged() {
     assert_eq!(back, want);
     assert_eq!(up.received.lock().unwrap()[0], want);
 }
+
+#[test]
+fn proxy_protocol_headers_precede_the_hello() {
+    let v1 = Upstream::start("v1", Behaviour::Echo);
+    let v2 = Upstream::start("v2", Behaviour::Echo);
+    let yaml = format!(
+        r#"
+listeners: ["127.0.0.1:0"]
+routes:
+  - {{name: one, server_names: [one.test], upstreams: ["{}"], proxy_protocol: v1}}
+  - {{name: two, server_names: [two.test], upstreams: ["{}"], proxy_protocol: v2}}
+"#,
+        v1.addr, v2.addr
+    );
+    let router = Router::start(&yaml);
+    let addr = router.addr();
+    for (name, up) in [("one.test", &v1), ("two.test", &v2)] {
+        let bytes = hello(name);
+        let mut s = TcpStream::connect(addr).unwrap();
+        let client = s.local_addr().unwrap();
+        s.write_all(&bytes).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).unwrap();
+        let seen = up.received.lock().unwrap()[0].clone();
+        assert_eq!(back, seen, "the echo returns exactly what the upstream saw");
+        assert!(seen.ends_with(&bytes), "{name}: hello after the header");
+        let header = &seen[..seen.len() - bytes.len()];
+        if name == "one.test" {
+            assert_eq!(
+                String::from_utf8(header.to_vec()).unwrap(),
+                format!(
+                    "PROXY TCP4 127.0.0.1 {} {} {}\r\n",
+                    addr.ip(),
+                    client.port(),
+                    addr.port()
+                )
+            );
+        } else {
+            assert_eq!(&header[..12], b"\r\n\r\n\0\r\nQUIT\n");
+            assert_eq!(header[13], 0x11, "TCP over IPv4");
+            assert_eq!(&header[24..26], &client.port().to_be_bytes());
+            assert_eq!(&header[26..28], &addr.port().to_be_bytes());
+            // The SNI as an AUTHORITY TLV.
+            assert_eq!(header[28], 0x02);
+            assert_eq!(&header[31..], b"two.test");
+        }
+    }
+}

@@ -255,10 +255,13 @@ async fn forward_hello(
     buf: &[u8],
 ) -> std::io::Result<()> {
     let sni = hello.server_name.as_ref().map(|n| n.as_str());
+    // The address the client actually connected to: a listener bound to
+    // 0.0.0.0 (or port 0) is not an address the upstream can use.
+    let local = || conn.stream.local_addr().unwrap_or(conn.listener);
     let header = match route.proxy_protocol {
         ProxyProtocol::None => None,
-        ProxyProtocol::V1 => Some(crate::proxy_protocol::v1(conn.peer, conn.listener)),
-        ProxyProtocol::V2 => Some(crate::proxy_protocol::v2(conn.peer, conn.listener, sni)),
+        ProxyProtocol::V1 => Some(crate::proxy_protocol::v1(conn.peer, local())),
+        ProxyProtocol::V2 => Some(crate::proxy_protocol::v2(conn.peer, local(), sni)),
     };
     match header {
         Some(mut h) => {
