@@ -499,16 +499,35 @@ fn exact_u16_vector(data: &[u8]) -> Option<&[u8]> {
     (usize::from(u16::from_be_bytes(*len)) == list.len()).then_some(list)
 }
 
+/// Reads the `server_name` extension (RFC 6066 §3).
+///
+/// The list holds at most one `host_name` entry. The RFC lets other name
+/// types follow it, but no other type was ever defined, so their encoding
+/// is unknown: like rustls, we stop reading at the first entry of another
+/// type. A list whose first entry is not a `host_name` is an error.
 fn parse_sni(data: &[u8]) -> Result<ServerName, Error> {
-    let list = exact_u16_vector(data).ok_or(Error::MalformedSni("list length does not match"))?;
-    let (rest, (name_type, name)) = tls_parser::parse_tls_extension_sni_hostname(list)
-        .map_err(|_| Error::MalformedSni("empty or truncated name list"))?;
-    if !rest.is_empty() {
-        return Err(Error::MalformedSni("more than one name"));
+    let mut list =
+        exact_u16_vector(data).ok_or(Error::MalformedSni("list length does not match"))?;
+    let mut host_name = None;
+    while let Some(&name_type) = list.first() {
+        if name_type != SNI_HOST_NAME {
+            break;
+        }
+        let (name, rest) = tls_parser::parse_tls_extension_sni_hostname(list)
+            .map(|(rest, (_, name))| (name, rest))
+            .map_err(|_| Error::MalformedSni("empty or truncated name list"))?;
+        if host_name.replace(name).is_some() {
+            return Err(Error::MalformedSni("more than one name"));
+        }
+        list = rest;
     }
-    if name_type.0 != SNI_HOST_NAME {
-        return Err(Error::MalformedSni("name type is not host_name"));
-    }
+    let Some(name) = host_name else {
+        return Err(if list.is_empty() {
+            Error::MalformedSni("empty or truncated name list")
+        } else {
+            Error::MalformedSni("name type is not host_name")
+        });
+    };
     ServerName::parse(name).map_err(Error::InvalidServerName)
 }
 

@@ -430,6 +430,36 @@ fn malformed_inputs_each_get_their_error() {
     }
 }
 
+#[test]
+fn host_name_followed_by_another_name_type_is_read() {
+    // RFC 6066 lets entries of other name types follow the host_name; their
+    // encoding is unknown, so reading stops there (as rustls does). Found by
+    // the differential fuzz target: a host_name then 4 stray bytes.
+    let ok = HelloBuilder::new("unused.example");
+    for tail in [&b".com"[..], &[1, 0, 3, b'a', b'.', b'b'], &[0x79]] {
+        let mut entry = vec![0, 0, 11];
+        entry.extend_from_slice(b"api.example");
+        entry.extend_from_slice(tail);
+        let mut ext = (entry.len() as u16).to_be_bytes().to_vec();
+        ext.extend_from_slice(&entry);
+        let hello = complete(&ok.clone().no_sni().extension(0, &ext).build());
+        assert_eq!(
+            hello.server_name.as_ref().map(ServerName::as_str),
+            Some("api.example"),
+            "tail {tail:?}"
+        );
+    }
+    // A second host_name after the first is still refused.
+    let mut ext = vec![0, 12, 0, 0, 3];
+    ext.extend_from_slice(b"a.b");
+    ext.extend_from_slice(&[0, 0, 3]);
+    ext.extend_from_slice(b"c.d");
+    assert_eq!(
+        error(&ok.clone().no_sni().extension(0, &ext).build()),
+        Error::MalformedSni("more than one name")
+    );
+}
+
 /// Length of the extension block of a handshake built by `HelloBuilder`
 /// (it is the last field of the body).
 fn ext_block_len(hs: &[u8]) -> usize {

@@ -28,8 +28,8 @@
 //!   extension whose content does not parse (we only note its presence).
 //!
 //! Both refuse, with different words: records of 2^14 + 2048 bytes
-//! or more, data after the ClientHello in its record, two host names, a name type
-//! other than host_name, names with NUL, spaces, `*` or non-ASCII, empty
+//! or more, data after the ClientHello in its record, two host names, a
+//! first name entry of a type other than host_name, names with NUL, spaces, `*` or non-ASCII, empty
 //! SNI or ALPN lists, empty ALPN names, repeated SNI or ALPN extensions.
 
 use clienthello::synth::{records, resplit, HelloBuilder};
@@ -303,6 +303,30 @@ fn builder_variants_and_malformed_hellos() {
             "IPv6 literal",
             ok.clone().raw_server_name(b"2001:db8::1").build(),
             Only::IpLiteral,
+        ),
+        // Found by the differential fuzz target: a host_name followed by
+        // bytes that are not another host_name entry.
+        (
+            "host name then an entry of another type",
+            ok.clone()
+                .no_sni()
+                .extension(0, &sni_ext(&[(0, b"api.example"), (1, b"x")]))
+                .build(),
+            Only::Both,
+        ),
+        (
+            "host name then one stray byte",
+            ok.clone()
+                .no_sni()
+                .extension(0, &{
+                    let mut e = sni_ext(&[(0, b"api.example")]);
+                    e.push(0x79);
+                    let list_len = (e.len() - 2) as u16;
+                    e[..2].copy_from_slice(&list_len.to_be_bytes());
+                    e
+                })
+                .build(),
+            Only::Both,
         ),
         // We read these, rustls refuses them.
         (
