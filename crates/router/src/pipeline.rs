@@ -95,6 +95,9 @@ struct Record {
     upstream: Option<String>,
     hello: Option<Duration>,
     hello_bytes: usize,
+    /// Bytes read with the hello and forwarded before the pump: the hello
+    /// and whatever the client pipelined after it in the same reads.
+    first_bytes: usize,
     connect: Option<Duration>,
     tunnel: Option<TunnelEnd>,
     error: Option<String>,
@@ -178,6 +181,7 @@ async fn forward(
                 attempts: vec![(endpoint.endpoint().addr, e)],
             })
         })?;
+    record.first_bytes = buf.len();
     drop(buf);
     record.tunnel = Some(tunnel(conn, upstream, endpoint, generation, route_id, shared).await);
     Ok(())
@@ -422,12 +426,22 @@ async fn linger_close(stream: &TcpStream) {
 /// kubectl frames go out at once) and keepalive, so a peer that vanished
 /// without a FIN is noticed within minutes instead of at the idle timeout.
 pub fn tune(stream: &TcpStream) {
-    let _ = stream.set_nodelay(true);
+    let _ = tune_socket(socket2::SockRef::from(stream));
+}
+
+/// [`tune`] on any socket, e.g. a listening one whose accepted sockets
+/// inherit the options (Linux).
+///
+/// # Errors
+/// The first `setsockopt` that fails.
+pub fn tune_socket<'a>(socket: impl Into<socket2::SockRef<'a>>) -> std::io::Result<()> {
+    let socket = socket.into();
+    socket.set_tcp_nodelay(true)?;
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10))
         .with_retries(6);
-    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+    socket.set_tcp_keepalive(&keepalive)
 }
 
 fn ms(d: Option<Duration>) -> Option<f64> {
@@ -436,7 +450,7 @@ fn ms(d: Option<Duration>) -> Option<f64> {
 
 fn access_log(conn: &Accepted, r: &Record, route: &str, result: &str) {
     let t = r.tunnel.as_ref();
-    let hello = r.hello_bytes as u64;
+    let first = r.first_bytes as u64;
     tracing::info!(
         target: "sniroute::access",
         listener = %conn.listener,
@@ -446,7 +460,7 @@ fn access_log(conn: &Accepted, r: &Record, route: &str, result: &str) {
         route,
         upstream = r.upstream.as_deref(),
         result,
-        bytes_client_to_upstream = t.map_or(0, |t| t.client_to_upstream + hello),
+        bytes_client_to_upstream = t.map_or(0, |t| t.client_to_upstream + first),
         bytes_upstream_to_client = t.map_or(0, |t| t.upstream_to_client),
         client_hello_bytes = r.hello_bytes,
         client_hello_ms = ms(r.hello),
