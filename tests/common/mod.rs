@@ -433,3 +433,10 @@ pub fn answer(router: SocketAddr, hello: &[u8]) -> Vec<u8> {
     let _ = s.read_to_end(&mut out);
     out
 }
+
+impl Router {
+    /// Whether the router process is still running (not exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
