@@ -364,7 +364,7 @@ fn expected_for(bytes: &[u8], limit: usize) -> (&'static str, Reply) {
             looks_like_http: true,
         }) => ("not_tls", Reply::Http400),
         Err(Error::NotTls { .. }) => ("not_tls", Reply::Nothing),
-        Err(Error::NotHandshake { .. } | Error::SslV2Hello) => ("bad_client_hello", Reply::Nothing),
+        Err(Error::NotHandshake { .. }) => ("bad_client_hello", Reply::Nothing),
         Err(Error::TooLarge { .. }) => ("client_hello_too_large", Reply::Decode),
         Err(_) => ("bad_client_hello", Reply::Decode),
     }
@@ -445,14 +445,11 @@ async fn hostile_input_is_refused_and_counted_without_leaks() {
             "not_tls",
             Reply::Http400,
         ),
-        // README lists SSLv2 with the decode_error alert; the pipeline
-        // deliberately just closes (an SSLv2 client cannot read a TLS
-        // alert). The label is bad_client_hello either way.
         case(
             "SSLv2 hello",
             sslv2_hello(),
             "bad_client_hello",
-            Reply::Nothing,
+            Reply::Decode,
         ),
         // A record length is 16 bits: 0xffff is the most one can announce.
         case(

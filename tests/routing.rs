@@ -187,13 +187,13 @@ default_route: open
         .raw_server_name(b"open.test\0.evil")
         .build();
     assert_eq!(answer(addr, &nul), ALERT_DECODE_ERROR);
-    // SSLv2-style hello: closed without an answer.
+    // SSLv2-style hello: decode_error too.
     assert_eq!(
         answer(
             addr,
             &[0x80, 0x2e, 0x01, 0x03, 0x01, 0, 0x15, 0, 0, 0, 0x10]
         ),
-        b""
+        ALERT_DECODE_ERROR
     );
     // Plaintext HTTP: a 400 that says why.
     let http = answer(addr, b"GET / HTTP/1.1\r\nHost: open.test\r\n\r\n");

@@ -80,6 +80,7 @@ pub const RESULTS: &[&str] = &[
     "client_hello_timeout",
     "upstream_unavailable",
     "over_limit",
+    "client_closed",
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

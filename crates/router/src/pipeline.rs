@@ -71,12 +71,13 @@ impl Refused {
             Self::BadHello(clienthello::Error::NotTls {
                 looks_like_http: true,
             }) => Some(HTTP_400),
-            // Not TLS, or TLS-ish bytes that are no handshake (an alert, or
-            // SSLv2 which cannot read a TLS alert): just close.
+            // Not TLS, or TLS records that are no handshake (an alert, for
+            // instance): just close. An SSLv2-style hello gets decode_error
+            // like any hello we cannot use: a client that sends one for
+            // compatibility reads TLS records, and a true SSLv2 peer just
+            // sees the connection close.
             Self::BadHello(
-                clienthello::Error::NotTls { .. }
-                | clienthello::Error::NotHandshake { .. }
-                | clienthello::Error::SslV2Hello,
+                clienthello::Error::NotTls { .. } | clienthello::Error::NotHandshake { .. },
             ) => None,
             Self::BadHello(_) => Some(&DECODE),
             Self::NoRoute => Some(&UNRECOGNIZED),

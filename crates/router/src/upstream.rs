@@ -110,7 +110,14 @@ pub struct Pool {
     key: PoolKey,
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
     next: AtomicUsize,
+    /// When a connection last triggered a lookup (see [`Pool::connect`]);
+    /// held during that lookup so concurrent connections share it.
+    on_demand: tokio::sync::Mutex<Option<Instant>>,
 }
+
+/// A route whose names have not resolved looks them up again for a
+/// connection at most this often; the periodic refresh keeps going.
+const ON_DEMAND_LOOKUP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why no upstream connection could be made.
 #[derive(Debug)]
@@ -134,6 +141,42 @@ impl std::fmt::Display for Unavailable {
     }
 }
 
+/// One connect attempt, bounded by `timeout`. Running out of descriptors
+/// (`EMFILE`/`ENFILE` from `socket(2)`) is the router's state, not the
+/// endpoint's: wait for one to free up within the same timeout instead of
+/// failing the client at once or blaming the next endpoint.
+async fn connect_once(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let mut starved = false;
+    let attempt = async {
+        loop {
+            match TcpStream::connect(addr).await {
+                Err(e) if out_of_descriptors(&e) => {
+                    starved = true;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                result => return result,
+            }
+        }
+    };
+    let result = tokio::time::timeout(timeout, attempt).await;
+    result.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            if starved {
+                format!("no file descriptor became free within {timeout:?} (EMFILE)")
+            } else {
+                format!("connect timed out after {timeout:?}")
+            },
+        ))
+    })
+}
+
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    let code = e.raw_os_error();
+    code == Some(rustix::io::Errno::MFILE.raw_os_error())
+        || code == Some(rustix::io::Errno::NFILE.raw_os_error())
+}
+
 impl Pool {
     /// A pool for `key`; literal IP upstreams become endpoints at once, host
     /// names on the first [`Pool::refresh`]. Starts its maintenance task.
@@ -150,6 +193,7 @@ impl Pool {
             key,
             endpoints: RwLock::new(Arc::new(endpoints)),
             next: AtomicUsize::new(0),
+            on_demand: tokio::sync::Mutex::new(None),
         });
         pool.publish_health();
         tokio::spawn(maintain(Arc::downgrade(&pool)));
@@ -174,6 +218,18 @@ impl Pool {
             .upstreams
             .iter()
             .any(|u| matches!(u.host, Host::Name(_)))
+    }
+
+    /// [`Pool::refresh`] for a connection that found no endpoint: one at a
+    /// time, and skipped when one ran in the last
+    /// [`ON_DEMAND_LOOKUP_INTERVAL`].
+    async fn refresh_on_demand(&self) {
+        let mut last = self.on_demand.lock().await;
+        if last.is_some_and(|at| at.elapsed() < ON_DEMAND_LOOKUP_INTERVAL) {
+            return;
+        }
+        *last = Some(Instant::now());
+        self.refresh().await;
     }
 
     /// Resolves host names again. An endpoint whose address is still
@@ -255,21 +311,17 @@ impl Pool {
     ) -> Result<(TcpStream, EndpointGuard, Duration), Unavailable> {
         let mut candidates = self.candidates();
         if candidates.is_empty() && self.has_names() {
-            // Names not resolved yet (first connection after start).
-            self.refresh().await;
+            // Names not resolved yet (first connection after start) or not
+            // resolving: look up once for everyone waiting, at most once a
+            // second, and never longer than the connect timeout, so a slow
+            // or dead resolver cannot hold clients or be flooded.
+            let _ = tokio::time::timeout(timeout, self.refresh_on_demand()).await;
             candidates = self.candidates();
         }
         let mut attempts = Vec::new();
         for ep in candidates.into_iter().take(MAX_CONNECT_ATTEMPTS) {
             let started = Instant::now();
-            let result = match tokio::time::timeout(timeout, TcpStream::connect(ep.addr)).await {
-                Ok(r) => r,
-                Err(_) => Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("connect timed out after {timeout:?}"),
-                )),
-            };
-            match result {
+            match connect_once(ep.addr, timeout).await {
                 Ok(stream) => {
                     ep.active.fetch_add(1, Ordering::Relaxed);
                     return Ok((stream, EndpointGuard(ep), started.elapsed()));
