@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clienthello::synth::HelloBuilder;
-use common::{metric, Router};
+use common::{metric, pattern, Router};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -1455,76 +1455,6 @@ async fn fault_the_router_runs_out_of_file_descriptors() {
 // 5. Load: thousands of checksummed tunnels while reloading
 // ---------------------------------------------------------------------------
 
-/// Writes `total` bytes (a multiple of 8) where every 8-byte word is its
-/// index xor `seed`, then half-closes.
-async fn send_pattern(
-    mut w: impl tokio::io::AsyncWrite + Unpin,
-    total: u64,
-    seed: u64,
-) -> io::Result<()> {
-    let mut buf = vec![0u8; 8 * 1024];
-    let mut word = 0u64;
-    let mut sent = 0u64;
-    while sent < total {
-        let n = (total - sent).min(buf.len() as u64) as usize;
-        for chunk in buf[..n].chunks_exact_mut(8) {
-            chunk.copy_from_slice(&(word ^ seed).to_le_bytes());
-            word += 1;
-        }
-        w.write_all(&buf[..n]).await?;
-        sent += n as u64;
-    }
-    w.shutdown().await
-}
-
-/// Reads to EOF and checks every word against pattern `seed`; returns the
-/// byte count, or where the stream went wrong.
-async fn check_pattern(mut r: impl tokio::io::AsyncRead + Unpin, seed: u64) -> Result<u64, String> {
-    let mut buf = vec![0u8; 8 * 1024];
-    let mut pending: Vec<u8> = Vec::with_capacity(8);
-    let mut word = 0u64;
-    let mut total = 0u64;
-    let check = |bytes: &[u8], word: &mut u64| {
-        let got = u64::from_le_bytes(bytes.try_into().unwrap());
-        if got != *word ^ seed {
-            return Err(format!(
-                "word {word}: got {got:#x}, expected {:#x} (seed {seed:#x})",
-                *word ^ seed
-            ));
-        }
-        *word += 1;
-        Ok(())
-    };
-    loop {
-        let n = r
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("read error after {total} bytes: {e}"))?;
-        if n == 0 {
-            if !pending.is_empty() {
-                return Err(format!("stream ends inside word {word}"));
-            }
-            return Ok(total);
-        }
-        total += n as u64;
-        let mut data = &buf[..n];
-        if !pending.is_empty() {
-            let take = (8 - pending.len()).min(data.len());
-            pending.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if pending.len() == 8 {
-                check(&pending, &mut word)?;
-                pending.clear();
-            }
-        }
-        let mut words = data.chunks_exact(8);
-        for w in &mut words {
-            check(w, &mut word)?;
-        }
-        pending.extend_from_slice(words.remainder());
-    }
-}
-
 fn seed_up(id: u64) -> u64 {
     0x5eed_0000_0000_0000 | id << 1
 }
@@ -1648,8 +1578,8 @@ async fn tunnel_round(
                     go.wait_for(|&go| go).await.unwrap();
                     let (r, w) = s.into_split();
                     let (sent, got) = tokio::join!(
-                        send_pattern(w, bytes, seed_down(id)),
-                        check_pattern(r, seed_up(id))
+                        pattern::send(w, bytes, seed_down(id), 8 * 1024),
+                        pattern::check(r, seed_up(id), 8 * 1024)
                     );
                     sent.unwrap_or_else(|e| panic!("upstream of tunnel {id}: write: {e}"));
                     let got =
@@ -1677,8 +1607,8 @@ async fn tunnel_round(
             go.wait_for(|&go| go).await.unwrap();
             let (r, w) = s.into_split();
             let (sent, got) = tokio::join!(
-                send_pattern(w, bytes, seed_up(id)),
-                check_pattern(r, seed_down(id))
+                pattern::send(w, bytes, seed_up(id), 8 * 1024),
+                pattern::check(r, seed_down(id), 8 * 1024)
             );
             sent.unwrap_or_else(|e| panic!("client of tunnel {id}: write: {e}"));
             let got = got.unwrap_or_else(|e| panic!("tunnel {id}, upstream to client: {e}"));

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use clienthello::synth::HelloBuilder;
-use common::{metric, Router};
+use common::{metric, pattern, Router};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -135,65 +135,6 @@ async fn an_idle_tunnel_is_closed_after_the_idle_timeout() {
     assert_eq!(logs[0]["end"], "idle_timeout");
 }
 
-/// Writes `total` bytes where every 8-byte word is its index xor `seed`.
-async fn send_pattern(mut w: impl AsyncWriteExt + Unpin, total: u64, seed: u64) {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut word = 0u64;
-    let mut sent = 0u64;
-    while sent < total {
-        for chunk in buf.chunks_exact_mut(8) {
-            chunk.copy_from_slice(&(word ^ seed).to_le_bytes());
-            word += 1;
-        }
-        let n = (total - sent).min(buf.len() as u64) as usize;
-        w.write_all(&buf[..n]).await.unwrap();
-        sent += n as u64;
-    }
-    w.shutdown().await.unwrap();
-}
-
-/// Reads to EOF and checks every word against the pattern; returns the
-/// byte count.
-async fn check_pattern(mut r: impl AsyncReadExt + Unpin, seed: u64) -> u64 {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut pending = Vec::with_capacity(8);
-    let mut word = 0u64;
-    let mut total = 0u64;
-    loop {
-        let n = r.read(&mut buf).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        let mut data = &buf[..n];
-        if !pending.is_empty() {
-            let take = (8 - pending.len()).min(data.len());
-            pending.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if pending.len() == 8 {
-                assert_eq!(
-                    u64::from_le_bytes(pending[..].try_into().unwrap()),
-                    word ^ seed,
-                    "word {word}"
-                );
-                word += 1;
-                pending.clear();
-            }
-        }
-        let mut words = data.chunks_exact(8);
-        for w in &mut words {
-            assert_eq!(
-                u64::from_le_bytes(w.try_into().unwrap()),
-                word ^ seed,
-                "word {word}"
-            );
-            word += 1;
-        }
-        pending.extend_from_slice(words.remainder());
-    }
-    total
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_each_way_arrives_intact() {
     const GIB: u64 = 1 << 30;
@@ -203,16 +144,20 @@ async fn one_gib_each_way_arrives_intact() {
     let (client_r, client_w) = client.into_split();
     let (up_r, up_w) = up.into_split();
     let started = Instant::now();
-    let (_, _, down, upb) = tokio::time::timeout(Duration::from_secs(240), async {
+    const BUF: usize = 256 * 1024;
+    let (sent_up, sent_down, down, upb) = tokio::time::timeout(Duration::from_secs(240), async {
         tokio::join!(
-            send_pattern(client_w, GIB, 0x1111),
-            send_pattern(up_w, GIB, 0x2222),
-            check_pattern(client_r, 0x2222),
-            check_pattern(up_r, 0x1111),
+            pattern::send(client_w, GIB, 0x1111, BUF),
+            pattern::send(up_w, GIB, 0x2222, BUF),
+            pattern::check(client_r, 0x2222, BUF),
+            pattern::check(up_r, 0x1111, BUF),
         )
     })
     .await
     .expect("2 GiB within 240 s");
+    sent_up.unwrap();
+    sent_down.unwrap();
+    let (down, upb) = (down.unwrap(), upb.unwrap());
     assert_eq!(down, GIB);
     assert_eq!(upb, GIB);
     eprintln!("2 GiB through the router in {:?}", started.elapsed());

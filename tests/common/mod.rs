@@ -440,3 +440,86 @@ impl Router {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 }
+
+/// Checksummed streams: every 8-byte word is its index xor a seed, so a
+/// lost, duplicated or reordered byte shows as a wrong word.
+pub mod pattern {
+    use std::io;
+
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+    /// Writes `total` bytes (a multiple of 8) where every 8-byte word is its
+    /// index xor `seed`, then half-closes; writes `buf_size` bytes at a time.
+    pub async fn send(
+        mut w: impl AsyncWrite + Unpin,
+        total: u64,
+        seed: u64,
+        buf_size: usize,
+    ) -> io::Result<()> {
+        let mut buf = vec![0u8; buf_size];
+        let mut word = 0u64;
+        let mut sent = 0u64;
+        while sent < total {
+            let n = (total - sent).min(buf.len() as u64) as usize;
+            for chunk in buf[..n].chunks_exact_mut(8) {
+                chunk.copy_from_slice(&(word ^ seed).to_le_bytes());
+                word += 1;
+            }
+            w.write_all(&buf[..n]).await?;
+            sent += n as u64;
+        }
+        w.shutdown().await
+    }
+
+    /// Reads to EOF and checks every word against pattern `seed`; returns the
+    /// byte count, or where the stream went wrong.
+    pub async fn check(
+        mut r: impl AsyncRead + Unpin,
+        seed: u64,
+        buf_size: usize,
+    ) -> Result<u64, String> {
+        let mut buf = vec![0u8; buf_size];
+        let mut pending: Vec<u8> = Vec::with_capacity(8);
+        let mut word = 0u64;
+        let mut total = 0u64;
+        let check = |bytes: &[u8], word: &mut u64| {
+            let got = u64::from_le_bytes(bytes.try_into().unwrap());
+            if got != *word ^ seed {
+                return Err(format!(
+                    "word {word}: got {got:#x}, expected {:#x} (seed {seed:#x})",
+                    *word ^ seed
+                ));
+            }
+            *word += 1;
+            Ok(())
+        };
+        loop {
+            let n = r
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("read error after {total} bytes: {e}"))?;
+            if n == 0 {
+                if !pending.is_empty() {
+                    return Err(format!("stream ends inside word {word}"));
+                }
+                return Ok(total);
+            }
+            total += n as u64;
+            let mut data = &buf[..n];
+            if !pending.is_empty() {
+                let take = (8 - pending.len()).min(data.len());
+                pending.extend_from_slice(&data[..take]);
+                data = &data[take..];
+                if pending.len() == 8 {
+                    check(&pending, &mut word)?;
+                    pending.clear();
+                }
+            }
+            let mut words = data.chunks_exact(8);
+            for w in &mut words {
+                check(w, &mut word)?;
+            }
+            pending.extend_from_slice(words.remainder());
+        }
+    }
+}
