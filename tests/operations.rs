@@ -84,17 +84,7 @@ fn metrics_count_known_traffic_and_pass_promtool() {
     router.wait_access_logs(5, Duration::from_secs(5));
 
     let m = router.metrics();
-    let conn = |route: &str, result: &str| {
-        metric(
-            &m,
-            "sniroute_connections_total",
-            &[
-                ("listener", "127.0.0.1:0"),
-                ("route", route),
-                ("result", result),
-            ],
-        )
-    };
+    let conn = |route: &str, result: &str| common::connections_total(&m, route, result);
     assert_eq!(conn("alpha", "forwarded"), Some(3.0));
     assert_eq!(conn("none", "no_route"), Some(1.0));
     assert_eq!(conn("none", "not_tls"), Some(1.0));

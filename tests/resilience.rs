@@ -72,12 +72,7 @@ fn hello(name: &str) -> Vec<u8> {
 
 /// `sniroute_connections_total{listener, route, result}`, 0 when absent.
 fn connections(m: &str, route: &str, result: &str) -> f64 {
-    metric(
-        m,
-        "sniroute_connections_total",
-        &[("listener", LISTENER), ("route", route), ("result", result)],
-    )
-    .unwrap_or(0.0)
+    common::connections_total(m, route, result).unwrap_or(0.0)
 }
 
 /// Polls `cond` every 25 ms until it holds; panics with `what` after

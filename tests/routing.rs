@@ -228,17 +228,7 @@ default_route: open
         ]
     );
     let m = router.metrics();
-    let count = |route: &str, result: &str| {
-        metric(
-            &m,
-            "sniroute_connections_total",
-            &[
-                ("listener", "127.0.0.1:0"),
-                ("route", route),
-                ("result", result),
-            ],
-        )
-    };
+    let count = |route: &str, result: &str| common::connections_total(&m, route, result);
     assert_eq!(count("private", "denied"), Some(1.0));
     assert_eq!(count("down", "upstream_unavailable"), Some(1.0));
     assert_eq!(count("none", "bad_client_hello"), Some(4.0));

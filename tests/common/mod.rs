@@ -321,6 +321,20 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 /// A raw TCP "upstream" on loopback that records what it receives and
 /// answers with a fixed behaviour; for tests that need no TLS server.
+/// `sniroute_connections_total` for the `127.0.0.1:0` listener the tests
+/// configure, or `None` when the series is absent.
+pub fn connections_total(text: &str, route: &str, result: &str) -> Option<f64> {
+    metric(
+        text,
+        "sniroute_connections_total",
+        &[
+            ("listener", "127.0.0.1:0"),
+            ("route", route),
+            ("result", result),
+        ],
+    )
+}
+
 pub mod raw {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
