@@ -81,10 +81,20 @@ async fn half_close_from_either_side_keeps_the_other_direction() {
     client.shutdown().await.unwrap();
     assert_eq!(read_to_end(&mut up).await, b"still talking");
 
+    // Lines are written at teardown, so their order may differ from the
+    // order of the tunnels; tell them apart by the bytes each carried.
     let logs = router.wait_access_logs(2, Duration::from_secs(5));
-    assert_eq!(logs[0]["closed_first"], "client");
-    assert_eq!(logs[1]["closed_first"], "upstream");
-    assert_eq!(logs[0]["end"], "finished");
+    let by_reply = |n: usize| {
+        logs.iter()
+            .find(|l| l["bytes_upstream_to_client"] == n)
+            .unwrap_or_else(|| panic!("no line with {n} bytes back: {logs:?}"))
+    };
+    let first = by_reply(b"response after the client's FIN".len());
+    let second = by_reply(b"banner".len());
+    assert_eq!(first["closed_first"], "client");
+    assert_eq!(second["closed_first"], "upstream");
+    assert_eq!(first["end"], "finished");
+    assert_eq!(second["end"], "finished");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
