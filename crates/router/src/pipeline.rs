@@ -306,7 +306,7 @@ async fn tunnel(
     let options = splice::Options {
         idle_timeout: config.timeouts.idle,
         force_copy: matches!(config.forwarding, crate::config::Forwarding::Copy),
-        pipe_size: None,
+        ..splice::Options::default()
     };
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let on_bytes = |dir: Direction, n: u64| match dir {

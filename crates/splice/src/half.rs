@@ -2,26 +2,58 @@
 //! readiness.
 //!
 //! ```text
-//!        ┌───────────────── pipe/buffer drained ──────────────────┐
-//!        ▼                                                        │
-//!      FILL ── src readable: splice(src → pipe) ── n > 0 ──►    DRAIN ── dst writable:
-//!        │                   or read(src → buf)                   splice(pipe → dst)
-//!        │   EAGAIN: release pipe/buffer, wait for readable        or write(buf → dst)
-//!        │   0 = EOF                                               EAGAIN: wait for writable
+//!        ┌──────────────────── pipe/buffer drained ───────────────────┐
+//!        ▼                                                            │
+//!      FILL ── src readable: recv(src → buf)      ── n > 0 ──►      DRAIN ── dst writable:
+//!        │                   or splice(src → pipe)                    send(buf → dst)
+//!        │   EAGAIN (or a short recv): wait for readable;             or splice(pipe → dst)
+//!        │   an idle direction gives its pipe/buffer back              EAGAIN: wait for writable
+//!        │   0 = EOF
 //!        ▼
 //!    SHUTDOWN ── shutdown(dst, SHUT_WR) ──► DONE
 //! ```
 //!
-//! The pipe (or copy buffer) is only refilled once drained, so a `splice`
-//! into it that says `EAGAIN` always means "the socket has nothing", never
-//! "the pipe is full"; that is what makes it correct to hand the `EAGAIN`
-//! back to tokio's `try_io` (which then clears the socket's readiness).
+//! # Copy for small messages, splice for bulk
+//!
+//! A direction that may splice starts by copying, and switches to
+//! `splice(2)` once it sees a stream ([`BULK`] bytes in reads of at least
+//! [`SMALL`] bytes each); a splice that moves less than [`SMALL`] bytes
+//! switches it back. HAProxy's `splice-auto` does the same, for the same
+//! reasons:
+//!
+//! - For a 64-byte kubectl frame or a TLS alert, `recv` + `send` of a few
+//!   bytes is cheaper than moving page references through a pipe, and a
+//!   short `recv` proves the socket is drained (below), so a message costs
+//!   two system calls instead of three.
+//! - For a `kubectl cp` or a large `logs` stream, splicing 64 KiB at a time
+//!   saves two copies per byte, which is where the CPU goes.
+//!
+//! # Readiness
+//!
+//! Socket calls go through `TcpStream::try_io`, and `WouldBlock` is only
+//! returned to it when the socket is known to be empty, so tokio's readiness
+//! is never cleared by mistake:
+//!
+//! - `splice` into an empty pipe that says `EAGAIN` means "the socket has
+//!   nothing" (never "the pipe is full"), which is why the pipe is only
+//!   refilled once drained. A short splice proves nothing (a pipe holds at
+//!   most 16 buffers, so 16 small segments fill it), so splicing reads on
+//!   until `EAGAIN`.
+//! - A TCP `recv` that returns fewer bytes than asked found the receive
+//!   queue empty (the kernel copies until the buffer is full or the queue
+//!   is), so the closure hands tokio a `WouldBlock` after it, and tokio
+//!   clears the readiness it observed before the call. Data that arrives
+//!   later raises a new edge (epoll is edge-triggered and every arrival
+//!   signals), which tokio records with a new tick, so nothing is missed;
+//!   the third `recv` that would only say `EAGAIN` is saved.
+//!
 //! The pipe or buffer is released as soon as the source has nothing more
 //! to read, so an idle direction holds neither.
 
 use std::io;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::buf_pool::Buf;
@@ -32,6 +64,16 @@ use crate::{Direction, Mode, Side};
 /// Syscalls one direction may make per poll before letting the other
 /// direction (and other tasks) run: at 64 KiB per transfer, about 1 MiB.
 const OPS_PER_POLL: u32 = 32;
+
+/// A read of at least this many bytes counts towards a stream; a splice
+/// that moves less ends one.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) const SMALL: usize = 16 * 1024;
+
+/// Bytes read in a row in reads of at least [`SMALL`] bytes after which a
+/// direction switches from copying to splicing.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) const BULK: usize = 128 * 1024;
 
 /// What the pump needs from its caller while polling a direction.
 pub(crate) struct Ctx<'a> {
@@ -46,14 +88,12 @@ pub(crate) struct Ctx<'a> {
     pub(crate) first_eof: Option<Side>,
 }
 
-/// How the bytes of one direction move.
+/// How the bytes of one direction move right now.
 #[derive(Debug)]
 enum Engine {
-    /// Socket → pipe → socket. `tried` is set once a `splice` from the
-    /// source gave a definite answer; before that, a refusal switches the
-    /// direction to [`Engine::Copy`].
+    /// Socket → pipe → socket.
     #[cfg(target_os = "linux")]
-    Splice { lease: Option<Lease>, tried: bool },
+    Splice { lease: Option<Lease> },
     /// Socket → heap buffer → socket; `buf[pos..len]` is still to write.
     Copy {
         buf: Option<Buf>,
@@ -64,9 +104,9 @@ enum Engine {
 
 /// What a fill attempt found.
 enum Filled {
-    Bytes,
+    Bytes(usize),
     Eof,
-    /// Splice refused on the first attempt: switch to copying.
+    /// Splice refused: copy from now on.
     #[cfg(target_os = "linux")]
     Refused,
 }
@@ -84,7 +124,7 @@ impl Engine {
     fn pending(&self) -> usize {
         match self {
             #[cfg(target_os = "linux")]
-            Self::Splice { lease, .. } => lease.as_ref().map_or(0, Lease::pending),
+            Self::Splice { lease } => lease.as_ref().map_or(0, Lease::pending),
             Self::Copy { pos, len, .. } => (len - pos) as usize,
         }
     }
@@ -94,17 +134,17 @@ impl Engine {
         debug_assert_eq!(self.pending(), 0);
         match self {
             #[cfg(target_os = "linux")]
-            Self::Splice { lease, .. } => *lease = None,
+            Self::Splice { lease } => *lease = None,
             Self::Copy { buf, pos, len } => (*buf, *pos, *len) = (None, 0, 0),
         }
     }
 
     /// One read from `src` into the empty pipe/buffer. `WouldBlock` only
-    /// when the socket said `EAGAIN` (and then readiness is cleared).
+    /// when the socket is empty (and then readiness is cleared).
     fn fill(&mut self, src: &TcpStream, pipe_size: Option<usize>) -> io::Result<Filled> {
-        let result = match self {
+        let n = match self {
             #[cfg(target_os = "linux")]
-            Self::Splice { lease, tried } => {
+            Self::Splice { lease } => {
                 let lease = match lease {
                     Some(lease) => lease,
                     // Out of fds for pipes: degrade to copying rather than
@@ -114,45 +154,30 @@ impl Engine {
                         Err(_) => return Ok(Filled::Refused),
                     },
                 };
-                match src.try_io(tokio::io::Interest::READABLE, || lease.fill(src)) {
-                    Err(e) if !*tried && pipe_pool::is_refusal(&e) => {
-                        self.release();
-                        return Ok(Filled::Refused);
-                    }
-                    result => {
-                        *tried = true;
-                        result
-                    }
-                }
+                src.try_io(Interest::READABLE, || lease.fill(src))?
             }
             Self::Copy { buf, pos, len } => {
                 let _ = pipe_size;
                 let buf = buf.get_or_insert_with(Buf::take);
-                src.try_read(buf).inspect(|&n| (*pos, *len) = (0, n as u32))
+                let n = read_until_short(src, buf)?;
+                (*pos, *len) = (0, n as u32);
+                n
             }
         };
-        match result {
-            Ok(0) => {
-                self.release();
-                Ok(Filled::Eof)
-            }
-            Ok(_) => Ok(Filled::Bytes),
-            Err(e) => {
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    self.release(); // idle: hold no pipe, no buffer
-                }
-                Err(e)
-            }
+        if n == 0 {
+            self.release();
+            return Ok(Filled::Eof);
         }
+        Ok(Filled::Bytes(n))
     }
 
     /// One write of pending bytes to `dst`; returns how many were written.
     fn drain(&mut self, dst: &TcpStream) -> io::Result<usize> {
         let n = match self {
             #[cfg(target_os = "linux")]
-            Self::Splice { lease, .. } => {
+            Self::Splice { lease } => {
                 let lease = lease.as_mut().expect("bytes pending means a pipe is held");
-                dst.try_io(tokio::io::Interest::WRITABLE, || lease.drain(dst))?
+                dst.try_io(Interest::WRITABLE, || lease.drain(dst))?
             }
             Self::Copy { buf, pos, len } => {
                 let buf = buf.as_ref().expect("bytes pending means a buffer is held");
@@ -168,11 +193,50 @@ impl Engine {
     }
 }
 
+/// One `recv` into `buf`. A short read (some bytes, fewer than asked) found
+/// the receive queue empty: tokio is told `WouldBlock` after it, which
+/// clears the readiness observed before the call, so the next poll waits
+/// for new data instead of making a `recv` that can only say `EAGAIN`.
+#[cfg(unix)]
+fn read_until_short(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    let result = src.try_io(Interest::READABLE, || {
+        got = rustix::net::recv(src, &mut *buf, rustix::net::RecvFlags::empty())?.0;
+        if got > 0 && got < buf.len() {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(got)
+        }
+    });
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
+    }
+}
+
+#[cfg(not(unix))]
+fn read_until_short(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    src.try_read(buf)
+}
+
 /// The state of one direction.
 #[derive(Debug)]
 pub(crate) struct Half {
     dir: Direction,
     engine: Engine,
+    /// May switch between copying and splicing: splice was asked for, and
+    /// has not been refused.
+    auto: bool,
+    /// A splice from the source has given a definite answer; before that,
+    /// a refusal (`EINVAL`, `ENOSYS`, `EOPNOTSUPP`) means "copy instead".
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    spliced: bool,
+    /// [`crate::Options::always_splice`].
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    always: bool,
+    /// Bytes copied in a row in reads of at least [`SMALL`] bytes.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    streak: u32,
     /// Bytes written to the destination.
     total: u64,
     /// The source sent EOF.
@@ -182,23 +246,16 @@ pub(crate) struct Half {
 }
 
 impl Half {
-    pub(crate) fn new(dir: Direction, mode: Mode) -> Self {
-        #[cfg(target_os = "linux")]
-        let engine = match mode {
-            Mode::Splice => Engine::Splice {
-                lease: None,
-                tried: false,
-            },
-            Mode::Copy => Engine::copy(),
-        };
+    pub(crate) fn new(dir: Direction, mode: Mode, always_splice: bool) -> Self {
         #[cfg(not(target_os = "linux"))]
-        let engine = {
-            debug_assert_eq!(mode, Mode::Copy);
-            Engine::copy()
-        };
+        debug_assert_eq!(mode, Mode::Copy);
         Self {
             dir,
-            engine,
+            engine: Engine::copy(),
+            auto: mode == Mode::Splice,
+            always: always_splice,
+            spliced: false,
+            streak: 0,
             total: 0,
             eof: false,
             done: false,
@@ -209,12 +266,48 @@ impl Half {
         self.total
     }
 
-    /// The engine now in use (a splice direction may have fallen back).
+    /// [`Mode::Splice`] while this direction splices bulk data (or would,
+    /// given a stream); [`Mode::Copy`] when copying was forced or splice
+    /// was refused.
     pub(crate) fn mode(&self) -> Mode {
+        if self.auto {
+            Mode::Splice
+        } else {
+            Mode::Copy
+        }
+    }
+
+    /// Before a fill (nothing pending): picks the engine for it.
+    #[cfg(target_os = "linux")]
+    fn choose_engine(&mut self) {
+        let bulk = self.auto && (self.always || self.streak as usize >= BULK);
+        match (&self.engine, bulk) {
+            (Engine::Copy { .. }, true) => self.engine = Engine::Splice { lease: None },
+            (Engine::Splice { .. }, false) => self.engine = Engine::copy(),
+            _ => {}
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn choose_engine(&mut self) {}
+
+    /// After a fill of `n` bytes: keeps count of the stream.
+    fn account_fill(&mut self, n: usize) {
         match self.engine {
             #[cfg(target_os = "linux")]
-            Engine::Splice { .. } => Mode::Splice,
-            Engine::Copy { .. } => Mode::Copy,
+            Engine::Splice { .. } => {
+                self.spliced = true;
+                if n < SMALL && !self.always {
+                    self.streak = 0; // the stream is over: copy the next burst
+                }
+            }
+            Engine::Copy { .. } => {
+                self.streak = if n >= SMALL {
+                    self.streak.saturating_add(n as u32)
+                } else {
+                    0
+                };
+            }
         }
     }
 
@@ -237,8 +330,10 @@ impl Half {
             }
             ops += 1;
             if self.engine.pending() > 0 {
-                if let Err(e) = ready!(dst.poll_write_ready(cx)) {
-                    return Poll::Ready(Err((dst_side, e)));
+                match dst.poll_write_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((dst_side, e))),
+                    Poll::Ready(Ok(())) => {}
                 }
                 match self.engine.drain(dst) {
                     Ok(n) => {
@@ -255,23 +350,51 @@ impl Half {
                 }
                 self.done = true;
             } else {
-                if let Err(e) = ready!(src.poll_read_ready(cx)) {
-                    return Poll::Ready(Err((src_side, e)));
+                match src.poll_read_ready(cx) {
+                    Poll::Pending => {
+                        // Idle until the source speaks: hold no pipe and
+                        // no buffer meanwhile.
+                        self.engine.release();
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((src_side, e))),
+                    Poll::Ready(Ok(())) => {}
                 }
+                self.choose_engine();
                 match self.engine.fill(src, ctx.pipe_size) {
-                    Ok(Filled::Bytes) => ctx.progress = true,
+                    Ok(Filled::Bytes(n)) => {
+                        self.account_fill(n);
+                        ctx.progress = true;
+                    }
                     Ok(Filled::Eof) => {
                         self.eof = true;
                         ctx.first_eof.get_or_insert(src_side);
                     }
                     #[cfg(target_os = "linux")]
-                    Ok(Filled::Refused) => self.engine = Engine::copy(),
+                    Ok(Filled::Refused) => self.stop_splicing(),
+                    #[cfg(target_os = "linux")]
+                    Err(e) if !self.spliced && self.is_splicing() && pipe_pool::is_refusal(&e) => {
+                        self.stop_splicing();
+                    }
                     Err(e) if is_transient(&e) => {}
                     Err(e) => return Poll::Ready(Err((src_side, e))),
                 }
             }
         }
         Poll::Ready(Ok(()))
+    }
+
+    #[cfg(target_os = "linux")]
+    fn is_splicing(&self) -> bool {
+        matches!(self.engine, Engine::Splice { .. })
+    }
+
+    /// Splice is refused here (or no pipe could be opened): copy from now on.
+    #[cfg(target_os = "linux")]
+    fn stop_splicing(&mut self) {
+        self.engine.release();
+        self.engine = Engine::copy();
+        self.auto = false;
     }
 }
 

@@ -10,36 +10,44 @@
 //! - **One task, two state machines.** [`pump`] is a single future that
 //!   polls both directions (`half.rs`), as tokio's `copy_bidirectional`
 //!   does. A direction waits until its source is readable, moves one chunk
-//!   into its pipe (`splice(socket → pipe)`), then waits until its
-//!   destination is writable and moves the chunk out (`splice(pipe →
-//!   socket)`) until the pipe is drained; only then is it refilled. The
-//!   socket calls go through `TcpStream::try_io`, and `WouldBlock` is only
-//!   returned to it when the kernel said `EAGAIN`, so tokio's readiness is
-//!   never cleared by mistake. Each direction makes at most 32 transfers per
-//!   poll before yielding, so neither direction (nor the task) starves the
-//!   others.
-//! - **Half-close.** EOF from one side, once that direction's pipe is
-//!   drained, becomes `shutdown(SHUT_WR)` on the other socket; the other
+//!   into its pipe or buffer, then waits until its destination is writable
+//!   and moves the chunk out until nothing is pending; only then is it
+//!   refilled. The socket calls go through `TcpStream::try_io`, and
+//!   `WouldBlock` is only returned to it when the socket is known to be
+//!   empty, so tokio's readiness is never cleared by mistake. Each
+//!   direction makes at most 32 transfers per poll before yielding, so
+//!   neither direction (nor the task) starves the others.
+//! - **Copy small messages, splice streams.** A direction copies
+//!   (`recv`/`send`) until it sees a stream (128 KiB in reads of 16 KiB or
+//!   more), then splices (socket → pipe → socket) until a splice moves less
+//!   than 16 KiB; HAProxy's `splice-auto` works the same way. A short `recv`
+//!   proves the socket drained, so a small message costs two system calls
+//!   and no pipe; a stream costs no copy. `half.rs` explains the readiness
+//!   argument.
+//! - **Half-close.** EOF from one side, once that direction has nothing
+//!   pending, becomes `shutdown(SHUT_WR)` on the other socket; the other
 //!   direction keeps flowing. Both EOFs end the pump with [`End::Finished`].
 //!   Any error (including `ECONNRESET`/`EPIPE`) ends it at once with
 //!   [`End::Error`] naming the side. The idle timer is reset lazily: it
 //!   fires, compares with the time of the last transfer and re-arms itself.
-//! - **Idle tunnels hold no pipe** (`pipe_pool.rs`). A direction takes a
-//!   pipe (`O_NONBLOCK | O_CLOEXEC`) from a bounded process-wide pool when
-//!   its source turns readable and gives it back as soon as the source has
-//!   nothing more to read. A pipe goes back to the pool only if it is empty
-//!   by our count *and* by `FIONREAD`; otherwise (e.g. the pump is dropped
-//!   mid-transfer) it is closed, so bytes never leak between tunnels.
-//!   [`pool_stats`] exposes the counts.
-//! - **Copy fallback** (`buf_pool.rs`): used on non-Linux systems, when
+//! - **Idle tunnels hold no pipe and no buffer** (`pipe_pool.rs`,
+//!   `buf_pool.rs`). A direction takes a pipe (`O_NONBLOCK | O_CLOEXEC`)
+//!   from a bounded process-wide pool when it splices, or a 64 KiB buffer
+//!   when it copies, and gives it back as soon as its source has nothing
+//!   more to read. A pipe goes back to the pool only if it is empty by our
+//!   count (exact: it is what `splice` returned; debug builds also ask
+//!   `FIONREAD`); otherwise (e.g. the pump is dropped mid-transfer) it is
+//!   closed, so bytes never leak between tunnels. [`pool_stats`] exposes
+//!   the counts.
+//! - **Copy only** (`buf_pool.rs`): on non-Linux systems, when
 //!   [`Options::force_copy`] is set, when [`splice_supported`] says no, when
 //!   a direction's first `splice` is refused (`EINVAL`, `ENOSYS`,
-//!   `EOPNOTSUPP`), and when no pipe can be opened (fd exhaustion). It reads
-//!   into a 64 KiB heap buffer lent per burst in the same way as the pipes.
+//!   `EOPNOTSUPP`), and when no pipe can be opened (fd exhaustion).
 //! - **Small futures.** No buffer lives inline, so an idle tunnel costs
 //!   the pump future (under 512 bytes, checked by a test) plus the sockets.
 //! - **No `unsafe`.** rustix provides owned-fd wrappers for `pipe2`,
-//!   `splice`, `fcntl(F_SETPIPE_SZ)`, `ioctl(FIONREAD)` and `shutdown`, and
+//!   `splice`, `recv`, `fcntl(F_SETPIPE_SZ)`, `ioctl(FIONREAD)` and
+//!   `shutdown`, and
 //!   tokio's `TcpStream` lends its fd through `AsFd`; the crate forbids
 //!   `unsafe` code.
 //!
@@ -122,9 +130,10 @@ impl Side {
 /// What actually moved the bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {
-    /// `splice(2)` through a pipe, in both directions, throughout.
+    /// `splice(2)` through a pipe for streams, in both directions; small
+    /// messages are copied (see the crate documentation).
     Splice,
-    /// Copying through a user-space buffer, in at least one direction
+    /// Copying through a user-space buffer only, in at least one direction
     /// (forced, unsupported, or fallen back).
     Copy,
 }
@@ -147,6 +156,10 @@ pub struct Options {
     pub idle_timeout: Duration,
     /// Use the copy fallback even where `splice(2)` works.
     pub force_copy: bool,
+    /// Splice every transfer, small messages included, instead of copying
+    /// until a direction carries a stream (see the crate documentation).
+    /// For tests and measurements; ignored when copying.
+    pub always_splice: bool,
     /// Pipe capacity to ask for (`F_SETPIPE_SZ`, rounded up by the kernel
     /// to a power-of-two number of pages); `None` keeps the kernel default
     /// (64 KiB). A size the kernel refuses (above
@@ -156,11 +169,13 @@ pub struct Options {
 }
 
 impl Default for Options {
-    /// 24 h idle timeout, splice where possible, default pipe size.
+    /// 24 h idle timeout, splice streams where possible (small messages
+    /// are copied), default pipe size.
     fn default() -> Self {
         Self {
             idle_timeout: Duration::from_secs(24 * 60 * 60),
             force_copy: false,
+            always_splice: false,
             pipe_size: None,
         }
     }
@@ -273,8 +288,8 @@ pub async fn pump(
         Mode::Splice
     };
     let mut state = State {
-        c2u: Half::new(Direction::ClientToUpstream, mode),
-        u2c: Half::new(Direction::UpstreamToClient, mode),
+        c2u: Half::new(Direction::ClientToUpstream, mode, options.always_splice),
+        u2c: Half::new(Direction::UpstreamToClient, mode, options.always_splice),
         c2u_done: false,
         u2c_done: false,
         last_activity: Instant::now(),
@@ -477,11 +492,83 @@ mod tests {
         );
     }
 
+    /// Small messages are copied (no pipe is taken), a stream is spliced,
+    /// and small messages after the stream are copied again.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn small_messages_are_copied_and_streams_spliced() {
+        let _serial = pipe_pool::tests::serial();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(auto_mode());
+        assert_eq!(pool_stats().1, 0);
+    }
+
+    #[cfg(target_os = "linux")]
+    async fn auto_mode() {
+        use pipe_pool::TAKEN;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        async fn pair() -> (TcpStream, TcpStream) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+            (a.unwrap(), b.unwrap().0)
+        }
+        async fn ping_pong(client: &mut TcpStream, upstream: &mut TcpStream, rounds: u8) {
+            for round in 0..rounds {
+                let mut got = [0; 64];
+                client.write_all(&[round; 64]).await.unwrap();
+                upstream.read_exact(&mut got).await.unwrap();
+                upstream.write_all(&got).await.unwrap();
+                client.read_exact(&mut got).await.unwrap();
+                assert_eq!(got, [round; 64]);
+            }
+        }
+        let (mut client_peer, client) = pair().await;
+        let (upstream, mut upstream_peer) = pair().await;
+        let on_bytes = |_: Direction, _: u64| {};
+        let options = Options::default();
+        let peers = async {
+            let taken = TAKEN.get();
+            ping_pong(&mut client_peer, &mut upstream_peer, 50).await;
+            assert_eq!(TAKEN.get(), taken, "pipes taken for small messages");
+
+            const STREAM: usize = 8 << 20;
+            let data = vec![7u8; STREAM];
+            let mut got = vec![0u8; STREAM];
+            tokio::join!(
+                async { client_peer.write_all(&data).await.unwrap() },
+                async { upstream_peer.read_exact(&mut got).await.unwrap() },
+            );
+            assert!(got == data);
+            assert!(TAKEN.get() > taken, "the stream was not spliced");
+
+            // The first message after the stream may still be spliced (a
+            // short splice ends the stream); the ones after it are copied.
+            ping_pong(&mut client_peer, &mut upstream_peer, 1).await;
+            let taken = TAKEN.get();
+            ping_pong(&mut client_peer, &mut upstream_peer, 50).await;
+            assert_eq!(TAKEN.get(), taken, "pipes taken after the stream ended");
+            drop(client_peer);
+            drop(upstream_peer);
+        };
+        let work = async { tokio::join!(pump(&client, &upstream, &options, &on_bytes), peers).0 };
+        let outcome = tokio::time::timeout(Duration::from_secs(20), work)
+            .await
+            .unwrap();
+        assert_eq!(outcome.mode, Mode::Splice);
+        assert_eq!(outcome.client_to_upstream, 101 * 64 + (8 << 20));
+        assert_eq!(outcome.upstream_to_client, 101 * 64);
+    }
+
     #[test]
     fn default_options() {
         let o = Options::default();
         assert_eq!(o.idle_timeout, Duration::from_secs(86_400));
         assert!(!o.force_copy);
+        assert!(!o.always_splice);
         assert_eq!(o.pipe_size, None);
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! A [`Lease`] is one pipe lent to one direction of one tunnel. It tracks how
 //! many bytes sit in the pipe; when dropped it goes back to the pool only if
-//! it is provably empty (our count is zero *and* `FIONREAD` agrees), so bytes
-//! of one connection can never surface in another. Pipes that still hold
+//! it is empty by that count (debug builds also check with `FIONREAD`), so
+//! bytes of one connection can never surface in another. Pipes that still hold
 //! data, or that do not fit in the bounded pool, are closed.
 
 use std::io;
@@ -35,6 +35,8 @@ thread_local! {
     /// Makes `fill` fail with `EINVAL` on this thread, as a socket that
     /// cannot splice would.
     pub(crate) static REFUSE_SPLICE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Leases taken on this thread.
+    pub(crate) static TAKEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Both ends of one pipe, opened `O_NONBLOCK | O_CLOEXEC`.
@@ -114,6 +116,8 @@ impl Lease {
             None => Pipe::new(requested)?,
         };
         IN_USE.fetch_add(1, Ordering::Relaxed);
+        #[cfg(test)]
+        TAKEN.set(TAKEN.get() + 1);
         Ok(Self {
             pipe: Some(pipe),
             pending: 0,
@@ -168,7 +172,11 @@ impl Drop for Lease {
     fn drop(&mut self) {
         IN_USE.fetch_sub(1, Ordering::Relaxed);
         let Some(pipe) = self.pipe.take() else { return };
-        if self.pending != 0 || !pipe.is_empty() {
+        // Our count is exact (it is what `splice` returned), so a pipe with
+        // nothing pending is empty. Debug builds (the test suite) also ask
+        // the kernel, which would catch an accounting bug; release builds
+        // save that `ioctl` per burst.
+        if self.pending != 0 || (cfg!(debug_assertions) && !pipe.is_empty()) {
             return; // closed: data of this tunnel must not reach another
         }
         let rejected = {
@@ -288,7 +296,9 @@ pub(crate) mod tests {
         lease.pending = 0; // simulate an accounting bug
         let spare_before = stats().0;
         drop(lease);
-        assert_eq!(stats().0, spare_before);
+        if cfg!(debug_assertions) {
+            assert_eq!(stats().0, spare_before, "FIONREAD caught it");
+        }
     }
 
     #[test]

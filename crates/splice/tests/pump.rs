@@ -28,33 +28,44 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-/// Runs `$body(force_copy)` as two tests, `splice` and `copy`, on a
-/// two-worker runtime unless a flavor is given.
-macro_rules! both_modes {
+/// Runs `$body(how)` as three tests, `auto` (the default: copy small
+/// bursts, splice streams), `splice` (every transfer spliced) and `copy`,
+/// on a two-worker runtime unless a flavor is given.
+macro_rules! all_modes {
     ($name:ident, current_thread) => {
-        mod $name {
-            #[tokio::test(flavor = "current_thread")]
-            async fn splice() {
-                super::run(super::$name(false)).await;
-            }
-            #[tokio::test(flavor = "current_thread")]
-            async fn copy() {
-                super::run(super::$name(true)).await;
-            }
-        }
+        all_modes!(@ $name, "current_thread");
     };
     ($name:ident) => {
+        all_modes!(@ $name, "multi_thread");
+    };
+    (@ $name:ident, $flavor:literal) => {
         mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn splice() {
-                super::run(super::$name(false)).await;
+            use super::How;
+            #[tokio::test(flavor = $flavor)]
+            async fn auto() {
+                super::run(super::$name(How::Auto)).await;
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test(flavor = $flavor)]
+            async fn splice() {
+                super::run(super::$name(How::Splice)).await;
+            }
+            #[tokio::test(flavor = $flavor)]
             async fn copy() {
-                super::run(super::$name(true)).await;
+                super::run(super::$name(How::Copy)).await;
             }
         }
     };
+}
+
+/// How the pump under test moves bytes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum How {
+    /// `Options::default()`: copy small bursts, splice streams.
+    Auto,
+    /// `always_splice`: every transfer through a pipe.
+    Splice,
+    /// `force_copy`.
+    Copy,
 }
 
 /// Serializes, bounds the time, and checks that no pipe leaked.
@@ -126,16 +137,17 @@ async fn small_rig() -> Rig {
     }
 }
 
-fn options(force_copy: bool) -> Options {
+fn options(how: How) -> Options {
     Options {
         idle_timeout: Duration::from_secs(30),
-        force_copy,
+        force_copy: how == How::Copy,
+        always_splice: how == How::Splice,
         pipe_size: None,
     }
 }
 
-fn expected_mode(force_copy: bool) -> Mode {
-    if force_copy || !splice::splice_supported() {
+fn expected_mode(how: How) -> Mode {
+    if how == How::Copy || !splice::splice_supported() {
         Mode::Copy
     } else {
         Mode::Splice
@@ -220,10 +232,22 @@ fn assert_finished(outcome: &Outcome) {
 }
 
 /// Pipes a running pump holds while one direction has bytes in flight.
-fn pipes_in_flight(force_copy: bool) -> usize {
-    match expected_mode(force_copy) {
-        Mode::Splice => 1,
-        Mode::Copy => 0,
+/// `None` in auto mode, where it depends on whether the direction had
+/// switched to splicing when it stalled (one pipe or one buffer).
+fn pipes_in_flight(how: How) -> Option<usize> {
+    match (how, expected_mode(how)) {
+        (_, Mode::Copy) => Some(0),
+        (How::Auto, Mode::Splice) => None,
+        (_, Mode::Splice) => Some(1),
+    }
+}
+
+/// Checks the pipes held by a pump with one stalled direction.
+fn assert_pipes_in_flight(how: How, what: &str) {
+    let in_use = pool_stats().1;
+    match pipes_in_flight(how) {
+        Some(n) => assert_eq!(in_use, n, "{what}"),
+        None => assert!(in_use <= 1, "{what}: {in_use} pipes"),
     }
 }
 
@@ -239,9 +263,9 @@ fn thread_cpu() -> Option<Duration> {
 // ------------------------------------------------------------------ tests
 
 /// Both sides send 1 MiB at once, then half-close; everything arrives.
-async fn symmetric(force_copy: bool) {
+async fn symmetric(how: How) {
     let rig = rig().await;
-    let (pump, counts) = spawn_pump(rig.client, rig.upstream, options(force_copy));
+    let (pump, counts) = spawn_pump(rig.client, rig.upstream, options(how));
     let up = pattern(1, 1 << 20);
     let down = pattern(2, 1 << 20);
     let (at_upstream, at_client) =
@@ -253,17 +277,17 @@ async fn symmetric(force_copy: bool) {
     assert_eq!(outcome.client_to_upstream, up.len() as u64);
     assert_eq!(outcome.upstream_to_client, down.len() as u64);
     assert!(outcome.first_eof.is_some());
-    assert_eq!(outcome.mode, expected_mode(force_copy));
+    assert_eq!(outcome.mode, expected_mode(how));
     counts.check(&outcome);
 }
-both_modes!(symmetric);
+all_modes!(symmetric);
 
 /// A non-default pipe size works (and only affects splice mode).
-async fn custom_pipe_size(force_copy: bool) {
+async fn custom_pipe_size(how: How) {
     let rig = rig().await;
     let options = Options {
         pipe_size: Some(1 << 20),
-        ..options(force_copy)
+        ..options(how)
     };
     let (pump, counts) = spawn_pump(rig.client, rig.upstream, options);
     let up = pattern(3, 3 << 20);
@@ -273,15 +297,15 @@ async fn custom_pipe_size(force_copy: bool) {
     assert!(at_client.is_empty());
     let outcome = pump.await.unwrap();
     assert_finished(&outcome);
-    assert_eq!(outcome.mode, expected_mode(force_copy));
+    assert_eq!(outcome.mode, expected_mode(how));
     counts.check(&outcome);
 }
-both_modes!(custom_pipe_size);
+all_modes!(custom_pipe_size);
 
 /// `first` half-closes; the other side sees EOF and can still answer.
-async fn half_close(force_copy: bool, first: Side) {
+async fn half_close(how: How, first: Side) {
     let rig = rig().await;
-    let (pump, counts) = spawn_pump(rig.client, rig.upstream, options(force_copy));
+    let (pump, counts) = spawn_pump(rig.client, rig.upstream, options(how));
     let (mut closer, mut answerer) = match first {
         Side::Client => (rig.client_peer, rig.upstream_peer),
         Side::Upstream => (rig.upstream_peer, rig.client_peer),
@@ -315,20 +339,20 @@ async fn half_close(force_copy: bool, first: Side) {
     counts.check(&outcome);
 }
 
-async fn half_close_client_first(force_copy: bool) {
-    half_close(force_copy, Side::Client).await;
+async fn half_close_client_first(how: How) {
+    half_close(how, Side::Client).await;
 }
-both_modes!(half_close_client_first);
+all_modes!(half_close_client_first);
 
-async fn half_close_upstream_first(force_copy: bool) {
-    half_close(force_copy, Side::Upstream).await;
+async fn half_close_upstream_first(how: How) {
+    half_close(how, Side::Upstream).await;
 }
-both_modes!(half_close_upstream_first);
+all_modes!(half_close_upstream_first);
 
 /// An open but idle tunnel holds no pipe (and keeps working afterwards).
-async fn idle_tunnel_holds_no_pipe(force_copy: bool) {
+async fn idle_tunnel_holds_no_pipe(how: How) {
     let mut rig = rig().await;
-    let (pump, counts) = spawn_pump(rig.client, rig.upstream, options(force_copy));
+    let (pump, counts) = spawn_pump(rig.client, rig.upstream, options(how));
     for round in 0..3u8 {
         rig.client_peer.write_all(&[round; 100]).await.unwrap();
         let mut got = [0; 100];
@@ -351,14 +375,14 @@ async fn idle_tunnel_holds_no_pipe(force_copy: bool) {
     );
     counts.check(&outcome);
 }
-both_modes!(idle_tunnel_holds_no_pipe);
+all_modes!(idle_tunnel_holds_no_pipe);
 
 /// The upstream peer stops reading: the pump waits (no busy loop, no byte
 /// lost), holding one full pipe at most; when the peer reads again,
 /// everything arrives.
-async fn one_side_blocked(force_copy: bool) {
+async fn one_side_blocked(how: How) {
     let rig = small_rig().await;
-    let (pump, counts) = spawn_pump(rig.client, rig.upstream, options(force_copy));
+    let (pump, counts) = spawn_pump(rig.client, rig.upstream, options(how));
     let data = pattern(5, 8 << 20); // far more than the socket buffers hold
     let writer = {
         let data = data.clone();
@@ -398,12 +422,7 @@ async fn one_side_blocked(force_copy: bool) {
     // through now and then, but nothing like a flowing transfer.
     let trickle = counts.calls() - calls;
     assert!(trickle < 20, "{trickle} transfers while blocked");
-    let held = pipes_in_flight(force_copy);
-    assert_eq!(
-        pool_stats().1,
-        held,
-        "only the blocked direction holds a pipe"
-    );
+    assert_pipes_in_flight(how, "only the blocked direction holds a pipe");
     // The peer reads again: all bytes arrive, in order.
     let mut upstream_peer = rig.upstream_peer;
     let mut got = Vec::new();
@@ -423,13 +442,13 @@ async fn one_side_blocked(force_copy: bool) {
     counts.check(&outcome);
     drop(client_peer);
 }
-both_modes!(one_side_blocked, current_thread);
+all_modes!(one_side_blocked, current_thread);
 
 /// A peer that resets its connection ends the pump at once, naming the
 /// right side.
-async fn reset(force_copy: bool, side: Side) {
+async fn reset(how: How, side: Side) {
     let mut rig = rig().await;
-    let (pump, counts) = spawn_pump(rig.client, rig.upstream, options(force_copy));
+    let (pump, counts) = spawn_pump(rig.client, rig.upstream, options(how));
     // Some traffic first, so the pump is in full swing.
     rig.client_peer.write_all(b"hello").await.unwrap();
     let mut got = [0; 5];
@@ -462,23 +481,23 @@ async fn reset(force_copy: bool, side: Side) {
     let _ = survivor.read_to_end(&mut sink).await;
 }
 
-async fn reset_by_client(force_copy: bool) {
-    reset(force_copy, Side::Client).await;
+async fn reset_by_client(how: How) {
+    reset(how, Side::Client).await;
 }
-both_modes!(reset_by_client);
+all_modes!(reset_by_client);
 
-async fn reset_by_upstream(force_copy: bool) {
-    reset(force_copy, Side::Upstream).await;
+async fn reset_by_upstream(how: How) {
+    reset(how, Side::Upstream).await;
 }
-both_modes!(reset_by_upstream);
+all_modes!(reset_by_upstream);
 
 /// The idle timeout counts from the last byte, in either direction.
-async fn idle_timeout(force_copy: bool) {
+async fn idle_timeout(how: How) {
     let mut rig = rig().await;
     let timeout = Duration::from_millis(200);
     let options = Options {
         idle_timeout: timeout,
-        ..options(force_copy)
+        ..options(how)
     };
     let start = Instant::now();
     let (pump, counts) = spawn_pump(rig.client, rig.upstream, options);
@@ -514,7 +533,7 @@ async fn idle_timeout(force_copy: bool) {
     assert_eq!(outcome.first_eof, None);
     counts.check(&outcome);
 }
-both_modes!(idle_timeout);
+all_modes!(idle_timeout);
 
 /// Streams `len` bytes (a multiple of 64 KiB) of `seed`'s pattern into
 /// `stream`, returning the checksum of what was sent.
@@ -566,10 +585,10 @@ impl Checksum {
 }
 
 /// 64 MiB each way at the same time, checksummed on both ends.
-async fn large_transfer(force_copy: bool) {
+async fn large_transfer(how: How) {
     const LEN: usize = 64 << 20;
     let rig = rig().await;
-    let (pump, counts) = spawn_pump(rig.client, rig.upstream, options(force_copy));
+    let (pump, counts) = spawn_pump(rig.client, rig.upstream, options(how));
     let side = |stream: TcpStream, seed: u64| {
         tokio::spawn(async move {
             let (mut rd, mut wr) = stream.into_split();
@@ -590,18 +609,18 @@ async fn large_transfer(force_copy: bool) {
     assert_finished(&outcome);
     assert_eq!(outcome.client_to_upstream, LEN as u64);
     assert_eq!(outcome.upstream_to_client, LEN as u64);
-    assert_eq!(outcome.mode, expected_mode(force_copy));
+    assert_eq!(outcome.mode, expected_mode(how));
     counts.check(&outcome);
 }
-both_modes!(large_transfer);
+all_modes!(large_transfer);
 
 /// Dropping the pump mid-transfer (as the router's drain deadline does)
 /// returns or closes every pipe.
-async fn dropped_mid_transfer(force_copy: bool) {
+async fn dropped_mid_transfer(how: How) {
     let mut rig = small_rig().await;
     let counts = Counts::default();
     let on_bytes = |dir: Direction, n: u64| counts.record(dir, n);
-    let options = options(force_copy);
+    let options = options(how);
     let data = pattern(6, 8 << 20);
     let writer = {
         let data = data.clone();
@@ -618,7 +637,7 @@ async fn dropped_mid_transfer(force_copy: bool) {
         _ = async {
             rig.upstream_peer.read_exact(&mut got).await.unwrap();
             tokio::time::sleep(Duration::from_millis(200)).await;
-            assert_eq!(pool_stats().1, pipes_in_flight(force_copy), "mid-transfer");
+            assert_pipes_in_flight(how, "mid-transfer");
         } => true,
     };
     assert!(cancelled, "the pump cannot finish: the transfer is stalled");
@@ -628,7 +647,7 @@ async fn dropped_mid_transfer(force_copy: bool) {
     drop(rig.client);
     writer.await.unwrap();
 }
-both_modes!(dropped_mid_transfer);
+all_modes!(dropped_mid_transfer);
 
 /// The pump future is small (no inline buffers) and `Send`.
 #[tokio::test]
