@@ -8,7 +8,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,13 +68,18 @@ impl Running {
 pub fn spawn(listener: TcpListener, configured: SocketAddr, shared: Arc<Shared>) -> Running {
     let local = listener.local_addr().unwrap_or(configured);
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(accept_loop(listener, configured, shared, stopped));
+    let task = tokio::spawn(accept_loop(
+        listener,
+        Arc::new(pipeline::Listener::new(configured)),
+        shared,
+        stopped,
+    ));
     Running { local, stop, task }
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    configured: SocketAddr,
+    configured: Arc<pipeline::Listener>,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -88,7 +92,7 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::ZERO;
-                admit(stream, peer, configured, &shared);
+                admit(stream, peer, &configured, &shared);
             }
             Err(e) => {
                 let kind = match e.raw_os_error() {
@@ -103,7 +107,7 @@ async fn accept_loop(
                     continue;
                 }
                 backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                tracing::warn!(listener = %configured, error = %e, backoff_ms = backoff.as_millis() as u64,
+                tracing::warn!(listener = %configured.label, error = %e, backoff_ms = backoff.as_millis() as u64,
                     "accept failed; pausing this listener");
                 tokio::select! {
                     _ = stopped.wait_for(|&s| s) => return,
@@ -125,49 +129,35 @@ fn is_per_connection(e: &io::Error) -> bool {
 
 /// Counts the connection against `max_connections` and hands it to the
 /// pipeline, or closes it at once when over the limit.
-fn admit(stream: TcpStream, peer: SocketAddr, listener: SocketAddr, shared: &Arc<Shared>) {
+fn admit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: &Arc<pipeline::Listener>,
+    shared: &Arc<Shared>,
+) {
     let at = Instant::now();
     let max = shared.current().config.limits.max_connections;
-    let before = shared.connections.fetch_add(1, Ordering::AcqRel);
-    if before >= max {
-        shared.connections.fetch_sub(1, Ordering::AcqRel);
+    let Some(slot) = shared.try_admit(max) else {
         metrics::counter!(m::CONNECTIONS_TOTAL,
-            "listener" => listener.to_string(), "route" => "none", "result" => "over_limit")
+            "listener" => listener.label.clone(), "route" => "none", "result" => "over_limit")
         .increment(1);
-        tracing::info!(target: "sniroute::access", listener = %listener, client = %peer,
+        tracing::info!(target: "sniroute::access", listener = %listener.label, client = %peer,
             route = "none", result = "over_limit", "connection refused: max_connections reached");
         // Reset rather than FIN: nothing lingers in TIME_WAIT on our side.
         let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
         drop(stream);
         return;
-    }
+    };
     // Linux: inherited from the listening socket (see `bind`).
     #[cfg(not(target_os = "linux"))]
     pipeline::tune(&stream);
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        let _slot = Slot(shared.clone());
-        pipeline::serve(
-            Accepted {
-                stream,
-                peer,
-                listener,
-                at,
-            },
-            shared,
-        )
-        .await;
-    });
-}
-
-/// Releases a `max_connections` slot when the connection task ends, however
-/// it ends.
-struct Slot(Arc<Shared>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-    }
+    tokio::spawn(pipeline::serve(Accepted {
+        stream,
+        peer,
+        listener: listener.clone(),
+        at,
+        slot,
+    }));
 }
 
 #[cfg(test)]

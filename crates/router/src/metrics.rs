@@ -85,6 +85,10 @@ pub const RESULTS: &[&str] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often histogram samples are folded into their buckets when nobody
+/// scrapes `/metrics`.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Installs the Prometheus recorder (once per process) and describes every
 /// metric. Returns the handle that renders `/metrics`.
 ///
@@ -113,6 +117,17 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+    // Histogram samples wait in a queue until the next render or upkeep;
+    // without a scrape (no `admin:`, or Prometheus down) that queue would
+    // grow by a few samples per connection, forever.
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_INTERVAL);
+            upkeep.run_upkeep();
+        })
+        .map_err(|e| format!("cannot start the metrics upkeep thread: {e}"))?;
     describe();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(HANDLE.get_or_init(|| handle).clone())

@@ -218,7 +218,7 @@ async fn drain(
             _ = int.recv() => { tracing::warn!("second signal: closing now"); break }
         }
     }
-    let _ = shared.force_close.send(true);
+    shared.close_tunnels();
     // Give the tunnels a moment to count and log their end.
     let until = Instant::now() + Duration::from_secs(2);
     while shared.connections.load(Ordering::Acquire) > 0 && Instant::now() < until {

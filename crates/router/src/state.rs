@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 
-use metrics::Counter;
+use metrics::{Counter, Gauge, Histogram};
 
 use crate::config::{Config, IpNet, ProxyProtocol};
 use crate::metrics as m;
@@ -33,6 +33,12 @@ pub struct Route {
     pub bytes_up: Counter,
     /// Live byte counters, upstream to client.
     pub bytes_down: Counter,
+    /// `sniroute_active_tunnels{route}`.
+    pub active_tunnels: Gauge,
+    /// `sniroute_upstream_connect_seconds{route}`.
+    pub connect_seconds: Histogram,
+    /// `sniroute_tunnel_duration_seconds{route}`.
+    pub tunnel_seconds: Histogram,
 }
 
 impl Route {
@@ -57,6 +63,9 @@ pub struct Generation {
     pub listener_defaults: HashMap<SocketAddr, Option<RouteId>>,
     /// Tunnels routed by this generation, open now.
     pub tunnels: AtomicUsize,
+    /// How this generation's tunnels move bytes (timeouts and forwarding
+    /// from the config); built once, borrowed by every pump.
+    pub pump: splice::Options,
 }
 
 impl Generation {
@@ -80,6 +89,9 @@ impl Generation {
                     proxy_protocol: rc.proxy_protocol.clone(),
                     bytes_up: metrics::counter!(m::BYTES_TOTAL, "route" => rc.name.clone(), "direction" => "client_to_upstream"),
                     bytes_down: metrics::counter!(m::BYTES_TOTAL, "route" => rc.name.clone(), "direction" => "upstream_to_client"),
+                    active_tunnels: metrics::gauge!(m::ACTIVE_TUNNELS, "route" => rc.name.clone()),
+                    connect_seconds: metrics::histogram!(m::UPSTREAM_CONNECT_SECONDS, "route" => rc.name.clone()),
+                    tunnel_seconds: metrics::histogram!(m::TUNNEL_DURATION_SECONDS, "route" => rc.name.clone()),
                 }
             })
             .collect();
@@ -89,14 +101,39 @@ impl Generation {
             .enumerate()
             .map(|(i, l)| (l.address, table.listener_default(i)))
             .collect();
+        let pump = splice::Options {
+            idle_timeout: config.timeouts.idle,
+            force_copy: matches!(config.forwarding, crate::config::Forwarding::Copy),
+            ..splice::Options::default()
+        };
         Self {
             id,
+            pump,
             config: Arc::new(config),
             table,
             routes,
             listener_defaults,
             tunnels: AtomicUsize::new(0),
         }
+    }
+}
+
+/// One connection counted in [`Shared::connections`] (see
+/// [`Shared::try_admit`]); uncounted when dropped, however the connection
+/// ends.
+#[derive(Debug)]
+pub struct ConnectionSlot(Arc<Shared>);
+
+impl ConnectionSlot {
+    /// The state the connection was counted in.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.0
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -114,8 +151,10 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Set when draining starts.
     pub draining: AtomicBool,
-    /// Sends `true` when the drain time is over: open tunnels must close.
-    pub force_close: tokio::sync::watch::Sender<bool>,
+    /// Set, then notified, when the drain time is over: open tunnels must
+    /// close (see [`Shared::close_tunnels`]).
+    forced: AtomicBool,
+    force_close: tokio::sync::Notify,
     /// When the process started.
     pub started: Instant,
     /// Tunnels closed because the drain time ran out.
@@ -133,10 +172,41 @@ impl Shared {
             connections: AtomicUsize::new(0),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            force_close: tokio::sync::watch::channel(false).0,
+            forced: AtomicBool::new(false),
+            force_close: tokio::sync::Notify::new(),
             started: Instant::now(),
             drain_closed: AtomicU64::new(0),
         })
+    }
+
+    /// Counts a new connection against `max` (`limits.max_connections`);
+    /// `None`, and nothing counted, when `max` are open already.
+    pub fn try_admit(self: &Arc<Self>, max: usize) -> Option<ConnectionSlot> {
+        let before = self.connections.fetch_add(1, Ordering::AcqRel);
+        if before >= max {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionSlot(self.clone()))
+    }
+
+    /// Closes every open tunnel, and any opened from now on (the drain
+    /// time is over).
+    pub fn close_tunnels(&self) {
+        self.forced.store(true, Ordering::SeqCst);
+        self.force_close.notify_waiters();
+    }
+
+    /// Completes once [`Shared::close_tunnels`] has been called (at once if
+    /// it was already). Cheaper than a `watch` receiver: a tunnel holds this
+    /// future for its whole life.
+    pub async fn tunnels_closed(&self) {
+        // Registered before the flag is read, so a call in between is seen.
+        let notified = self.force_close.notified();
+        if self.forced.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
     }
 
     /// The generation in force.

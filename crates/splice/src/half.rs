@@ -159,7 +159,7 @@ impl Engine {
             Self::Copy { buf, pos, len } => {
                 let _ = pipe_size;
                 let buf = buf.get_or_insert_with(Buf::take);
-                let n = read_until_short(src, buf)?;
+                let n = crate::try_read_drained(src, buf)?;
                 (*pos, *len) = (0, n as u32);
                 n
             }
@@ -191,32 +191,6 @@ impl Engine {
         }
         Ok(n)
     }
-}
-
-/// One `recv` into `buf`. A short read (some bytes, fewer than asked) found
-/// the receive queue empty: tokio is told `WouldBlock` after it, which
-/// clears the readiness observed before the call, so the next poll waits
-/// for new data instead of making a `recv` that can only say `EAGAIN`.
-#[cfg(unix)]
-fn read_until_short(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    let result = src.try_io(Interest::READABLE, || {
-        got = rustix::net::recv(src, &mut *buf, rustix::net::RecvFlags::empty())?.0;
-        if got > 0 && got < buf.len() {
-            Err(io::ErrorKind::WouldBlock.into())
-        } else {
-            Ok(got)
-        }
-    });
-    match result {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
-        other => other,
-    }
-}
-
-#[cfg(not(unix))]
-fn read_until_short(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    src.try_read(buf)
 }
 
 /// The state of one direction.

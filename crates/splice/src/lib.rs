@@ -22,7 +22,7 @@
 //!   more), then splices (socket → pipe → socket) until a splice moves less
 //!   than 16 KiB; HAProxy's `splice-auto` works the same way. A short `recv`
 //!   proves the socket drained, so a small message costs two system calls
-//!   and no pipe; a stream costs no copy. `half.rs` explains the readiness
+//!   and no pipe; a stream costs no copy. `half.rs` and [`try_read_drained`] explain the readiness
 //!   argument.
 //! - **Half-close.** EOF from one side, once that direction has nothing
 //!   pending, becomes `shutdown(SHUT_WR)` on the other socket; the other
@@ -189,6 +189,8 @@ pub enum End {
     Finished,
     /// No byte moved for [`Options::idle_timeout`].
     IdleTimeout,
+    /// The `stop` future of [`pump_until`] completed.
+    Stopped,
     /// A read, write or shutdown failed on `side` (e.g. a reset). The
     /// caller should drop both sockets, which closes them.
     Error {
@@ -200,12 +202,13 @@ pub enum End {
 }
 
 impl End {
-    /// Stable label: `finished`, `idle_timeout`, `client_error` or
-    /// `upstream_error`.
+    /// Stable label: `finished`, `idle_timeout`, `stopped`, `client_error`
+    /// or `upstream_error`.
     pub const fn as_str(&self) -> &'static str {
         match self {
             Self::Finished => "finished",
             Self::IdleTimeout => "idle_timeout",
+            Self::Stopped => "stopped",
             Self::Error {
                 side: Side::Client, ..
             } => "client_error",
@@ -282,90 +285,95 @@ pub async fn pump(
     options: &Options,
     on_bytes: &(dyn Fn(Direction, u64) + Sync),
 ) -> Outcome {
+    let never = std::pin::pin!(std::future::pending::<()>());
+    pump_until(client, upstream, options, on_bytes, never).await
+}
+
+/// [`pump`], which also ends, with [`End::Stopped`] and the byte counts so
+/// far, as soon as `stop` completes (a drain deadline, for instance).
+///
+/// `stop` is borrowed, so it lives in the caller's future; the pump's own
+/// future stays small (an idle tunnel costs what its task holds), which is
+/// also why this is a function returning an `async` block: an `async fn`
+/// would keep a second copy of its arguments.
+pub fn pump_until<'a>(
+    client: &'a TcpStream,
+    upstream: &'a TcpStream,
+    options: &'a Options,
+    on_bytes: &'a (dyn Fn(Direction, u64) + Sync),
+    mut stop: Pin<&'a mut (dyn Future<Output = ()> + Send)>,
+) -> impl Future<Output = Outcome> + Send + 'a {
     let mode = if options.force_copy || !splice_supported() {
         Mode::Copy
     } else {
         Mode::Splice
     };
     let mut state = State {
+        client,
+        upstream,
+        options,
+        on_bytes,
         c2u: Half::new(Direction::ClientToUpstream, mode, options.always_splice),
         u2c: Half::new(Direction::UpstreamToClient, mode, options.always_splice),
         c2u_done: false,
         u2c_done: false,
+        first_eof: None,
         last_activity: Instant::now(),
     };
-    let mut ctx = Ctx {
-        pipe_size: options.pipe_size,
-        on_bytes,
-        progress: false,
-        yielded: false,
-        first_eof: None,
-    };
-    let idle = tokio::time::sleep(options.idle_timeout);
-    tokio::pin!(idle);
-    let end = poll_fn(|cx| {
-        state.poll(
-            cx,
-            client,
-            upstream,
-            options.idle_timeout,
-            &mut ctx,
-            idle.as_mut(),
-        )
-    })
-    .await;
-    let mode = match (state.c2u.mode(), state.u2c.mode()) {
-        (Mode::Splice, Mode::Splice) => Mode::Splice,
-        _ => Mode::Copy,
-    };
-    Outcome {
-        client_to_upstream: state.c2u.total(),
-        upstream_to_client: state.u2c.total(),
-        first_eof: ctx.first_eof,
-        end,
-        mode,
+    async move {
+        let mut idle = std::pin::pin!(tokio::time::sleep(options.idle_timeout));
+        let end = poll_fn(|cx| {
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(End::Stopped);
+            }
+            state.poll(cx, idle.as_mut())
+        })
+        .await;
+        let mode = match (state.c2u.mode(), state.u2c.mode()) {
+            (Mode::Splice, Mode::Splice) => Mode::Splice,
+            _ => Mode::Copy,
+        };
+        Outcome {
+            client_to_upstream: state.c2u.total(),
+            upstream_to_client: state.u2c.total(),
+            first_eof: state.first_eof,
+            end,
+            mode,
+        }
+        // `state` drops with the future: pipes and buffers go back or are
+        // closed.
     }
-    // `state` drops here: pipes and buffers go back or are closed.
 }
 
-/// Both directions and the idle clock.
-#[derive(Debug)]
-struct State {
+/// Both directions, their sockets and the idle clock.
+struct State<'a> {
+    client: &'a TcpStream,
+    upstream: &'a TcpStream,
+    options: &'a Options,
+    on_bytes: &'a (dyn Fn(Direction, u64) + Sync),
     c2u: Half,
     u2c: Half,
     c2u_done: bool,
     u2c_done: bool,
+    first_eof: Option<Side>,
+    /// When a byte last moved (at first, when the pump was made).
     last_activity: Instant,
 }
 
-impl State {
-    fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-        client: &TcpStream,
-        upstream: &TcpStream,
-        idle_timeout: Duration,
-        ctx: &mut Ctx<'_>,
-        mut idle: Pin<&mut Sleep>,
-    ) -> Poll<End> {
-        ctx.progress = false;
-        ctx.yielded = false;
-        if !self.c2u_done {
-            match self.c2u.poll(cx, client, upstream, ctx) {
-                Poll::Ready(Ok(())) => self.c2u_done = true,
-                Poll::Ready(Err((side, error))) => return Poll::Ready(End::Error { side, error }),
-                Poll::Pending => {}
-            }
-        }
-        if !self.u2c_done {
-            match self.u2c.poll(cx, upstream, client, ctx) {
-                Poll::Ready(Ok(())) => self.u2c_done = true,
-                Poll::Ready(Err((side, error))) => return Poll::Ready(End::Error { side, error }),
-                Poll::Pending => {}
-            }
-        }
-        if self.c2u_done && self.u2c_done {
-            return Poll::Ready(End::Finished);
+impl State<'_> {
+    fn poll(&mut self, cx: &mut Context<'_>, mut idle: Pin<&mut Sleep>) -> Poll<End> {
+        let (client, upstream) = (self.client, self.upstream);
+        let mut ctx = Ctx {
+            pipe_size: self.options.pipe_size,
+            on_bytes: self.on_bytes,
+            progress: false,
+            yielded: false,
+            first_eof: self.first_eof,
+        };
+        let end = self.poll_halves(cx, client, upstream, &mut ctx);
+        self.first_eof = ctx.first_eof;
+        if let Some(end) = end {
+            return Poll::Ready(end);
         }
         if ctx.progress {
             self.last_activity = Instant::now();
@@ -374,7 +382,7 @@ impl State {
         while idle.as_mut().poll(cx).is_ready() {
             let deadline = self
                 .last_activity
-                .checked_add(idle_timeout)
+                .checked_add(self.options.idle_timeout)
                 .unwrap_or_else(far_future);
             if deadline <= Instant::now() {
                 return Poll::Ready(End::IdleTimeout);
@@ -386,6 +394,73 @@ impl State {
         }
         Poll::Pending
     }
+
+    /// Polls both directions; `Some` when the pump is over.
+    fn poll_halves(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &TcpStream,
+        upstream: &TcpStream,
+        ctx: &mut Ctx<'_>,
+    ) -> Option<End> {
+        if !self.c2u_done {
+            match self.c2u.poll(cx, client, upstream, ctx) {
+                Poll::Ready(Ok(())) => self.c2u_done = true,
+                Poll::Ready(Err((side, error))) => return Some(End::Error { side, error }),
+                Poll::Pending => {}
+            }
+        }
+        if !self.u2c_done {
+            match self.u2c.poll(cx, upstream, client, ctx) {
+                Poll::Ready(Ok(())) => self.u2c_done = true,
+                Poll::Ready(Err((side, error))) => return Some(End::Error { side, error }),
+                Poll::Pending => {}
+            }
+        }
+        (self.c2u_done && self.u2c_done).then_some(End::Finished)
+    }
+}
+
+/// `TcpStream::try_read` that also tells tokio when the socket is drained.
+///
+/// A TCP `recv` that returns fewer bytes than asked found the receive queue
+/// empty (the kernel copies until the buffer is full or the queue is), so
+/// after such a short read the readiness tokio observed before the call is
+/// cleared, as an `EAGAIN` would: the next `readable()` waits for new data
+/// instead of granting a `recv` that could only say `EAGAIN`. Data that
+/// arrives later raises a new edge (epoll is edge-triggered and every
+/// arrival signals), which tokio records with a new tick, so nothing is
+/// missed; EOF and errors stay signalled (tokio never clears "read closed").
+///
+/// # Errors
+///
+/// As `try_read`: `WouldBlock` when the socket is not readable (readiness
+/// cleared), or the `recv` error.
+#[cfg(unix)]
+pub fn try_read_drained(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    let result = src.try_io(tokio::io::Interest::READABLE, || {
+        got = rustix::net::recv(src, &mut *buf, rustix::net::RecvFlags::empty())?.0;
+        if got > 0 && got < buf.len() {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(got)
+        }
+    });
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
+    }
+}
+
+/// `TcpStream::try_read` (no short-read shortcut off Unix).
+///
+/// # Errors
+///
+/// As `try_read`.
+#[cfg(not(unix))]
+pub fn try_read_drained(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    src.try_read(buf)
 }
 
 /// A deadline that never comes (as tokio does for huge durations).
