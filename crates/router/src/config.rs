@@ -221,7 +221,8 @@ impl ProxyProtocol {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Forwarding {
-    /// splice(2) where the kernel allows, buffer copies otherwise.
+    /// splice(2) for streams where the kernel allows, buffer copies for
+    /// small messages (HAProxy's `splice-auto`) and where it does not.
     #[default]
     Splice,
     /// Always buffer copies (benchmarks compare the two).

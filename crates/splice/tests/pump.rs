@@ -653,7 +653,7 @@ all_modes!(dropped_mid_transfer);
 #[tokio::test]
 async fn future_is_small_and_send() {
     /// Documented bound. Measured 416 bytes (Linux x86_64, rustc 1.95,
-    /// tokio 1.54): the state (two directions of 56 bytes, the borrowed
+    /// tokio 1.54): the state (two directions of 64 bytes, the borrowed
     /// sockets, options and callback, the idle clock), tokio's `Sleep`
     /// (112), the poll closure, and the never-ending stop future of `pump`.
     const BOUND: usize = 512;
