@@ -1375,15 +1375,34 @@ async fn fault_the_router_runs_out_of_file_descriptors() {
     let _serial = SERIAL.lock().await;
     const IDLE: usize = 100;
     let up = Greeter::start("good").await;
-    // A long hello timeout: idle connections hold their descriptor.
+    // A long hello timeout: idle connections hold their descriptor. The
+    // `checked` route's health checks run every 100 ms and mark the
+    // endpoint down after one failure: a check that cannot even open a
+    // socket says nothing about the endpoint and must not count.
+    let checked = format!(
+        r#"  - name: checked
+    server_names: [checked.test]
+    upstreams: ["{}"]
+    health_check: {{interval: 100ms, timeout: 100ms, unhealthy_after: 1, healthy_after: 1}}
+"#,
+        up.addr
+    );
     let mut router = Router::start(&config(
         "client_hello: 30s, connect: 500ms",
         "",
         up.addr,
-        "",
+        &checked,
     ));
     let addr = router.addr();
     good_client(addr, "good.test", "good").await;
+    let checked_healthy = |router: &Router| {
+        metric(
+            &router.metrics(),
+            "sniroute_upstream_healthy",
+            &[("route", "checked"), ("upstream", &up.addr.to_string())],
+        )
+    };
+    assert_eq!(checked_healthy(&router), Some(1.0));
     let fds = router.open_fds();
     let limit = 64.max(fds + 24);
     let status = std::process::Command::new("prlimit")
@@ -1443,6 +1462,20 @@ async fn fault_the_router_runs_out_of_file_descriptors() {
         metric(&m, "sniroute_accept_errors_total", &[("error", "emfile")]).unwrap_or(0.0) >= 1.0,
         "{m}"
     );
+    let marked_down = router
+        .logs()
+        .into_iter()
+        .find(|l| l["message"] == "upstream failed its health checks; marked down");
+    assert!(
+        marked_down.is_none(),
+        "the router's own fd shortage marked an endpoint down: {marked_down:?}"
+    );
+    assert_eq!(checked_healthy(&router), Some(1.0));
+    let inconclusive = router
+        .logs()
+        .into_iter()
+        .any(|l| l["message"] == "health check skipped: no file descriptor for the probe");
+    assert!(inconclusive, "no health check ran while out of descriptors");
     wait_fds(&router, fds, FD_SLACK, "after running out of descriptors").await;
 }
 

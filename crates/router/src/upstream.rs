@@ -344,14 +344,22 @@ impl Pool {
         for ep in endpoints.iter().cloned() {
             let timeout = hc.timeout;
             set.spawn(async move {
-                let ok = matches!(
-                    tokio::time::timeout(timeout, TcpStream::connect(ep.addr)).await,
-                    Ok(Ok(_))
-                );
+                let ok = match tokio::time::timeout(timeout, TcpStream::connect(ep.addr)).await {
+                    Ok(Ok(_)) => Some(true),
+                    // No socket for the probe: the router's state, which
+                    // says nothing about the endpoint.
+                    Ok(Err(e)) if out_of_descriptors(&e) => None,
+                    _ => Some(false),
+                };
                 (ep, ok)
             });
         }
         while let Some(Ok((ep, ok))) = set.join_next().await {
+            let Some(ok) = ok else {
+                tracing::info!(route = %self.key.route, upstream = %ep.label,
+                    "health check skipped: no file descriptor for the probe");
+                continue;
+            };
             let was = ep.is_healthy();
             if ok {
                 ep.failures.store(0, Ordering::Relaxed);
