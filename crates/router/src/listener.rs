@@ -138,9 +138,7 @@ fn admit(
     let at = Instant::now();
     let max = shared.current().config.limits.max_connections;
     let Some(slot) = shared.try_admit(max) else {
-        metrics::counter!(m::CONNECTIONS_TOTAL,
-            "listener" => listener.label.clone(), "route" => "none", "result" => "over_limit")
-        .increment(1);
+        listener.count("none", "over_limit");
         tracing::info!(target: "sniroute::access", listener = %listener.label, client = %peer,
             route = "none", result = "over_limit", "connection refused: max_connections reached");
         // Reset rather than FIN: nothing lingers in TIME_WAIT on our side.

@@ -5,9 +5,10 @@
 //! error decides the `result` label, what the client is told (a TLS alert,
 //! an HTTP 400 or nothing) and the access log line.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use clienthello::{ClientHello, Limits, Progress};
@@ -44,6 +45,10 @@ pub struct Listener {
     /// The same as text, the `listener` label of metrics (formatted once,
     /// not per connection).
     pub label: String,
+    /// `connections_total` handles of this listener by result and route:
+    /// a connection's count is then a map lookup, not a registry lookup
+    /// with freshly allocated labels.
+    counters: Mutex<HashMap<&'static str, HashMap<String, metrics::Counter>>>,
 }
 
 impl Listener {
@@ -52,7 +57,23 @@ impl Listener {
         Self {
             addr,
             label: addr.to_string(),
+            counters: Mutex::default(),
         }
+    }
+
+    /// Counts one connection in `sniroute_connections_total{listener, route,
+    /// result}`.
+    pub fn count(&self, route: &str, result: &'static str) {
+        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        let by_route = counters.entry(result).or_default();
+        if let Some(counter) = by_route.get(route) {
+            counter.increment(1);
+            return;
+        }
+        let counter = metrics::counter!(m::CONNECTIONS_TOTAL,
+            "listener" => self.label.clone(), "route" => route.to_owned(), "result" => result);
+        counter.increment(1);
+        by_route.insert(route.to_owned(), counter);
     }
 }
 
@@ -235,9 +256,7 @@ pub fn serve(conn: Accepted) -> impl std::future::Future<Output = ()> + Send {
         let route = record
             .route
             .map_or("none", |id| generation.routes[id as usize].name.as_str());
-        metrics::counter!(m::CONNECTIONS_TOTAL,
-            "listener" => conn.listener.label.clone(), "route" => route.to_owned(), "result" => result)
-        .increment(1);
+        conn.listener.count(route, result);
         access_log(&conn, &record, route, result, end.as_ref(), error);
     }
 }
@@ -264,8 +283,12 @@ async fn open(
         hello.server_name.as_ref().map(|n| n.as_str()),
         &hello.alpn_lossy(),
     );
-    metrics::histogram!(m::CLIENT_HELLO_SECONDS).record(conn.at.elapsed().as_secs_f64());
-    metrics::histogram!(m::CLIENT_HELLO_BYTES).record(hello.client_hello_bytes as f64);
+    generation
+        .hello_seconds
+        .record(conn.at.elapsed().as_secs_f64());
+    generation
+        .hello_bytes
+        .record(hello.client_hello_bytes as f64);
 
     let (route_id, route) = pick_route(generation, &hello, conn)?;
     record.route = u32::try_from(route_id).ok();

@@ -66,6 +66,10 @@ pub struct Generation {
     /// How this generation's tunnels move bytes (timeouts and forwarding
     /// from the config); built once, borrowed by every pump.
     pub pump: splice::Options,
+    /// `sniroute_client_hello_seconds`.
+    pub hello_seconds: Histogram,
+    /// `sniroute_client_hello_bytes`.
+    pub hello_bytes: Histogram,
 }
 
 impl Generation {
@@ -109,6 +113,8 @@ impl Generation {
         Self {
             id,
             pump,
+            hello_seconds: metrics::histogram!(m::CLIENT_HELLO_SECONDS),
+            hello_bytes: metrics::histogram!(m::CLIENT_HELLO_BYTES),
             config: Arc::new(config),
             table,
             routes,
