@@ -277,15 +277,14 @@ async fn open(
         config.timeouts.client_hello,
     )
     .await?;
-    record.hello = conn.at.elapsed().into();
+    let hello_time = conn.at.elapsed();
+    record.hello = hello_time.into();
     record.hello_bytes = u32::try_from(hello.client_hello_bytes).unwrap_or(u32::MAX);
     record.set_names(
         hello.server_name.as_ref().map(|n| n.as_str()),
         &hello.alpn_lossy(),
     );
-    generation
-        .hello_seconds
-        .record(conn.at.elapsed().as_secs_f64());
+    generation.hello_seconds.record(hello_time.as_secs_f64());
     generation
         .hello_bytes
         .record(hello.client_hello_bytes as f64);
@@ -454,21 +453,18 @@ async fn tunnel(conn: &Accepted, open: &Open, generation: &Generation) -> Tunnel
         drain_over,
     )
     .await;
-    let (end, error) = match o.end {
-        End::Finished => ("finished", None),
-        End::IdleTimeout => ("idle_timeout", None),
+    // The pump's own labels, except that its stop is the drain's end.
+    let end = match &o.end {
         End::Stopped => {
             shared.drain_closed.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(m::DRAIN_CLOSED_TUNNELS_TOTAL).increment(1);
-            ("drain", None)
+            "drain"
         }
-        End::Error { side, error } => (
-            match side {
-                Side::Client => "client_error",
-                Side::Upstream => "upstream_error",
-            },
-            Some(format!("{}: {error}", side.as_str())),
-        ),
+        other => other.as_str(),
+    };
+    let error = match &o.end {
+        End::Error { side, error } => Some(format!("{}: {error}", side.as_str())),
+        _ => None,
     };
     route.tunnel_seconds.record(started.elapsed().as_secs_f64());
     metrics::counter!(m::TUNNELS_ENDED_TOTAL, "route" => route.name.clone(), "end" => end)
