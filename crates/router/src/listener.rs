@@ -136,8 +136,8 @@ fn admit(
     shared: &Arc<Shared>,
 ) {
     let at = Instant::now();
-    let max = shared.current().config.limits.max_connections;
-    let Some(slot) = shared.try_admit(max) else {
+    let generation = shared.current();
+    let Some(slot) = shared.try_admit(generation.config.limits.max_connections) else {
         listener.count("none", "over_limit");
         tracing::info!(target: "sniroute::access", listener = %listener.label, client = %peer,
             route = "none", result = "over_limit", "connection refused: max_connections reached");
@@ -155,6 +155,7 @@ fn admit(
         listener: listener.clone(),
         at,
         slot,
+        generation,
     }));
 }
 

@@ -35,6 +35,9 @@ pub struct Accepted {
     pub at: Instant,
     /// Its place in `max_connections`, held until the connection is over.
     pub slot: ConnectionSlot,
+    /// The config generation in force when it was accepted: it routes the
+    /// connection for its whole life, whatever reloads come.
+    pub generation: Arc<Generation>,
 }
 
 /// A configured listener, shared by its connections.
@@ -233,13 +236,11 @@ struct Open {
 #[allow(clippy::manual_async_fn)]
 pub fn serve(conn: Accepted) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        let shared = conn.slot.shared();
-        let generation = shared.current();
         let mut record = Record::default();
-        let opened = Box::pin(open(&conn, &generation, &mut record)).await;
+        let opened = Box::pin(open(&conn, &mut record)).await;
         let (result, end, error) = match &opened {
             Ok(open) => {
-                let end = tunnel(&conn, open, &generation).await;
+                let end = tunnel(&conn, open).await;
                 ("forwarded", Some(end), None)
             }
             Err(refused) => {
@@ -253,9 +254,9 @@ pub fn serve(conn: Accepted) -> impl std::future::Future<Output = ()> + Send {
             }
         };
         drop(opened); // the upstream socket and the endpoint's count
-        let route = record
-            .route
-            .map_or("none", |id| generation.routes[id as usize].name.as_str());
+        let route = record.route.map_or("none", |id| {
+            conn.generation.routes[id as usize].name.as_str()
+        });
         conn.listener.count(route, result);
         access_log(&conn, &record, route, result, end.as_ref(), error);
     }
@@ -263,11 +264,8 @@ pub fn serve(conn: Accepted) -> impl std::future::Future<Output = ()> + Send {
 
 /// Accept → read ClientHello → route → connect → forward hello; the tunnel
 /// is then ready for the pump.
-async fn open(
-    conn: &Accepted,
-    generation: &Generation,
-    record: &mut Record,
-) -> Result<Open, Refused> {
+async fn open(conn: &Accepted, record: &mut Record) -> Result<Open, Refused> {
+    let generation = &conn.generation;
     let config = &generation.config;
     let (buf, hello) = read_client_hello(
         &conn.stream,
@@ -435,7 +433,8 @@ struct TunnelEnd {
 }
 
 /// Moves bytes until the tunnel ends, or until a drain runs out of time.
-async fn tunnel(conn: &Accepted, open: &Open, generation: &Generation) -> TunnelEnd {
+async fn tunnel(conn: &Accepted, open: &Open) -> TunnelEnd {
+    let generation = &conn.generation;
     let route = &generation.routes[open.route_id];
     let _tunnel = TunnelGauge::open(generation, route);
     let on_bytes = |dir: Direction, n: u64| match dir {
@@ -609,7 +608,7 @@ mod tests {
 
     /// An idle tunnel costs its task (this future in a 128-byte aligned
     /// cell, plus about 100 bytes of header and trailer) and two tokio I/O
-    /// registrations; see benches/README.md. Measured 768 bytes in the test
+    /// registrations; see benches/README.md. Measured 760 bytes in the test
     /// profile (about the same in release: a 896-byte task cell); past 792
     /// the cell grows to 1,024 bytes.
     #[test]
