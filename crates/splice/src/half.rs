@@ -39,19 +39,16 @@
 //!   refilled once drained. A short splice proves nothing (a pipe holds at
 //!   most 16 buffers, so 16 small segments fill it), so splicing reads on
 //!   until `EAGAIN`.
-//! - A TCP `recv` that returns fewer bytes than asked found the receive
-//!   queue empty (the kernel copies until the buffer is full or the queue
-//!   is), so the closure hands tokio a `WouldBlock` after it, and tokio
-//!   clears the readiness it observed before the call. Data that arrives
-//!   later raises a new edge (epoll is edge-triggered and every arrival
-//!   signals), which tokio records with a new tick, so nothing is missed;
-//!   the third `recv` that would only say `EAGAIN` is saved.
+//! - A `recv` that returns fewer bytes than asked proves the socket
+//!   drained, and [`crate::try_read_drained`] clears tokio's readiness
+//!   after it (its documentation gives the argument): the third `recv`,
+//!   which would only say `EAGAIN`, is saved.
 //!
 //! The pipe or buffer is released as soon as the source has nothing more
 //! to read, so an idle direction holds neither.
 
 use std::io;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -304,10 +301,8 @@ impl Half {
             }
             ops += 1;
             if self.engine.pending() > 0 {
-                match dst.poll_write_ready(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err((dst_side, e))),
-                    Poll::Ready(Ok(())) => {}
+                if let Err(e) = ready!(dst.poll_write_ready(cx)) {
+                    return Poll::Ready(Err((dst_side, e)));
                 }
                 match self.engine.drain(dst) {
                     Ok(n) => {

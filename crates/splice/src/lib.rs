@@ -22,8 +22,8 @@
 //!   more), then splices (socket → pipe → socket) until a splice moves less
 //!   than 16 KiB; HAProxy's `splice-auto` works the same way. A short `recv`
 //!   proves the socket drained, so a small message costs two system calls
-//!   and no pipe; a stream costs no copy. `half.rs` and [`try_read_drained`] explain the readiness
-//!   argument.
+//!   and no pipe; a stream costs no copy. `half.rs` and
+//!   [`try_read_drained`] explain the readiness argument.
 //! - **Half-close.** EOF from one side, once that direction has nothing
 //!   pending, becomes `shutdown(SHUT_WR)` on the other socket; the other
 //!   direction keeps flowing. Both EOFs end the pump with [`End::Finished`].
@@ -47,9 +47,8 @@
 //!   the pump future (under 512 bytes, checked by a test) plus the sockets.
 //! - **No `unsafe`.** rustix provides owned-fd wrappers for `pipe2`,
 //!   `splice`, `recv`, `fcntl(F_SETPIPE_SZ)`, `ioctl(FIONREAD)` and
-//!   `shutdown`, and
-//!   tokio's `TcpStream` lends its fd through `AsFd`; the crate forbids
-//!   `unsafe` code.
+//!   `shutdown`, and tokio's `TcpStream` lends its fd through `AsFd`; the
+//!   crate forbids `unsafe` code.
 //!
 //! Cancelling is dropping the future (e.g. in a `tokio::select!` against a
 //! drain deadline): pipes and buffers are returned or closed by their
@@ -509,29 +508,40 @@ mod tests {
         assert_eq!(Direction::UpstreamToClient.destination(), Side::Client);
     }
 
-    /// A socket whose first `splice` is refused (`EINVAL`) is copied
-    /// instead, transparently.
+    /// Runs `test` on a current-thread runtime, so the pump runs on this
+    /// thread (where the thread-local test switches of `pipe_pool` apply),
+    /// one such test at a time; no pipe may be in use afterwards.
     #[cfg(target_os = "linux")]
-    #[test]
-    fn refused_splice_falls_back_to_copy() {
+    fn on_this_thread(test: impl Future<Output = ()>) {
         let _serial = pipe_pool::tests::serial();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        runtime.block_on(refused_splice());
+        runtime.block_on(test);
         assert_eq!(pool_stats().1, 0);
+    }
+
+    /// A connected loopback pair.
+    #[cfg(target_os = "linux")]
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    /// A socket whose first `splice` is refused (`EINVAL`) is copied
+    /// instead, transparently.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn refused_splice_falls_back_to_copy() {
+        on_this_thread(refused_splice());
     }
 
     #[cfg(target_os = "linux")]
     async fn refused_splice() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        async fn pair() -> (TcpStream, TcpStream) {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
-            (a.unwrap(), b.unwrap().0)
-        }
         // current_thread runtime: the pump runs on this thread.
         pipe_pool::REFUSE_SPLICE.set(true);
         let (mut client_peer, client) = pair().await;
@@ -572,25 +582,13 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn small_messages_are_copied_and_streams_spliced() {
-        let _serial = pipe_pool::tests::serial();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(auto_mode());
-        assert_eq!(pool_stats().1, 0);
+        on_this_thread(auto_mode());
     }
 
     #[cfg(target_os = "linux")]
     async fn auto_mode() {
         use pipe_pool::TAKEN;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        async fn pair() -> (TcpStream, TcpStream) {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
-            (a.unwrap(), b.unwrap().0)
-        }
         async fn ping_pong(client: &mut TcpStream, upstream: &mut TcpStream, rounds: u8) {
             for round in 0..rounds {
                 let mut got = [0; 64];
