@@ -908,6 +908,26 @@ fn route_logs(router: &Router, route: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Two more routes for an upstream fault: `NAME` (`NAME.test`) whose only
+/// upstream is `faulty`, and `pair` (`pair.test`) with `faulty` first and
+/// `good` second, round robin, so every other connection tries the faulty
+/// one first. No health checks: every connection meets the fault.
+fn faulty_and_pair_routes(name: &str, faulty: SocketAddr, good: SocketAddr) -> String {
+    format!(
+        r#"
+  - name: {name}
+    server_names: [{name}.test]
+    upstreams: ["{faulty}"]
+    health_check: false
+  - name: pair
+    server_names: [pair.test]
+    upstreams: ["{faulty}", "{good}"]
+    balance: round_robin
+    health_check: false
+"#
+    )
+}
+
 /// A port nobody listens on (bound, then closed).
 fn refusing_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -925,20 +945,7 @@ async fn fault_an_upstream_refusing_connections() {
         "client_hello: 1s, connect: 500ms",
         "",
         up.addr,
-        &format!(
-            r#"
-  - name: dead
-    server_names: [dead.test]
-    upstreams: ["{dead}"]
-    health_check: false
-  - name: pair
-    server_names: [pair.test]
-    upstreams: ["{dead}", "{up}"]
-    balance: round_robin
-    health_check: false
-"#,
-            up = up.addr
-        ),
+        &faulty_and_pair_routes("dead", dead, up.addr),
     ));
     let addr = router.addr();
     good_client(addr, "good.test", "good").await;
@@ -1016,20 +1023,7 @@ async fn fault_an_upstream_that_never_answers() {
         "client_hello: 1s, connect: 500ms",
         "",
         up.addr,
-        &format!(
-            r#"
-  - name: hole
-    server_names: [hole.test]
-    upstreams: ["{hole_addr}"]
-    health_check: false
-  - name: pair
-    server_names: [pair.test]
-    upstreams: ["{hole_addr}", "{up}"]
-    balance: round_robin
-    health_check: false
-"#,
-            up = up.addr
-        ),
+        &faulty_and_pair_routes("hole", hole_addr, up.addr),
     ));
     let addr = router.addr();
     good_client(addr, "good.test", "good").await;
