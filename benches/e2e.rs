@@ -474,6 +474,32 @@ struct Proxy {
 }
 
 impl Proxy {
+    /// Starts a competitor (stdin and stdout closed; its stderr as `cmd`
+    /// says) that listens on loopback `port` and writes its errors to
+    /// `log`, and waits until it accepts connections.
+    fn start(
+        mut cmd: Command,
+        port: u16,
+        multi_process: bool,
+        log: PathBuf,
+        dir: tempfile::TempDir,
+    ) -> Result<Self, String> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", cmd.get_program().to_string_lossy()))?;
+        let mut proxy = Self {
+            child,
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            multi_process,
+            log: Some(log),
+            _dir: dir,
+        };
+        proxy.wait_listening(Duration::from_secs(10))?;
+        Ok(proxy)
+    }
+
     fn pids(&self) -> Vec<u32> {
         let mut pids = vec![self.child.id()];
         if self.multi_process {
@@ -740,24 +766,9 @@ fn start_haproxy(s: &Settings, backend: &Backend) -> Result<Proxy, String> {
     std::fs::write(&cfg, haproxy_cfg(port, backend, maxconn)).map_err(|e| e.to_string())?;
     let log = dir.path().join("stderr.log");
     let stderr = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-    let child = Command::new(&s.haproxy)
-        .arg("-f")
-        .arg(&cfg)
-        .arg("-db")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", s.haproxy.display()))?;
-    let mut proxy = Proxy {
-        child,
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        multi_process: false,
-        log: Some(log),
-        _dir: dir,
-    };
-    proxy.wait_listening(Duration::from_secs(10))?;
-    Ok(proxy)
+    let mut cmd = Command::new(&s.haproxy);
+    cmd.arg("-f").arg(&cfg).arg("-db").stderr(stderr);
+    Proxy::start(cmd, port, false, log, dir)
 }
 
 /// Why nginx cannot run here, or the `load_module` line it needs ("" when
@@ -842,27 +853,15 @@ fn start_nginx(s: &Settings, backend: &Backend) -> Result<Proxy, String> {
     )
     .map_err(|e| e.to_string())?;
     let log = dir.path().join("error.log");
-    let child = Command::new(&s.nginx)
-        .arg("-p")
+    let mut cmd = Command::new(&s.nginx);
+    cmd.arg("-p")
         .arg(dir.path())
         .arg("-c")
         .arg(&conf)
         .arg("-e")
         .arg(&log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", s.nginx.display()))?;
-    let mut proxy = Proxy {
-        child,
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        multi_process: true,
-        log: Some(log),
-        _dir: dir,
-    };
-    proxy.wait_listening(Duration::from_secs(10))?;
-    Ok(proxy)
+        .stderr(Stdio::null());
+    Proxy::start(cmd, port, true, log, dir)
 }
 
 // ---------------------------------------------------------------------------
