@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use router::config::{Config, ConfigSource};
+use config::{Config, ConfigSource};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -62,7 +62,7 @@ enum Command {
     },
     /// Write or merge a kubeconfig context that reaches a route's API server
     /// through sniroute, like `dcos kubernetes cluster kubeconfig`.
-    Kubeconfig(Box<KubeconfigArgs>),
+    Kubeconfig(Box<kubeconfig::cli::Args>),
     /// Start the router with an embedded config and two local demo TLS
     /// clusters under a throwaway CA, and print commands to try.
     Demo {
@@ -73,50 +73,6 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:16090")]
         admin: SocketAddr,
     },
-}
-
-#[derive(clap::Args, Debug)]
-struct KubeconfigArgs {
-    /// Config file (YAML) holding the route.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// The route, by name.
-    #[arg(long)]
-    route: String,
-    /// Where kubectl reaches sniroute: https://HOST:6443, HOST a public agent.
-    #[arg(long)]
-    apiserver_url: String,
-    /// The cluster's CA certificate (PEM), embedded in the kubeconfig.
-    #[arg(long, visible_alias = "path-to-custom-ca")]
-    certificate_authority: Option<PathBuf>,
-    /// Do not verify the API server's certificate.
-    #[arg(long)]
-    insecure_skip_tls_verify: bool,
-    /// Client certificate (PEM), embedded.
-    #[arg(long)]
-    client_certificate: Option<PathBuf>,
-    /// Its private key (PEM), embedded.
-    #[arg(long)]
-    client_key: Option<PathBuf>,
-    /// Bearer token (visible in `ps`: prefer --token-file).
-    #[arg(long)]
-    token: Option<String>,
-    /// File holding the bearer token.
-    #[arg(long)]
-    token_file: Option<PathBuf>,
-    /// Name of the cluster, user and context entries [default: the route name].
-    #[arg(long)]
-    context_name: Option<String>,
-    /// Leave current-context as it is.
-    #[arg(long)]
-    no_activate_context: bool,
-    /// Kubeconfig to merge into [default: first existing file of $KUBECONFIG,
-    /// else its last, else ~/.kube/config].
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    /// Print a kubeconfig with just this context instead of writing.
-    #[arg(long)]
-    print: bool,
 }
 
 fn main() -> ExitCode {
@@ -131,7 +87,7 @@ fn main() -> ExitCode {
             let source = ConfigSource::resolve(config.as_deref(), |k| std::env::var(k).ok());
             match Config::load(&source) {
                 Ok(config) => {
-                    print!("{}", router::table::render(&config));
+                    print!("{}", config::render(&config));
                     println!("{}: OK", source.display_name());
                     ExitCode::SUCCESS
                 }
@@ -143,7 +99,7 @@ fn main() -> ExitCode {
         }
         Command::InspectHello { file, max_bytes } => inspect_hello(file, max_bytes),
         Command::Demo { listen, admin } => demo(listen, admin),
-        Command::Kubeconfig(args) => match kubeconfig(*args) {
+        Command::Kubeconfig(args) => match kubeconfig::cli::run(*args, |k| std::env::var(k).ok()) {
             Ok(out) => {
                 print!("{out}");
                 ExitCode::SUCCESS
@@ -154,37 +110,6 @@ fn main() -> ExitCode {
             }
         },
     }
-}
-
-fn kubeconfig(a: KubeconfigArgs) -> Result<String, Box<dyn std::error::Error>> {
-    use router::kubeconfig as kc;
-    let source = ConfigSource::resolve(a.config.as_deref(), |k| std::env::var(k).ok());
-    let cfg = Config::load(&source)?;
-    let req = kc::KubeconfigRequest {
-        route: a.route,
-        apiserver_url: a.apiserver_url,
-        ca: kc::CaChoice::from_flags(a.certificate_authority, a.insecure_skip_tls_verify)?,
-        context_name: a.context_name,
-        activate: !a.no_activate_context,
-        credentials: kc::Credentials::from_flags(
-            a.client_certificate,
-            a.client_key,
-            a.token,
-            a.token_file,
-        )?,
-    };
-    if a.print {
-        for w in kc::warnings(&cfg, &req)? {
-            eprintln!("warning: {w}");
-        }
-        let sni = kc::tls_server_name(&cfg, &req.route)?;
-        return Ok(kc::merge(None, &req, sni.as_deref())?);
-    }
-    let path = a
-        .kubeconfig
-        .or_else(|| kc::default_path(|k| std::env::var(k).ok()))
-        .ok_or("no kubeconfig path: give --kubeconfig, or set $KUBECONFIG or $HOME")?;
-    Ok(format!("{}\n", kc::write(&cfg, &req, &path)?))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -211,6 +136,7 @@ fn run_router(source: ConfigSource) -> ExitCode {
     }
 }
 
+#[cfg(feature = "demo")]
 fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {
     let dir = std::env::temp_dir().join(format!("sniroute-demo-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir_all(&dir) {
@@ -227,7 +153,7 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {
         let path = dir.join("sniroute-demo.yaml");
         std::fs::write(&path, &demo.config_yaml)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        eprintln!("{}", router::table::render(&config));
+        eprintln!("{}", config::render(&config));
         eprintln!("{}", demo.instructions);
         eprintln!("Press Ctrl-C to stop.\n");
         router::server::run(ConfigSource::File(path))
@@ -242,6 +168,16 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[cfg(not(feature = "demo"))]
+fn demo(_listen: SocketAddr, _admin: SocketAddr) -> ExitCode {
+    eprintln!(
+        "sniroute demo: this sniroute was built without the demo (cargo feature `demo`).\n\
+         Build one with it from the source tree: `cargo run --release -- demo`\n\
+         (the feature is on by default; `--no-default-features` leaves it out)."
+    );
+    ExitCode::FAILURE
 }
 
 fn inspect_hello(file: Option<PathBuf>, max_bytes: usize) -> ExitCode {

@@ -15,8 +15,6 @@
 
 pub mod admin;
 pub mod alert;
-pub mod config;
-pub mod kubeconfig;
 pub mod listener;
 pub mod metrics;
 pub mod pipeline;

@@ -16,11 +16,11 @@ use splice::{Direction, End, Side};
 use tokio::net::TcpStream;
 
 use crate::alert::{Alert, HTTP_400};
-use crate::config::ProxyProtocol;
 use crate::metrics as m;
 use crate::state::{ConnectionSlot, Generation, Route};
 use crate::table::RouteId;
 use crate::upstream::{Endpoint, EndpointGuard, Unavailable};
+use config::ProxyProtocol;
 
 /// A connection fresh from `accept`.
 #[derive(Debug)]

@@ -19,16 +19,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{Config, ConfigSource};
 use crate::listener::{self, Running};
 use crate::metrics as m;
 use crate::state::{Generation, Shared};
+use config::{Config, ConfigSource};
 
 /// Why `run` could not start.
 #[derive(Debug)]
 pub enum StartError {
     /// The config did not load (message includes file, line and key).
-    Config(crate::config::ConfigError),
+    Config(config::ConfigError),
     /// A listener or the admin endpoint could not be bound.
     Bind(SocketAddr, std::io::Error),
     /// Anything else (signal handlers, metrics recorder).

@@ -13,10 +13,10 @@ use std::time::Instant;
 
 use metrics::{Counter, Gauge, Histogram};
 
-use crate::config::{Config, IpNet, ProxyProtocol};
 use crate::metrics as m;
 use crate::table::{RouteId, RouteTable};
 use crate::upstream::{Pool, PoolKey};
+use config::{Config, IpNet, ProxyProtocol};
 
 /// A route as the pipeline uses it.
 #[derive(Debug)]
@@ -107,7 +107,7 @@ impl Generation {
             .collect();
         let pump = splice::Options {
             idle_timeout: config.timeouts.idle,
-            force_copy: matches!(config.forwarding, crate::config::Forwarding::Copy),
+            force_copy: matches!(config.forwarding, config::Forwarding::Copy),
             ..splice::Options::default()
         };
         Self {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use crate::config::{Balance, HealthCheck, Host, RouteConfig, UpstreamAddr};
 use crate::metrics as m;
+use config::{Balance, HealthCheck, Host, RouteConfig, UpstreamAddr};
 
 /// How often upstream host names are resolved again.
 pub const DNS_REFRESH: Duration = Duration::from_secs(30);

@@ -21,6 +21,7 @@
 mod duration;
 mod error;
 mod raw;
+mod render;
 mod source_map;
 mod validate;
 mod values;
@@ -38,8 +39,10 @@ use serde::Deserialize;
 pub use clienthello::ServerName;
 pub use duration::{format_duration, parse_duration, MAX_DURATION};
 pub use error::ConfigError;
+pub use render::render;
 pub use values::{
-    Host, IpNet, NamePattern, UpstreamAddr, ValueError, DCOS_APISERVER_PORT, DCOS_VIP_DOMAIN,
+    dcos_vip, Host, IpNet, NamePattern, UpstreamAddr, ValueError, DCOS_APISERVER_PORT,
+    DCOS_VIP_DOMAIN,
 };
 
 /// Where the config is read from when neither `--config` nor an environment
@@ -78,8 +81,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Resource limits.
     pub limits: Limits,
-    /// Routes, in the order written; a [`crate::table::RouteId`] indexes
-    /// this list.
+    /// Routes, in the order written; the router indexes routes by
+    /// their position in this list.
     pub routes: Vec<RouteConfig>,
     /// Route for ClientHellos without SNI or with an unmatched name, on
     /// listeners that name none of their own.

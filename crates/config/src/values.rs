@@ -417,7 +417,11 @@ pub const DCOS_APISERVER_PORT: u16 = 6443;
 /// The API server VIP name of the DC/OS Kubernetes service `service`
 /// (`dev/kubernetes01` → `apiserver.devkubernetes01.l4lb.thisdcos.directory`):
 /// DC/OS drops the slashes of the service path when naming its VIPs.
-pub(crate) fn dcos_vip(service: &str) -> Result<ServerName, ValueError> {
+///
+/// # Errors
+/// A path that is empty without its slashes, holds other characters than
+/// letters, digits, `-`, `_` and `/`, or makes an invalid DNS name.
+pub fn dcos_vip(service: &str) -> Result<ServerName, ValueError> {
     let form = "expected a DC/OS service path such as `dev/kubernetes01`";
     let label: String = service.chars().filter(|&c| c != '/').collect();
     if label.is_empty() {

@@ -15,16 +15,22 @@
 //! route claims that name) and checks the API server's certificate against
 //! that name and the cluster's CA. sniroute sees none of it.
 //!
-//! The command line is a thin layer: build a [`KubeconfigRequest`] with
-//! [`CaChoice::from_flags`] and [`Credentials::from_flags`], then call
-//! [`write`] (or [`merge`] to print instead of writing).
+//! Modules: this file holds the writer ([`merge`], [`write`]) and the
+//! request types; [`cli`] holds the `sniroute kubeconfig` flags and turns
+//! them into a [`KubeconfigRequest`] with [`CaChoice::from_flags`] and
+//! [`Credentials::from_flags`]. The VIP name of a `dcos_service` route comes
+//! from [`config::dcos_vip`], the one function that derives it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
+use config::Config;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_yaml::{Mapping, Value};
 
-use crate::config::{Config, DCOS_VIP_DOMAIN};
+pub mod cli;
 
 /// How kubectl verifies the API server's certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +196,10 @@ pub enum KubeconfigError {
     Existing(String),
     /// Serialising the result failed.
     Serialize(serde_yaml::Error),
+    /// The sniroute config did not load.
+    Config(config::ConfigError),
+    /// No kubeconfig path was given and none follows from the environment.
+    NoKubeconfigPath,
 }
 
 impl fmt::Display for KubeconfigError {
@@ -222,6 +232,10 @@ impl fmt::Display for KubeconfigError {
             }
             Self::Existing(msg) => write!(f, "the existing kubeconfig: {msg}"),
             Self::Serialize(e) => write!(f, "cannot write the kubeconfig: {e}"),
+            Self::Config(e) => write!(f, "{e}"),
+            Self::NoKubeconfigPath => f.write_str(
+                "no kubeconfig path: give --kubeconfig, or set $KUBECONFIG or $HOME",
+            ),
         }
     }
 }
@@ -231,17 +245,10 @@ impl std::error::Error for KubeconfigError {
         match self {
             Self::Io { source, .. } => Some(source),
             Self::Serialize(e) => Some(e),
+            Self::Config(e) => Some(e),
             _ => None,
         }
     }
-}
-
-/// The DC/OS VIP name of the Kubernetes API server of `service`
-/// (`dev/kubernetes01` → `apiserver.devkubernetes01.l4lb.thisdcos.directory`):
-/// the service name without its slashes, as DC/OS names VIPs.
-pub fn dcos_apiserver_vip(service: &str) -> String {
-    let name: String = service.chars().filter(|&c| c != '/').collect();
-    format!("apiserver.{}.{DCOS_VIP_DOMAIN}", name.to_ascii_lowercase())
 }
 
 /// The `tls-server-name` for `route`: the API server's VIP name for a
@@ -257,7 +264,14 @@ pub fn tls_server_name(config: &Config, route: &str) -> Result<Option<String>, K
             known: config.routes.iter().map(|r| r.name.clone()).collect(),
         });
     };
-    Ok(rc.dcos_service.as_deref().map(dcos_apiserver_vip))
+    match rc.dcos_service.as_deref() {
+        None => Ok(None),
+        // A loaded config has validated the path; a hand-built one that
+        // did not is reported, not written.
+        Some(service) => config::dcos_vip(service)
+            .map(|vip| Some(vip.as_str().to_owned()))
+            .map_err(|e| KubeconfigError::Invalid(e.to_string())),
+    }
 }
 
 /// Warnings about a request that would not reach its route: for a route
@@ -516,7 +530,7 @@ fn cluster_entry(
     cluster.insert(s("server"), s(&req.apiserver_url));
     match &req.ca {
         CaChoice::CustomCa(path) => {
-            let pem = read_pem(path, "CERTIFICATE", "a PEM certificate (BEGIN CERTIFICATE)")?;
+            let pem = read_pem(path, PemKind::Certificates)?;
             cluster.insert(s("certificate-authority-data"), s(&base64(&pem)));
         }
         CaChoice::InsecureSkipVerify => {
@@ -536,12 +550,8 @@ fn user_entry(credentials: &Credentials) -> Result<Option<Mapping>, KubeconfigEr
     match credentials {
         Credentials::None => return Ok(None),
         Credentials::ClientCert { cert, key } => {
-            let cert_pem = read_pem(cert, "CERTIFICATE", "a PEM certificate (BEGIN CERTIFICATE)")?;
-            let key_pem = read_pem(
-                key,
-                "PRIVATE KEY",
-                "a PEM private key (BEGIN ... PRIVATE KEY)",
-            )?;
+            let cert_pem = read_pem(cert, PemKind::Certificates)?;
+            let key_pem = read_pem(key, PemKind::PrivateKey)?;
             user.insert(s("client-certificate-data"), s(&base64(&cert_pem)));
             user.insert(s("client-key-data"), s(&base64(&key_pem)));
         }
@@ -572,21 +582,34 @@ fn read_text(path: &Path) -> Result<String, KubeconfigError> {
     })
 }
 
-/// Reads a PEM file and checks it holds a block whose label ends with
-/// `label` ("CERTIFICATE", "PRIVATE KEY" for PKCS#8, RSA and EC keys).
-fn read_pem(path: &Path, label: &str, expected: &'static str) -> Result<Vec<u8>, KubeconfigError> {
+/// What a PEM file must hold.
+#[derive(Clone, Copy, Debug)]
+enum PemKind {
+    /// One or more certificates.
+    Certificates,
+    /// A private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    PrivateKey,
+}
+
+/// Reads a PEM file and checks, by parsing it, that it holds what `kind`
+/// says; returns the file's bytes, which kubeconfig embeds as they are.
+fn read_pem(path: &Path, kind: PemKind) -> Result<Vec<u8>, KubeconfigError> {
     let bytes = std::fs::read(path).map_err(|source| KubeconfigError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let text = String::from_utf8_lossy(&bytes);
-    let found = text.lines().any(|line| {
-        line.trim()
-            .strip_prefix("-----BEGIN ")
-            .and_then(|rest| rest.strip_suffix("-----"))
-            .is_some_and(|l| l.ends_with(label))
-    });
-    if !found {
+    let (ok, expected) = match kind {
+        PemKind::Certificates => {
+            let mut certs = CertificateDer::pem_slice_iter(&bytes);
+            let ok = matches!(certs.next(), Some(Ok(_))) && certs.all(|c| c.is_ok());
+            (ok, "a PEM certificate (BEGIN CERTIFICATE)")
+        }
+        PemKind::PrivateKey => (
+            PrivateKeyDer::from_pem_slice(&bytes).is_ok(),
+            "a PEM private key (BEGIN ... PRIVATE KEY)",
+        ),
+    };
+    if !ok {
         return Err(KubeconfigError::NotPem {
             path: path.to_path_buf(),
             expected,
@@ -682,35 +705,20 @@ fn url_host(url: &str) -> Result<&str, KubeconfigError> {
 
 /// Standard base64 with padding (RFC 4648 §4), as kubeconfig `*-data` keys
 /// expect.
-pub fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 0x3f) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+fn base64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBdummyCA\n-----END CERTIFICATE-----\n";
+    const CA_PEM: &str =
+        "-----BEGIN CERTIFICATE-----\nMIIBZHVtbXlDQQ==\n-----END CERTIFICATE-----\n";
     const CERT_PEM: &str =
-        "-----BEGIN CERTIFICATE-----\nMIIBdummyClient\n-----END CERTIFICATE-----\n";
-    const KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMIIEdummyKey\n-----END PRIVATE KEY-----\n";
+        "-----BEGIN CERTIFICATE-----\nMIIBZHVtbXlDbGllbnQ=\n-----END CERTIFICATE-----\n";
+    const KEY_PEM: &str =
+        "-----BEGIN PRIVATE KEY-----\nMIIEZHVtbXlLZXk=\n-----END PRIVATE KEY-----\n";
 
     const CONFIG: &str = r#"
 listeners: ["127.0.0.1:6443"]
@@ -818,23 +826,6 @@ current-context: prod
 x-unknown-key:
   kept: [1, 2]
 "#;
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        let cases = [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ];
-        for (input, want) in cases {
-            assert_eq!(base64(input.as_bytes()), want, "{input:?}");
-        }
-        assert_eq!(base64(&[0xfb, 0xff, 0xfe]), "+//+");
-    }
 
     #[test]
     fn fresh_file_with_ca_and_client_cert() {
@@ -1060,18 +1051,6 @@ x-unknown-key:
         assert_eq!(outcome.warnings.len(), 1, "{:?}", outcome.warnings);
         let doc = parse(&std::fs::read_to_string(&path).unwrap());
         assert_eq!(names(&doc, "contexts"), ["dev-kubernetes01", "staging"]);
-    }
-
-    #[test]
-    fn vip_names_drop_slashes() {
-        assert_eq!(
-            dcos_apiserver_vip("dev/kubernetes01"),
-            "apiserver.devkubernetes01.l4lb.thisdcos.directory"
-        );
-        assert_eq!(
-            dcos_apiserver_vip("/kubernetes-cluster"),
-            "apiserver.kubernetes-cluster.l4lb.thisdcos.directory"
-        );
     }
 
     #[test]

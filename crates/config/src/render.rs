@@ -1,0 +1,221 @@
+//! The resolved routing table as `sniroute check` and `sniroute demo`
+//! print it.
+
+use std::fmt::Write as _;
+
+use crate::{format_duration, Config};
+
+/// The resolved routing table as `sniroute check` prints it: the source,
+/// listeners with their default routes, admin, timeouts, limits, then each
+/// route with its server names, upstreams (DC/OS services expanded),
+/// balancing, health check, PROXY protocol and allowed sources.
+pub fn render(config: &Config) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = render_into(&mut out, config);
+    out
+}
+
+fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
+    writeln!(out, "config: {}", config.source.display_name())?;
+    writeln!(out, "listeners:")?;
+    let width = config
+        .listeners
+        .iter()
+        .map(|l| l.address.to_string().len())
+        .max()
+        .unwrap_or(0);
+    for l in &config.listeners {
+        let default = match (&l.default_route, &config.default_route) {
+            (Some(own), _) => format!("{own} (this listener's)"),
+            (None, Some(global)) => format!("{global} (global)"),
+            (None, None) => "none: connections without a matching name are closed".to_owned(),
+        };
+        let address = l.address.to_string();
+        writeln!(out, "  {address:<width$}  default route: {default}")?;
+    }
+    match config.admin {
+        Some(a) => writeln!(out, "admin: {a}")?,
+        None => writeln!(out, "admin: off")?,
+    }
+    let t = &config.timeouts;
+    writeln!(
+        out,
+        "timeouts: client_hello {}, connect {}, idle {}, drain {}",
+        format_duration(t.client_hello),
+        format_duration(t.connect),
+        format_duration(t.idle),
+        format_duration(t.drain)
+    )?;
+    writeln!(
+        out,
+        "limits: max_connections {}, max_client_hello_bytes {}",
+        config.limits.max_connections, config.limits.max_client_hello_bytes
+    )?;
+    writeln!(out, "forwarding: {}", config.forwarding.as_str())?;
+    writeln!(
+        out,
+        "watch_config: {}",
+        if config.watch_config { "on" } else { "off" }
+    )?;
+    match &config.default_route {
+        Some(d) => writeln!(
+            out,
+            "default route: {d} (for ClientHellos without SNI or with an unmatched name)"
+        )?,
+        None => writeln!(
+            out,
+            "default route: none (ClientHellos without SNI or with an unmatched name are refused)"
+        )?,
+    }
+    writeln!(out, "routes:")?;
+    for r in &config.routes {
+        let mut roles = Vec::new();
+        if config.default_route.as_deref() == Some(r.name.as_str()) {
+            roles.push("global default".to_owned());
+        }
+        for l in &config.listeners {
+            if l.default_route.as_deref() == Some(r.name.as_str()) {
+                roles.push(format!("default on {}", l.address));
+            }
+        }
+        if roles.is_empty() {
+            writeln!(out, "  {}", r.name)?;
+        } else {
+            writeln!(out, "  {} ({})", r.name, roles.join(", "))?;
+        }
+        let exact: Vec<String> = r
+            .server_names
+            .iter()
+            .filter(|n| !n.is_wildcard())
+            .map(ToString::to_string)
+            .collect();
+        let wild: Vec<String> = r
+            .server_names
+            .iter()
+            .filter(|n| n.is_wildcard())
+            .map(ToString::to_string)
+            .collect();
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
+        writeln!(out, "    exact names:    {}", list(&exact))?;
+        writeln!(out, "    wildcards:      {}", list(&wild))?;
+        let upstreams: Vec<String> = r.upstreams.iter().map(ToString::to_string).collect();
+        match &r.dcos_service {
+            Some(service) => writeln!(
+                out,
+                "    upstreams:      {} (DC/OS service {service})",
+                upstreams.join(", ")
+            )?,
+            None => writeln!(out, "    upstreams:      {}", upstreams.join(", "))?,
+        }
+        writeln!(out, "    balance:        {}", r.balance.as_str())?;
+        match &r.health_check {
+            Some(h) => writeln!(
+                out,
+                "    health check:   every {}, timeout {}, unhealthy after {} failures, healthy after {} successes",
+                format_duration(h.interval),
+                format_duration(h.timeout),
+                h.unhealthy_after,
+                h.healthy_after
+            )?,
+            None => writeln!(out, "    health check:   off")?,
+        }
+        writeln!(out, "    proxy protocol: {}", r.proxy_protocol.as_str())?;
+        if r.allow_sources.is_empty() {
+            writeln!(out, "    allow sources:  everyone")?;
+        } else {
+            let nets: Vec<String> = r.allow_sources.iter().map(ToString::to_string).collect();
+            writeln!(out, "    allow sources:  {}", nets.join(", "))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> Config {
+        Config::from_yaml_str(yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn render_shows_the_resolved_table() {
+        let yaml = r#"
+listeners: ["0.0.0.0:6443", {address: "0.0.0.0:7443", default_route: staging}]
+admin: "127.0.0.1:9090"
+timeouts: {client_hello: 1.5s}
+routes:
+  - name: dev-kubernetes01
+    server_names: ["devkubernetes01.example.com"]
+    dcos_service: dev/kubernetes01
+  - name: staging
+    server_names: ["*.staging.example.com", "staging.example.com"]
+    upstreams: ["10.0.4.11:6443", "[2001:db8::11]:6443", "master.mesos:6443"]
+    balance: round_robin
+    health_check: false
+    proxy_protocol: v2
+    allow_sources: ["10.0.0.0/8", "2001:db8::/32"]
+default_route: dev-kubernetes01
+"#;
+        let out = render(&config(yaml));
+        let lines: Vec<&str> = out.lines().collect();
+        let want = [
+            "config: test.yaml",
+            "listeners:",
+            "  0.0.0.0:6443  default route: dev-kubernetes01 (global)",
+            "  0.0.0.0:7443  default route: staging (this listener's)",
+            "admin: 127.0.0.1:9090",
+            "timeouts: client_hello 1.5s, connect 10s, idle 24h, drain 30s",
+            "limits: max_connections 50000, max_client_hello_bytes 16384",
+            "forwarding: splice",
+            "watch_config: off",
+            "default route: dev-kubernetes01 (for ClientHellos without SNI or with an unmatched name)",
+            "routes:",
+            "  dev-kubernetes01 (global default)",
+            "    exact names:    devkubernetes01.example.com, apiserver.devkubernetes01.l4lb.thisdcos.directory",
+            "    wildcards:      -",
+            "    upstreams:      apiserver.devkubernetes01.l4lb.thisdcos.directory:6443 (DC/OS service dev/kubernetes01)",
+            "    balance:        least_connections",
+            "    health check:   every 5s, timeout 2s, unhealthy after 3 failures, healthy after 2 successes",
+            "    proxy protocol: none",
+            "    allow sources:  everyone",
+            "  staging (default on 0.0.0.0:7443)",
+            "    exact names:    staging.example.com",
+            "    wildcards:      *.staging.example.com",
+            "    upstreams:      10.0.4.11:6443, [2001:db8::11]:6443, master.mesos:6443",
+            "    balance:        round_robin",
+            "    health check:   off",
+            "    proxy protocol: v2",
+            "    allow sources:  10.0.0.0/8, 2001:db8::/32",
+        ];
+        assert_eq!(lines, want, "\n{out}");
+
+        let bare = render(&config(
+            "listeners: [\"[::]:6443\"]\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n",
+        ));
+        assert!(bare.contains("\nadmin: off\n"), "{bare}");
+        assert!(bare.contains("  [::]:6443  default route: none"), "{bare}");
+        let mixed = render(&config(
+            "listeners: [\"[::]:6443\", \"127.0.0.1:6443\"]\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n",
+        ));
+        assert!(
+            mixed.contains("\n  [::]:6443       default route: none"),
+            "{mixed}"
+        );
+        assert!(
+            mixed.contains("\n  127.0.0.1:6443  default route: none"),
+            "{mixed}"
+        );
+        assert!(
+            bare.contains("\ndefault route: none (ClientHellos without SNI"),
+            "{bare}"
+        );
+    }
+}
