@@ -22,14 +22,14 @@
 //!   tunnels, 64 KiB each way, each direction checked word by word, while
 //!   the config is reloaded every second.
 //!
-//! The tests take turns (one lock): they measure timings and descriptor
-//! counts, and the big ones need most of the process's descriptors. The
+//! These tests run alone (`common::heavy`): they measure timings and
+//! descriptor counts, and the big ones need most of the process's descriptors. The
 //! load test needs about 2 x 5,000 descriptors in this process and as many
 //! in the router; it raises its soft `RLIMIT_NOFILE` to the hard limit
 //! (through `prlimit`) and uses fewer tunnels if even that is too low (see
 //! `load_with_reloads`). The fd exhaustion test needs `prlimit` (util-linux).
 //!
-//! Run: `cargo test --test resilience` (10 to 30 s on two busy cores).
+//! Run: `cargo test --test e2e resilience` (10 to 30 s on two busy cores).
 //!
 //! Soak variants, `#[ignore]`d: `soak_tunnels_and_reloads` (rounds of
 //! thousands of 256 KiB tunnels under reloads, memory checked from round to
@@ -38,10 +38,8 @@
 //! default; `SNIROUTE_SOAK_SECS=N` changes that:
 //!
 //! ```sh
-//! cargo test --release --test resilience -- --ignored
+//! cargo test --release --test e2e resilience -- --ignored
 //! ```
-
-mod common;
 
 use std::io;
 use std::net::SocketAddr;
@@ -49,8 +47,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::{metric, pattern, Router};
 use clienthello::synth::HelloBuilder;
-use common::{metric, pattern, Router};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -58,9 +56,6 @@ use tokio::net::{TcpListener, TcpStream};
 const LISTENER: &str = "127.0.0.1:0";
 const ALERT_INTERNAL_ERROR: [u8; 7] = [21, 3, 3, 0, 2, 2, 80];
 const ALERT_DECODE_ERROR: [u8; 7] = [21, 3, 3, 0, 2, 2, 50];
-
-/// One test at a time: see the top of the file.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -72,7 +67,7 @@ fn hello(name: &str) -> Vec<u8> {
 
 /// `sniroute_connections_total{listener, route, result}`, 0 when absent.
 fn connections(m: &str, route: &str, result: &str) -> f64 {
-    common::connections_total(m, route, result).unwrap_or(0.0)
+    crate::common::connections_total(m, route, result).unwrap_or(0.0)
 }
 
 /// Polls `cond` every 25 ms until it holds; panics with `what` after
@@ -387,7 +382,7 @@ fn handshake_longer_than_record(extra: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_is_refused_and_counted_without_leaks() {
-    let _serial = SERIAL.lock().await;
+    let _turn = crate::common::heavy();
     const LIMIT: usize = 65536;
     let up = Greeter::start("good").await;
     let router = Router::start(&config(
@@ -738,7 +733,7 @@ async fn slowloris(router: &Router, n: usize, timeout: Duration, keep_up: Durati
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_is_cut_at_the_hello_timeout() {
-    let _serial = SERIAL.lock().await;
+    let _turn = crate::common::heavy();
     const N: usize = 1000;
     let up = Greeter::start("good").await;
     let router = Router::start(&config("client_hello: 2s, connect: 500ms", "", up.addr, ""));
@@ -792,7 +787,7 @@ async fn slowloris_is_cut_at_the_hello_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_over_max_connections_is_shed_and_recovers() {
-    let _serial = SERIAL.lock().await;
+    let _turn = crate::common::heavy();
     const MAX: usize = 50;
     const EXTRA: usize = 30;
     let up = Greeter::start("good").await;
@@ -938,7 +933,7 @@ fn refusing_port() -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_an_upstream_refusing_connections() {
-    let _serial = SERIAL.lock().await;
+    let _turn = crate::common::heavy();
     let up = Greeter::start("good").await;
     let dead = refusing_port();
     let router = Router::start(&config(
@@ -1015,7 +1010,7 @@ fn blackhole() -> (socket2::Socket, Vec<std::net::TcpStream>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_an_upstream_that_never_answers() {
-    let _serial = SERIAL.lock().await;
+    let _turn = crate::common::heavy();
     let up = Greeter::start("good").await;
     let (hole, _filling) = blackhole();
     let hole_addr = hole.local_addr().unwrap().as_socket().unwrap();
@@ -1069,7 +1064,7 @@ async fn fault_an_upstream_that_never_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_an_upstream_reset_mid_stream() {
-    let _serial = SERIAL.lock().await;
+    let _turn = crate::common::heavy();
     let up = Greeter::start("good").await;
     let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let router = Router::start(&config(
@@ -1172,7 +1167,7 @@ async fn fault_an_upstream_reset_mid_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_upstream_names_that_do_not_resolve() {
-    let _serial = SERIAL.lock().await;
+    let _turn = crate::common::heavy();
     const NOWHERE: &str = "does-not-exist.invalid";
     // How long this machine's resolver takes to say no (RFC 6761: .invalid
     // never resolves); the router may take as long, but not hang.
@@ -1273,7 +1268,7 @@ async fn fault_upstream_names_that_do_not_resolve() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_a_route_down_and_back() {
-    let _serial = SERIAL.lock().await;
+    let _turn = crate::common::heavy();
     let good = Greeter::start("good").await;
     let flappy = Greeter::start("flappy").await;
     let flappy_addr = flappy.addr;
@@ -1366,7 +1361,7 @@ async fn fault_a_route_down_and_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_the_router_runs_out_of_file_descriptors() {
-    let _serial = SERIAL.lock().await;
+    let _turn = crate::common::heavy();
     const IDLE: usize = 100;
     let up = Greeter::start("good").await;
     // A long hello timeout: idle connections hold their descriptor. The
@@ -1865,21 +1860,21 @@ async fn load_with_reloads(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_tunnels_survive_reloads_intact() {
-    let _serial = SERIAL.lock().await;
+    let _turn = crate::common::heavy();
     load_with_reloads(5000, 64 * 1024, Duration::ZERO, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "soak: 10 minutes; cargo test --release --test resilience -- --ignored"]
+#[ignore = "soak: 10 minutes; cargo test --release --test e2e resilience -- --ignored"]
 async fn soak_tunnels_and_reloads() {
-    let _serial = SERIAL.lock().await;
+    let _turn = crate::common::heavy();
     load_with_reloads(5000, 256 * 1024, soak_duration(), 6).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "soak: 10 minutes; cargo test --release --test resilience -- --ignored"]
+#[ignore = "soak: 10 minutes; cargo test --release --test e2e resilience -- --ignored"]
 async fn soak_slowloris() {
-    let _serial = SERIAL.lock().await;
+    let _turn = crate::common::heavy();
     const N: usize = 2000;
     let up = Greeter::start("good").await;
     let router = Router::start_with(

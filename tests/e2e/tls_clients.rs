@@ -2,13 +2,11 @@
 //! `openssl s_client`, `curl` and `kubectl`. The router never sees a key or
 //! certificate; verification and client certificates work end to end.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::Router;
+use crate::common::Router;
 use demo::{https_get, Ca, TlsUpstream, UpstreamOptions};
 
 /// Two clusters behind one router: `alpha` (exact name plus a DC/OS-style
@@ -78,6 +76,7 @@ fn tool(name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rustls_client_with_and_without_a_client_certificate() {
+    let _turn = crate::common::light();
     let s = setup().await;
     let addr = s.router.addr();
     let alice = s.ca.client_identity("alice");
@@ -110,6 +109,7 @@ async fn rustls_client_with_and_without_a_client_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_and_openssl_verify_the_clusters_certificate() {
+    let _turn = crate::common::light();
     let s = setup().await;
     let port = s.router.addr().port();
     let dir = s.dir.path();
@@ -196,6 +196,7 @@ fn kubectl_version(kubeconfig: &Path) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_with_a_generated_kubeconfig_and_mtls() {
+    let _turn = crate::common::light();
     let s = setup().await;
     tool("kubectl");
     let dir = s.dir.path();
@@ -209,7 +210,7 @@ async fn kubectl_with_a_generated_kubeconfig_and_mtls() {
         "listeners: [\"0.0.0.0:6443\"]\nroutes:\n  - {name: alpha, dcos_service: dev/kubernetes01}\n",
     )
     .unwrap();
-    let out = Command::new(common::bin())
+    let out = Command::new(crate::common::bin())
         .arg("kubeconfig")
         .arg("--config")
         .arg(&route_config)
@@ -241,7 +242,7 @@ async fn kubectl_with_a_generated_kubeconfig_and_mtls() {
 
     // Merge a second cluster as another context without activating it; the
     // first keeps working and is still current.
-    let out = Command::new(common::bin())
+    let out = Command::new(crate::common::bin())
         .arg("kubeconfig")
         .arg("--config")
         .arg(&route_config)

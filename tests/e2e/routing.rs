@@ -1,15 +1,13 @@
 //! Routing decisions and refusals of the real binary, with synthetic
 //! ClientHellos and raw TCP upstreams that say who they are.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::common::raw::{Behaviour, Upstream};
+use crate::common::{answer, metric, reach, Router};
 use clienthello::synth::HelloBuilder;
-use common::raw::{Behaviour, Upstream};
-use common::{answer, metric, reach, Router};
 
 fn hello(name: &str) -> Vec<u8> {
     HelloBuilder::new(name).build()
@@ -57,6 +55,7 @@ routes:
 
 #[test]
 fn exact_beats_wildcard_and_longest_wildcard_wins() {
+    let _turn = crate::common::light();
     let (router, _ups) = three_routes(false);
     let addr = router.addr();
     assert_eq!(reach(addr, &hello("api.example.com")).unwrap(), "exact");
@@ -122,6 +121,7 @@ fn exact_beats_wildcard_and_longest_wildcard_wins() {
 
 #[test]
 fn no_sni_and_unmatched_names_use_the_default_route() {
+    let _turn = crate::common::light();
     let (router, _ups) = three_routes(true);
     let addr = router.addr();
     assert_eq!(
@@ -134,6 +134,7 @@ fn no_sni_and_unmatched_names_use_the_default_route() {
 
 #[test]
 fn listener_default_replaces_the_global_one() {
+    let _turn = crate::common::light();
     let a = Upstream::start("a", Behaviour::Greet);
     let b = Upstream::start("b", Behaviour::Greet);
     let yaml = format!(
@@ -162,6 +163,7 @@ default_route: a
 
 #[test]
 fn refusals_send_the_right_alert_and_count() {
+    let _turn = crate::common::light();
     let up = Upstream::start("up", Behaviour::Greet);
     // A port with nothing listening: bind, learn the port, close.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
@@ -254,7 +256,7 @@ default_route: open
     assert_eq!(up.connections(), 0, "nothing may reach an upstream");
 
     let m = router.metrics();
-    let count = |route: &str, result: &str| common::connections_total(&m, route, result);
+    let count = |route: &str, result: &str| crate::common::connections_total(&m, route, result);
     assert_eq!(count("private", "denied"), Some(1.0));
     assert_eq!(count("down", "upstream_unavailable"), Some(1.0));
     assert_eq!(count("none", "bad_client_hello"), Some(4.0));
@@ -273,6 +275,7 @@ default_route: open
 
 #[test]
 fn dribbled_and_record_split_hellos_are_routed() {
+    let _turn = crate::common::light();
     let (router, _ups) = three_routes(false);
     let addr = router.addr();
     // A few bytes at a time, with pauses, as a slow link delivers them.
@@ -297,6 +300,7 @@ fn dribbled_and_record_split_hellos_are_routed() {
 
 #[test]
 fn a_slow_hello_is_closed_at_the_timeout() {
+    let _turn = crate::common::light();
     let (router, _ups) = three_routes(true);
     let bytes = hello("api.example.com");
     let mut s = TcpStream::connect(router.addr()).unwrap();
@@ -317,6 +321,7 @@ fn a_slow_hello_is_closed_at_the_timeout() {
 
 #[test]
 fn a_dead_endpoint_is_skipped_for_the_next_one() {
+    let _turn = crate::common::light();
     let up = Upstream::start("alive", Behaviour::Greet);
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -353,6 +358,7 @@ routes:
 
 #[test]
 fn the_client_hello_reaches_the_upstream_unchanged() {
+    let _turn = crate::common::light();
     let up = Upstream::start("echo", Behaviour::Echo);
     let yaml = format!(
         "listeners: [\"127.0.0.1:0\"]\nroutes:\n  - {{name: e, server_names: [e.test], upstreams: [\"{}\"]}}\n",
@@ -375,6 +381,7 @@ fn the_client_hello_reaches_the_upstream_unchanged() {
 
 #[test]
 fn proxy_protocol_headers_precede_the_hello() {
+    let _turn = crate::common::light();
     let v1 = Upstream::start("v1", Behaviour::Echo);
     let v2 = Upstream::start("v2", Behaviour::Echo);
     let yaml = format!(

@@ -5,46 +5,61 @@
 //! Listeners and the admin endpoint are configured on port 0; the harness
 //! learns the real ports from the router's JSON start-up log lines, so tests
 //! can run in parallel without racing for free ports.
-#![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
+
+/// Light tests share the machine; heavy ones (thousands of tunnels, timing
+/// and descriptor-count assertions) run alone. Every test takes one of the
+/// two guards first thing.
+static TURNS: RwLock<()> = RwLock::new(());
+
+/// A turn for a light test: runs beside other light tests.
+pub(crate) fn light() -> RwLockReadGuard<'static, ()> {
+    TURNS.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A turn for a heavy test: waits until no other test runs, and keeps the
+/// process (its 20,000 descriptors, both cores) to itself.
+pub(crate) fn heavy() -> RwLockWriteGuard<'static, ()> {
+    TURNS.write().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// How long the router may take to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running router process, stopped (by PID) when dropped.
-pub struct Router {
+pub(crate) struct Router {
     child: Option<Child>,
     /// Configured listener address → bound address.
-    pub listeners: HashMap<String, SocketAddr>,
+    pub(crate) listeners: HashMap<String, SocketAddr>,
     /// Bound admin address, when configured.
-    pub admin: Option<SocketAddr>,
+    pub(crate) admin: Option<SocketAddr>,
     logs: Arc<(Mutex<Vec<serde_json::Value>>, Condvar)>,
     /// The config file (rewrite it and call `reload`).
-    pub config_path: PathBuf,
+    pub(crate) config_path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 /// The path of the binary under test.
-pub fn bin() -> &'static str {
+pub(crate) fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_sniroute")
 }
 
 impl Router {
     /// Starts `sniroute run` with `yaml` and waits until it is ready.
-    pub fn start(yaml: &str) -> Router {
+    pub(crate) fn start(yaml: &str) -> Router {
         Self::start_with(yaml, |_| {})
     }
 
     /// Like [`Router::start`], letting the caller adjust the command (env,
     /// resource limits through `prlimit`, ...).
-    pub fn start_with(yaml: &str, adjust: impl FnOnce(&mut Command)) -> Router {
+    pub(crate) fn start_with(yaml: &str, adjust: impl FnOnce(&mut Command)) -> Router {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("sniroute.yaml");
         std::fs::write(&config_path, yaml).unwrap();
@@ -99,28 +114,28 @@ impl Router {
     }
 
     /// The bound address of the only (or first configured) listener.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         assert_eq!(self.listeners.len(), 1, "several listeners: use listener()");
         *self.listeners.values().next().unwrap()
     }
 
     /// The bound address of a configured listener.
-    pub fn listener(&self, configured: &str) -> SocketAddr {
+    pub(crate) fn listener(&self, configured: &str) -> SocketAddr {
         self.listeners[configured]
     }
 
     /// The router's PID.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
 
     /// Every JSON log line so far.
-    pub fn logs(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn logs(&self) -> Vec<serde_json::Value> {
         self.logs.0.lock().unwrap().clone()
     }
 
     /// Access log lines so far.
-    pub fn access_logs(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn access_logs(&self) -> Vec<serde_json::Value> {
         self.logs()
             .into_iter()
             .filter(|l| l["target"] == "sniroute::access")
@@ -128,7 +143,7 @@ impl Router {
     }
 
     /// Waits until a log line satisfies `pred`; panics with the log on timeout.
-    pub fn wait_log(
+    pub(crate) fn wait_log(
         &self,
         timeout: Duration,
         pred: impl Fn(&serde_json::Value) -> bool,
@@ -152,7 +167,7 @@ impl Router {
     }
 
     /// Waits for `n` access log lines in total and returns them.
-    pub fn wait_access_logs(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+    pub(crate) fn wait_access_logs(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let logs = self.access_logs();
@@ -171,7 +186,7 @@ impl Router {
     }
 
     /// Sends a signal (by name, e.g. "HUP", "TERM") to the router.
-    pub fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
             .arg(self.pid().to_string())
@@ -182,7 +197,7 @@ impl Router {
 
     /// Rewrites the config file and sends SIGHUP; waits for the reload's
     /// log line and returns it.
-    pub fn reload(&self, yaml: &str) -> serde_json::Value {
+    pub(crate) fn reload(&self, yaml: &str) -> serde_json::Value {
         let before = self.logs().len();
         std::fs::write(&self.config_path, yaml).unwrap();
         self.signal("HUP");
@@ -203,19 +218,19 @@ impl Router {
     }
 
     /// `GET path` on the admin endpoint: (status, body).
-    pub fn admin_get(&self, path: &str) -> (u16, String) {
+    pub(crate) fn admin_get(&self, path: &str) -> (u16, String) {
         http_get(self.admin.expect("admin endpoint configured"), path)
     }
 
     /// The `/metrics` text.
-    pub fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         let (status, body) = self.admin_get("/metrics");
         assert_eq!(status, 200);
         body
     }
 
     /// Waits for the process to exit and returns its exit code.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
         let child = self.child.as_mut().unwrap();
         loop {
@@ -230,14 +245,14 @@ impl Router {
     }
 
     /// Open file descriptors of the router process.
-    pub fn open_fds(&self) -> usize {
+    pub(crate) fn open_fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| d.count())
             .unwrap_or(0)
     }
 
     /// Resident memory of the router process, in KiB.
-    pub fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         status
             .lines()
@@ -264,7 +279,7 @@ fn dump(logs: &[serde_json::Value]) -> String {
 }
 
 /// A blocking HTTP/1.1 GET on loopback: (status, body).
-pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -289,7 +304,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// The value of a Prometheus sample with exactly these labels (in any
 /// order), or `None` when the series is absent.
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|line| {
@@ -323,7 +338,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 /// answers with a fixed behaviour; for tests that need no TLS server.
 /// `sniroute_connections_total` for the `127.0.0.1:0` listener the tests
 /// configure, or `None` when the series is absent.
-pub fn connections_total(text: &str, route: &str, result: &str) -> Option<f64> {
+pub(crate) fn connections_total(text: &str, route: &str, result: &str) -> Option<f64> {
     metric(
         text,
         "sniroute_connections_total",
@@ -335,7 +350,7 @@ pub fn connections_total(text: &str, route: &str, result: &str) -> Option<f64> {
     )
 }
 
-pub mod raw {
+pub(crate) mod raw {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::sync::{Arc, Mutex};
@@ -343,7 +358,7 @@ pub mod raw {
 
     /// What a raw upstream does with each connection.
     #[derive(Clone, Copy, Debug)]
-    pub enum Behaviour {
+    pub(crate) enum Behaviour {
         /// Echo every byte back until EOF, then close.
         Echo,
         /// Reply `name\n` after the first read, then echo.
@@ -351,16 +366,15 @@ pub mod raw {
     }
 
     /// A running raw upstream.
-    pub struct Upstream {
-        pub addr: SocketAddr,
-        pub name: &'static str,
+    pub(crate) struct Upstream {
+        pub(crate) addr: SocketAddr,
         /// First bytes of each connection (up to 64 KiB).
-        pub received: Arc<Mutex<Vec<Vec<u8>>>>,
+        pub(crate) received: Arc<Mutex<Vec<Vec<u8>>>>,
     }
 
     impl Upstream {
         /// Starts one on 127.0.0.1 with an ephemeral port.
-        pub fn start(name: &'static str, behaviour: Behaviour) -> Upstream {
+        pub(crate) fn start(name: &'static str, behaviour: Behaviour) -> Upstream {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
@@ -372,15 +386,11 @@ pub mod raw {
                     std::thread::spawn(move || serve(stream, name, behaviour, rec));
                 }
             });
-            Upstream {
-                addr,
-                name,
-                received,
-            }
+            Upstream { addr, received }
         }
 
         /// Connections seen so far.
-        pub fn connections(&self) -> usize {
+        pub(crate) fn connections(&self) -> usize {
             self.received.lock().unwrap().len()
         }
     }
@@ -422,7 +432,7 @@ pub mod raw {
 
 /// Sends `hello` to the router and reads the first line the raw upstream
 /// greets with (`Behaviour::Greet`): which upstream was reached.
-pub fn reach(router: SocketAddr, hello: &[u8]) -> std::io::Result<String> {
+pub(crate) fn reach(router: SocketAddr, hello: &[u8]) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&router, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(hello)?;
@@ -439,7 +449,7 @@ pub fn reach(router: SocketAddr, hello: &[u8]) -> std::io::Result<String> {
 }
 
 /// Sends `hello` and returns everything the router answers until it closes.
-pub fn answer(router: SocketAddr, hello: &[u8]) -> Vec<u8> {
+pub(crate) fn answer(router: SocketAddr, hello: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect_timeout(&router, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     s.write_all(hello).unwrap();
@@ -450,21 +460,21 @@ pub fn answer(router: SocketAddr, hello: &[u8]) -> Vec<u8> {
 
 impl Router {
     /// Whether the router process is still running (not exited).
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 }
 
 /// Checksummed streams: every 8-byte word is its index xor a seed, so a
 /// lost, duplicated or reordered byte shows as a wrong word.
-pub mod pattern {
+pub(crate) mod pattern {
     use std::io;
 
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
     /// Writes `total` bytes (a multiple of 8) where every 8-byte word is its
     /// index xor `seed`, then half-closes; writes `buf_size` bytes at a time.
-    pub async fn send(
+    pub(crate) async fn send(
         mut w: impl AsyncWrite + Unpin,
         total: u64,
         seed: u64,
@@ -487,7 +497,7 @@ pub mod pattern {
 
     /// Reads to EOF and checks every word against pattern `seed`; returns the
     /// byte count, or where the stream went wrong.
-    pub async fn check(
+    pub(crate) async fn check(
         mut r: impl AsyncRead + Unpin,
         seed: u64,
         buf_size: usize,

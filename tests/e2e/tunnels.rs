@@ -3,13 +3,11 @@
 //! ends: the client socket and the upstream side accepted from its own
 //! listener.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::common::{metric, pattern, Router};
 use clienthello::synth::HelloBuilder;
-use common::{metric, pattern, Router};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -55,6 +53,7 @@ async fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_from_either_side_keeps_the_other_direction() {
+    let _turn = crate::common::light();
     let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let router = Router::start(&config(upstream.local_addr().unwrap(), ""));
 
@@ -99,6 +98,7 @@ async fn half_close_from_either_side_keeps_the_other_direction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_reset_closes_the_client_promptly() {
+    let _turn = crate::common::light();
     let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let router = Router::start(&config(upstream.local_addr().unwrap(), ""));
     let (mut client, up) = open(router.addr(), &upstream).await;
@@ -120,6 +120,7 @@ async fn an_upstream_reset_closes_the_client_promptly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tunnel_is_closed_after_the_idle_timeout() {
+    let _turn = crate::common::light();
     let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let router = Router::start(&config(
         upstream.local_addr().unwrap(),
@@ -147,6 +148,7 @@ async fn an_idle_tunnel_is_closed_after_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_each_way_arrives_intact() {
+    let _turn = crate::common::light();
     const GIB: u64 = 1 << 30;
     let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let router = Router::start(&config(upstream.local_addr().unwrap(), ""));
@@ -197,6 +199,7 @@ async fn one_gib_each_way_arrives_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_concurrent_tunnels() {
+    let _turn = crate::common::heavy();
     const N: usize = 2000;
     let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up_addr = upstream.local_addr().unwrap();

@@ -1,16 +1,14 @@
 //! Operations: metrics as Prometheus sees them, the admin endpoint, live
 //! reload and graceful drain, all on the real binary.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::common::raw::{Behaviour, Upstream};
+use crate::common::{http_get, metric, reach, Router};
 use clienthello::synth::HelloBuilder;
-use common::raw::{Behaviour, Upstream};
-use common::{http_get, metric, reach, Router};
 
 fn two_routes(a: SocketAddr, b: Option<SocketAddr>) -> String {
     let mut yaml = format!(
@@ -41,6 +39,7 @@ fn promtool() -> &'static str {
 
 #[test]
 fn admin_endpoints_answer() {
+    let _turn = crate::common::light();
     let up = Upstream::start("a", Behaviour::Greet);
     let router = Router::start(&two_routes(up.addr, None));
     assert_eq!(router.admin_get("/healthz"), (200, "ok\n".to_owned()));
@@ -66,6 +65,7 @@ fn admin_endpoints_answer() {
 
 #[test]
 fn metrics_count_known_traffic_and_pass_promtool() {
+    let _turn = crate::common::light();
     let up = Upstream::start("a", Behaviour::Echo);
     let router = Router::start(&two_routes(up.addr, None));
     let addr = router.addr();
@@ -79,12 +79,12 @@ fn metrics_count_known_traffic_and_pass_promtool() {
         s.read_to_end(&mut back).unwrap();
         assert_eq!(back.len(), hello.len() + 1000);
     }
-    let _ = common::answer(addr, &HelloBuilder::new("unknown.test").build());
-    let _ = common::answer(addr, b"GET / HTTP/1.0\r\n\r\n");
+    let _ = crate::common::answer(addr, &HelloBuilder::new("unknown.test").build());
+    let _ = crate::common::answer(addr, b"GET / HTTP/1.0\r\n\r\n");
     router.wait_access_logs(5, Duration::from_secs(5));
 
     let m = router.metrics();
-    let conn = |route: &str, result: &str| common::connections_total(&m, route, result);
+    let conn = |route: &str, result: &str| crate::common::connections_total(&m, route, result);
     assert_eq!(conn("alpha", "forwarded"), Some(3.0));
     assert_eq!(conn("none", "no_route"), Some(1.0));
     assert_eq!(conn("none", "not_tls"), Some(1.0));
@@ -169,6 +169,7 @@ fn metrics_count_known_traffic_and_pass_promtool() {
 
 #[test]
 fn a_real_prometheus_scrapes_the_router() {
+    let _turn = crate::common::light();
     let prometheus = match Command::new("prometheus").arg("--version").output() {
         Ok(_) => "prometheus",
         Err(_) => panic!(
@@ -249,6 +250,7 @@ fn a_real_prometheus_scrapes_the_router() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_adds_a_route_while_a_tunnel_keeps_streaming() {
+    let _turn = crate::common::light();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let a = Upstream::start("a", Behaviour::Echo);
     let b = Upstream::start("b", Behaviour::Greet);
@@ -264,7 +266,7 @@ async fn reload_adds_a_route_while_a_tunnel_keeps_streaming() {
 
     // beta is unknown before the reload.
     let beta = HelloBuilder::new("beta.test").build();
-    assert_eq!(common::answer(addr, &beta), [21, 3, 3, 0, 2, 2, 112]);
+    assert_eq!(crate::common::answer(addr, &beta), [21, 3, 3, 0, 2, 2, 112]);
 
     let log = router.reload(&two_routes(a.addr, Some(b.addr)));
     assert_eq!(log["message"], "config reloaded", "{log}");
@@ -311,6 +313,7 @@ async fn reload_adds_a_route_while_a_tunnel_keeps_streaming() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_open_tunnels_and_refuses_new_ones() {
+    let _turn = crate::common::light();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let a = Upstream::start("a", Behaviour::Echo);
     let mut router = Router::start(&two_routes(a.addr, None));
@@ -351,6 +354,7 @@ async fn sigterm_drains_open_tunnels_and_refuses_new_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_time_over_closes_remaining_tunnels() {
+    let _turn = crate::common::light();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let a = Upstream::start("a", Behaviour::Echo);
     let mut router = Router::start(&two_routes(a.addr, None));
@@ -376,13 +380,14 @@ async fn drain_time_over_closes_remaining_tunnels() {
 
 #[test]
 fn watch_config_reloads_when_the_file_changes() {
+    let _turn = crate::common::light();
     let a = Upstream::start("a", Behaviour::Greet);
     let b = Upstream::start("b", Behaviour::Greet);
     let base = format!("watch_config: true\n{}", two_routes(a.addr, None));
     let router = Router::start(&base);
     let beta = HelloBuilder::new("beta.test").build();
     assert_eq!(
-        common::answer(router.addr(), &beta),
+        crate::common::answer(router.addr(), &beta),
         [21, 3, 3, 0, 2, 2, 112]
     );
     // No signal: just a new file content, as a Marathon config update does.
@@ -416,6 +421,7 @@ fn watch_config_reloads_when_the_file_changes() {
 
 #[test]
 fn reload_binds_added_listeners_and_closes_removed_ones() {
+    let _turn = crate::common::light();
     let a = Upstream::start("a", Behaviour::Echo);
     let one = two_routes(a.addr, None);
     let router = Router::start(&one);
@@ -438,7 +444,7 @@ fn reload_binds_added_listeners_and_closes_removed_ones() {
     let second: SocketAddr = added["local"].as_str().unwrap().parse().unwrap();
     assert!(second.is_ipv6());
     assert_eq!(
-        common::answer(second, &HelloBuilder::new("nope.test").build()),
+        crate::common::answer(second, &HelloBuilder::new("nope.test").build()),
         [21, 3, 3, 0, 2, 2, 112]
     );
 

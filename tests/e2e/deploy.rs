@@ -252,6 +252,7 @@ fn jsonschema_validate(schema: &Path, files: &[PathBuf]) -> Output {
 
 #[test]
 fn marathon_apps_validate_against_marathons_schema() {
+    let _turn = crate::common::light();
     let schema_path = marathon_schema_path();
     let apps = marathon_apps();
     for app in &apps {
@@ -319,6 +320,7 @@ fn port_of(addr: &str) -> u64 {
 
 #[test]
 fn marathon_apps_meet_the_public_agent_requirements() {
+    let _turn = crate::common::light();
     for path in marathon_apps() {
         let app = json(&path);
         let name = path.display();
@@ -451,6 +453,7 @@ fn marathon_apps_meet_the_public_agent_requirements() {
 
 #[test]
 fn marathon_configs_pass_sniroute_check() {
+    let _turn = crate::common::light();
     for path in marathon_apps() {
         let app = json(&path);
         let (text, config) = embedded_config(&app, &path);
@@ -484,6 +487,7 @@ fn marathon_configs_pass_sniroute_check() {
 
 #[test]
 fn two_cluster_app_routes_both_dcos_clusters() {
+    let _turn = crate::common::light();
     let path = deploy("marathon/sniroute-two-clusters.json");
     let (_, config) = embedded_config(&json(&path), &path);
     let routes = config["routes"].as_sequence().unwrap();
@@ -503,6 +507,7 @@ fn two_cluster_app_routes_both_dcos_clusters() {
 
 #[test]
 fn prometheus_config_and_rules_pass_promtool() {
+    let _turn = crate::common::light();
     let config = deploy("prometheus/prometheus.yml");
     let rules = deploy("prometheus/sniroute.rules.yml");
     let tests = deploy("prometheus/sniroute.rules.test.yml");
@@ -513,6 +518,7 @@ fn prometheus_config_and_rules_pass_promtool() {
 
 #[test]
 fn prometheus_rules_cover_the_alerts_and_known_metrics() {
+    let _turn = crate::common::light();
     let rules_text = read(&deploy("prometheus/sniroute.rules.yml"));
     let rules: serde_yaml::Value = serde_yaml::from_str(&rules_text).unwrap();
     let tests_text = read(&deploy("prometheus/sniroute.rules.test.yml"));
@@ -579,6 +585,7 @@ fn prometheus_rules_cover_the_alerts_and_known_metrics() {
 
 #[test]
 fn prometheus_marathon_job_matches_the_app_labels() {
+    let _turn = crate::common::light();
     let text = read(&deploy("prometheus/prometheus.yml"));
     let config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     let jobs = config["scrape_configs"].as_sequence().unwrap();
@@ -626,6 +633,7 @@ fn all_panels(dashboard: &serde_json::Value) -> Vec<&serde_json::Value> {
 
 #[test]
 fn grafana_dashboard_queries_known_metrics() {
+    let _turn = crate::common::light();
     let path = deploy("grafana/sniroute.json");
     let dashboard = json(&path);
     let panels = all_panels(&dashboard);
@@ -737,6 +745,7 @@ fn unit_values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
 
 #[test]
 fn systemd_unit_is_hardened_and_drains() {
+    let _turn = crate::common::light();
     let path = deploy("systemd/sniroute.service");
     let unit = read(&path);
     let one = |key: &str| -> &str {
@@ -826,6 +835,7 @@ fn systemd_unit_is_hardened_and_drains() {
 
 #[test]
 fn dockerfile_builds_locked_and_runs_unprivileged() {
+    let _turn = crate::common::light();
     let text = read(&deploy("docker/Dockerfile"));
     let lines: Vec<&str> = text
         .lines()
@@ -861,6 +871,7 @@ fn dockerfile_builds_locked_and_runs_unprivileged() {
 
 #[test]
 fn deploy_readme_links_resolve() {
+    let _turn = crate::common::light();
     let path = deploy("README.md");
     let text = read(&path);
     // Relative Markdown links: ](path) or ](path#anchor).
@@ -900,6 +911,7 @@ fn deploy_readme_links_resolve() {
 
 #[test]
 fn helpers_work() {
+    let _turn = crate::common::light();
     assert_eq!(parse_duration("30s"), 30.0);
     assert_eq!(parse_duration("1m30s"), 90.0);
     assert_eq!(parse_duration("500ms"), 0.5);

@@ -1,0 +1,23 @@
+//! End-to-end tests of the real `sniroute` binary: one test binary, one
+//! module per area, all sharing the harness in [`common`].
+//!
+//! | module | covers |
+//! | --- | --- |
+//! | [`routing`] | exact, wildcard and default routes, refusals and their alerts, dribbled and record-split hellos, PROXY protocol, IPv6 |
+//! | [`tunnels`] | half-close, resets, idle timeout, 1 GiB each way, 2,000 concurrent tunnels |
+//! | [`tls_clients`] | rustls, `curl`, `openssl s_client` and `kubectl` through the router |
+//! | [`operations`] | admin endpoint, metrics (`promtool`, a real Prometheus), reload, drain |
+//! | [`resilience`] | hostile input, floods, upstream faults, descriptor exhaustion, 5,000 tunnels under reloads |
+//! | [`deploy`] | everything in `deploy/` |
+//!
+//! Tests take turns through [`common::light`] and [`common::heavy`]: heavy
+//! tests need most of the process's descriptors and time their results, so
+//! they run alone.
+
+mod common;
+mod deploy;
+mod operations;
+mod resilience;
+mod routing;
+mod tls_clients;
+mod tunnels;
