@@ -1720,7 +1720,7 @@ fn main() {
     }
 
     // 5,000 tunnels to the in-process backend are 10,000 descriptors here.
-    router::server::raise_nofile_limit();
+    router::raise_nofile_limit();
     if let Some(limit) = soft_nofile_limit() {
         let fit = limit.saturating_sub(500) / 2;
         if settings.idle_tunnels > fit {

@@ -126,7 +126,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn run_router(source: ConfigSource) -> ExitCode {
-    match runtime().block_on(router::server::run(source)) {
+    match runtime().block_on(router::run(source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -156,7 +156,7 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {
         eprintln!("{}", config::render(&config));
         eprintln!("{}", demo.instructions);
         eprintln!("Press Ctrl-C to stop.\n");
-        router::server::run(ConfigSource::File(path))
+        router::run(ConfigSource::File(path))
             .await
             .map_err(|e| e.to_string())
     });
@@ -193,33 +193,13 @@ fn inspect_hello(file: Option<PathBuf>, max_bytes: usize) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let limits = clienthello::Limits {
-        max_client_hello_bytes: max_bytes,
-    };
-    match clienthello::parse(&bytes, &limits) {
-        Ok(clienthello::Progress::Complete(h)) => {
-            let hex = |v: u16| format!("0x{v:04x}");
-            let out = serde_json::json!({
-                "server_name": h.server_name.as_ref().map(|n| n.as_str()),
-                "alpn": h.alpn_lossy(),
-                "legacy_version": hex(h.legacy_version),
-                "supported_versions": h.supported_versions.iter().map(|&v| hex(v)).collect::<Vec<_>>(),
-                "ech": h.ech,
-                "client_hello_bytes": h.client_hello_bytes,
-                "tls_records": h.tls_records,
-            });
-            println!("{out}");
+    match router::inspect_hello(&bytes, max_bytes) {
+        Ok(json) => {
+            println!("{json}");
             ExitCode::SUCCESS
         }
-        Ok(clienthello::Progress::NeedMore { at_least }) => {
-            eprintln!(
-                "sniroute inspect-hello: incomplete: {at_least} more bytes needed (got {})",
-                bytes.len()
-            );
-            ExitCode::FAILURE
-        }
         Err(e) => {
-            eprintln!("sniroute inspect-hello: {e} ({})", e.as_str());
+            eprintln!("sniroute inspect-hello: {e}");
             ExitCode::FAILURE
         }
     }

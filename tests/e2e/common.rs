@@ -19,15 +19,25 @@ use std::time::{Duration, Instant};
 /// two guards first thing.
 static TURNS: RwLock<()> = RwLock::new(());
 
+/// A test's turn, held for the whole test. Async tests hold it across
+/// awaits on purpose: each test runs on its own runtime, so no task of the
+/// same runtime can be waiting for it (the deadlock clippy's
+/// `await_holding_lock` guards against cannot happen).
+#[allow(dead_code)] // held for its Drop only
+pub(crate) enum Turn {
+    Light(RwLockReadGuard<'static, ()>),
+    Heavy(RwLockWriteGuard<'static, ()>),
+}
+
 /// A turn for a light test: runs beside other light tests.
-pub(crate) fn light() -> RwLockReadGuard<'static, ()> {
-    TURNS.read().unwrap_or_else(PoisonError::into_inner)
+pub(crate) fn light() -> Turn {
+    Turn::Light(TURNS.read().unwrap_or_else(PoisonError::into_inner))
 }
 
 /// A turn for a heavy test: waits until no other test runs, and keeps the
 /// process (its 20,000 descriptors, both cores) to itself.
-pub(crate) fn heavy() -> RwLockWriteGuard<'static, ()> {
-    TURNS.write().unwrap_or_else(PoisonError::into_inner)
+pub(crate) fn heavy() -> Turn {
+    Turn::Heavy(TURNS.write().unwrap_or_else(PoisonError::into_inner))
 }
 
 /// How long the router may take to become ready.

@@ -1150,14 +1150,14 @@ async fn fault_an_upstream_reset_mid_stream() {
     let logs = router.wait_access_logs(2, Duration::from_secs(5));
     let log = logs.iter().find(|l| l["route"] == "reset").unwrap();
     assert_eq!(log["result"], "forwarded");
-    assert_eq!(log["end"], "upstream_error", "{log}");
+    assert_eq!(log["end"], "upstream_reset", "{log}");
     assert_eq!(log["bytes_upstream_to_client"], answer.len());
     let m = router.metrics();
     assert_eq!(
         metric(
             &m,
             "sniroute_tunnels_ended_total",
-            &[("route", "reset"), ("end", "upstream_error")]
+            &[("route", "reset"), ("end", "upstream_reset")]
         ),
         Some(1.0)
     );

@@ -115,7 +115,7 @@ async fn an_upstream_reset_closes_the_client_promptly() {
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
     let logs = router.wait_access_logs(1, Duration::from_secs(5));
-    assert_eq!(logs[0]["end"], "upstream_error", "{}", logs[0]);
+    assert_eq!(logs[0]["end"], "upstream_reset", "{}", logs[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

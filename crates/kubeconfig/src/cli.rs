@@ -82,7 +82,7 @@ pub fn run(a: Args, env: impl Fn(&str) -> Option<String>) -> Result<String, kc::
             eprintln!("warning: {w}");
         }
         let sni = kc::tls_server_name(&cfg, &req.route)?;
-        return Ok(kc::merge(None, &req, sni.as_deref())?);
+        return kc::merge(None, &req, sni.as_deref());
     }
     let path = a
         .kubeconfig

@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,7 +24,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONCURRENT: usize = 64;
 
 /// Serves the admin endpoint on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, metrics: PrometheusHandle) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     loop {
         let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -40,17 +39,14 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, metrics: Promethe
             }
         };
         let shared = shared.clone();
-        let metrics = metrics.clone();
         tokio::spawn(async move {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(30), handle(stream, &shared, &metrics))
-                    .await;
+            let _ = tokio::time::timeout(Duration::from_secs(30), handle(stream, &shared)).await;
             drop(permit);
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, shared: &Shared, metrics: &PrometheusHandle) {
+async fn handle(mut stream: TcpStream, shared: &Shared) {
     let mut buf = Vec::with_capacity(1024);
     let head = tokio::time::timeout(READ_TIMEOUT, async {
         loop {
@@ -76,7 +72,7 @@ async fn handle(mut stream: TcpStream, shared: &Shared, metrics: &PrometheusHand
     let (status, content_type, body) = if method != "GET" && method != "HEAD" {
         (405, "text/plain", "only GET is supported\n".to_owned())
     } else {
-        route(path, shared, metrics)
+        route(path, shared)
     };
     let reason = match status {
         200 => "OK",
@@ -96,14 +92,14 @@ async fn handle(mut stream: TcpStream, shared: &Shared, metrics: &PrometheusHand
     let _ = stream.shutdown().await;
 }
 
-fn route(path: &str, shared: &Shared, metrics: &PrometheusHandle) -> (u16, &'static str, String) {
+fn route(path: &str, shared: &Shared) -> (u16, &'static str, String) {
     match path {
         "/metrics" => {
             shared.publish_old_tunnels();
             (
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
-                metrics.render(),
+                crate::metrics::registry().render(),
             )
         }
         "/healthz" => (200, "text/plain", "ok\n".to_owned()),
@@ -135,7 +131,7 @@ fn route(path: &str, shared: &Shared, metrics: &PrometheusHandle) -> (u16, &'sta
 }
 
 /// The `/status` document.
-pub fn status(shared: &Shared) -> serde_json::Value {
+pub(crate) fn status(shared: &Shared) -> serde_json::Value {
     let generation = shared.current();
     let config = &generation.config;
     let routes: Vec<_> = generation

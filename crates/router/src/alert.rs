@@ -4,7 +4,7 @@
 
 /// TLS alert descriptions sniroute sends (RFC 8446 §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Alert {
+pub(crate) enum Alert {
     /// 112: no route for the server name, and no default route.
     UnrecognizedName,
     /// 49: the client's address is not allowed on the route.
@@ -17,7 +17,7 @@ pub enum Alert {
 
 impl Alert {
     /// The alert description code.
-    pub const fn code(self) -> u8 {
+    pub(crate) const fn code(self) -> u8 {
         match self {
             Self::UnrecognizedName => 112,
             Self::AccessDenied => 49,
@@ -27,13 +27,13 @@ impl Alert {
     }
 
     /// One TLS record: content type alert, version 3.3, level fatal.
-    pub const fn record(self) -> [u8; 7] {
+    pub(crate) const fn record(self) -> [u8; 7] {
         [21, 3, 3, 0, 2, 2, self.code()]
     }
 }
 
 /// The answer to plaintext HTTP on the TLS port.
-pub const HTTP_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+pub(crate) const HTTP_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
 Content-Type: text/plain\r\n\
 Content-Length: 68\r\n\
 Connection: close\r\n\

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::metrics as m;
+use crate::metrics::AcceptError;
 use crate::pipeline::{self, Accepted};
 use crate::state::Shared;
 
@@ -32,7 +32,7 @@ const BACKLOG: i32 = 4096;
 ///
 /// # Errors
 /// The bind or listen error, e.g. address in use or permission denied.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -48,9 +48,9 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// A running accept loop; dropping it does not stop it, [`Running::stop`] does.
 #[derive(Debug)]
-pub struct Running {
+pub(crate) struct Running {
     /// The bound address (with the real port when 0 was configured).
-    pub local: SocketAddr,
+    pub(crate) local: SocketAddr,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -58,14 +58,14 @@ pub struct Running {
 impl Running {
     /// Stops accepting and closes the listening socket; open connections
     /// are not touched.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
 }
 
 /// Starts the accept loop of `listener`, configured as `configured`.
-pub fn spawn(listener: TcpListener, configured: SocketAddr, shared: Arc<Shared>) -> Running {
+pub(crate) fn spawn(listener: TcpListener, configured: SocketAddr, shared: Arc<Shared>) -> Running {
     let local = listener.local_addr().unwrap_or(configured);
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(accept_loop(
@@ -96,14 +96,18 @@ async fn accept_loop(
             }
             Err(e) => {
                 let kind = match e.raw_os_error() {
-                    Some(code) if code == rustix::io::Errno::MFILE.raw_os_error() => "emfile",
-                    Some(code) if code == rustix::io::Errno::NFILE.raw_os_error() => "enfile",
-                    _ => "other",
+                    Some(code) if code == rustix::io::Errno::MFILE.raw_os_error() => {
+                        AcceptError::Emfile
+                    }
+                    Some(code) if code == rustix::io::Errno::NFILE.raw_os_error() => {
+                        AcceptError::Enfile
+                    }
+                    _ => AcceptError::Other,
                 };
-                metrics::counter!(m::ACCEPT_ERRORS_TOTAL, "error" => kind).increment(1);
+                shared.metrics.accept_error(kind);
                 // Errors that concern only the connection being accepted
                 // (it was reset while queued) need no pause.
-                if kind == "other" && is_per_connection(&e) {
+                if kind == AcceptError::Other && is_per_connection(&e) {
                     continue;
                 }
                 backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -138,12 +142,7 @@ fn admit(
     let at = Instant::now();
     let generation = shared.current();
     let Some(slot) = shared.try_admit(generation.config.limits.max_connections) else {
-        listener.count("none", "over_limit");
-        tracing::info!(target: "sniroute::access", listener = %listener.label, client = %peer,
-            route = "none", result = "over_limit", "connection refused: max_connections reached");
-        // Reset rather than FIN: nothing lingers in TIME_WAIT on our side.
-        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-        drop(stream);
+        pipeline::over_limit(stream, peer, listener, &generation, at);
         return;
     };
     // Linux: inherited from the listening socket (see `bind`).

@@ -1,63 +1,65 @@
-//! Every metric sniroute exports: names as constants, each described once,
-//! histograms with explicit buckets.
+//! Every metric sniroute exports, and the small registry that renders them
+//! in the Prometheus text format.
 //!
+//! # Why a registry of our own
+//! Two promises need control over each series' life, which the `metrics`
+//! facade and its Prometheus exporter do not give:
+//! - every series a dashboard or an alert queries exists from the start, at
+//!   0, for each label combination that can occur;
+//! - the series of a route a reload removed, or of an endpoint DNS no longer
+//!   returns, leave `/metrics` once nothing uses them.
+//!
+//! The exporter cannot delete one series, and its idle timeout would also
+//! drop the zero series. Here a series lives exactly as long as a handle
+//! ([`Counter`], [`Gauge`], [`Histogram`]) to it: the registry keeps only
+//! weak references, and the render skips (and forgets) the dead ones.
+//! Handles are made where their labels become known (a config generation
+//! for routes and listeners, a pool for its endpoints, the process state
+//! for the rest), so their owners decide both promises: a generation makes
+//! every combination it can count at 0, and a removed route's handles go
+//! with the last generation (and so the last tunnel) that used it. Asking
+//! for a series that is alive returns the same cell, so counts carry across
+//! reloads.
+//!
+//! Updates are one relaxed atomic operation: no lock, lookup or allocation
+//! on the connection path.
+//!
+//! # Labels
 //! Label values are bounded: `route` is a configured route name or `none`,
-//! `listener` a configured address, `upstream` a configured upstream or a
-//! resolved endpoint of it; never a raw SNI, client address or anything
-//! else a client controls.
+//! `listener` a configured address, `upstream` a resolved endpoint; the
+//! fixed sets are the `ALL` lists of [`Outcome`], [`EndLabel`],
+//! [`AcceptError`] and [`ReloadResult`]. Never a raw SNI, client address or
+//! anything else a client controls.
 
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+/// What kind of metric a family is.
+#[derive(Debug)]
+pub(crate) enum Kind {
+    Counter,
+    Gauge,
+    /// With its bucket upper bounds, ascending (`+Inf` is implied).
+    Histogram(&'static [f64]),
+}
 
-/// Connections by fate: `{listener, route, result}`.
-pub const CONNECTIONS_TOTAL: &str = "sniroute_connections_total";
-/// Tunnels open now: `{route}`.
-pub const ACTIVE_TUNNELS: &str = "sniroute_active_tunnels";
-/// How long tunnels stayed open: `{route}`.
-pub const TUNNEL_DURATION_SECONDS: &str = "sniroute_tunnel_duration_seconds";
-/// Bytes forwarded, the ClientHello included: `{route, direction}`.
-pub const BYTES_TOTAL: &str = "sniroute_bytes_total";
-/// Time to connect upstream (successful attempts): `{route}`.
-pub const UPSTREAM_CONNECT_SECONDS: &str = "sniroute_upstream_connect_seconds";
-/// Failed upstream connection attempts: `{route, upstream}`.
-pub const UPSTREAM_CONNECT_FAILURES_TOTAL: &str = "sniroute_upstream_connect_failures_total";
-/// Health of each endpoint, 1 or 0: `{route, upstream}`.
-pub const UPSTREAM_HEALTHY: &str = "sniroute_upstream_healthy";
-/// Time from accept to a complete ClientHello.
-pub const CLIENT_HELLO_SECONDS: &str = "sniroute_client_hello_seconds";
-/// Size of complete ClientHellos.
-pub const CLIENT_HELLO_BYTES: &str = "sniroute_client_hello_bytes";
-/// Config reloads: `{result}` = `success` | `failure`.
-pub const CONFIG_RELOADS_TOTAL: &str = "sniroute_config_reloads_total";
-/// Generation of the config in force (1 at start, +1 per successful reload).
-pub const CONFIG_GENERATION: &str = "sniroute_config_generation";
-/// Tunnels opened under an older config generation, still open.
-pub const TUNNELS_ON_OLD_CONFIG: &str = "sniroute_tunnels_on_old_config";
-/// Always 1: `{version}`.
-pub const BUILD_INFO: &str = "sniroute_build_info";
-/// Tunnels still open when the drain time ran out, closed by sniroute.
-pub const DRAIN_CLOSED_TUNNELS_TOTAL: &str = "sniroute_drain_closed_tunnels_total";
-/// Times accept(2) failed, by `{error}` (`emfile`, `enfile`, `other`).
-pub const ACCEPT_ERRORS_TOTAL: &str = "sniroute_accept_errors_total";
-/// Tunnels ended, by `{route, end}` (`finished`, `idle_timeout`,
-/// `client_error`, `upstream_error`, `drain`).
-pub const TUNNELS_ENDED_TOTAL: &str = "sniroute_tunnels_ended_total";
+/// A metric name with its help text and kind, described once.
+#[derive(Debug)]
+pub(crate) struct Family {
+    pub(crate) name: &'static str,
+    help: &'static str,
+    kind: Kind,
+}
+
+const fn family(name: &'static str, kind: Kind, help: &'static str) -> Family {
+    Family { name, help, kind }
+}
 
 /// Buckets for `tunnel_duration_seconds`: from 10 ms up to a day.
 const DURATION_BUCKETS: &[f64] = &[
-    0.01,
-    0.1,
-    1.0,
-    10.0,
-    60.0,
-    300.0,
-    1800.0,
-    3600.0,
-    4.0 * 3600.0,
-    12.0 * 3600.0,
-    86400.0,
+    0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 43200.0, 86400.0,
 ];
 /// Buckets for connect and ClientHello latencies: 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -69,132 +71,614 @@ const HELLO_SIZE_BUCKETS: &[f64] = &[
     128.0, 256.0, 512.0, 1024.0, 1536.0, 2048.0, 4096.0, 8192.0, 16384.0, 65536.0,
 ];
 
-/// The `result` label values of [`CONNECTIONS_TOTAL`], a fixed set.
-pub const RESULTS: &[&str] = &[
-    "forwarded",
-    "no_route",
-    "denied",
-    "bad_client_hello",
-    "client_hello_too_large",
-    "not_tls",
-    "client_hello_timeout",
-    "upstream_unavailable",
-    "over_limit",
-    "client_closed",
+/// Connections by fate: `{listener, route, result}`.
+pub(crate) const CONNECTIONS_TOTAL: Family = family(
+    "sniroute_connections_total",
+    Kind::Counter,
+    "Accepted connections by listener, route and result, counted once their fate is known.",
+);
+/// Tunnels open now: `{route}`.
+pub(crate) const ACTIVE_TUNNELS: Family = family(
+    "sniroute_active_tunnels",
+    Kind::Gauge,
+    "Tunnels open now, by route.",
+);
+/// How long tunnels stayed open: `{route}`.
+pub(crate) const TUNNEL_DURATION_SECONDS: Family = family(
+    "sniroute_tunnel_duration_seconds",
+    Kind::Histogram(DURATION_BUCKETS),
+    "How long tunnels stayed open, by route.",
+);
+/// Bytes forwarded, the ClientHello included: `{route, direction}`.
+pub(crate) const BYTES_TOTAL: Family = family(
+    "sniroute_bytes_total",
+    Kind::Counter,
+    "Bytes forwarded by route and direction, the ClientHello included; updated while tunnels are open.",
+);
+/// Time to connect upstream (successful attempts): `{route}`.
+pub(crate) const UPSTREAM_CONNECT_SECONDS: Family = family(
+    "sniroute_upstream_connect_seconds",
+    Kind::Histogram(LATENCY_BUCKETS),
+    "Time to establish the upstream TCP connection, by route.",
+);
+/// Failed upstream connection attempts: `{route, upstream}`.
+pub(crate) const UPSTREAM_CONNECT_FAILURES_TOTAL: Family = family(
+    "sniroute_upstream_connect_failures_total",
+    Kind::Counter,
+    "Failed upstream connection attempts, by route and upstream endpoint.",
+);
+/// Health of each endpoint, 1 or 0: `{route, upstream}`.
+pub(crate) const UPSTREAM_HEALTHY: Family = family(
+    "sniroute_upstream_healthy",
+    Kind::Gauge,
+    "1 when the upstream endpoint passes its health checks, else 0.",
+);
+/// Time from accept to a complete ClientHello.
+pub(crate) const CLIENT_HELLO_SECONDS: Family = family(
+    "sniroute_client_hello_seconds",
+    Kind::Histogram(LATENCY_BUCKETS),
+    "Time from accept until the whole ClientHello arrived.",
+);
+/// Size of complete ClientHellos.
+pub(crate) const CLIENT_HELLO_BYTES: Family = family(
+    "sniroute_client_hello_bytes",
+    Kind::Histogram(HELLO_SIZE_BUCKETS),
+    "Size of complete ClientHellos, TLS record headers included.",
+);
+/// Config reloads: `{result}`, see [`ReloadResult`].
+pub(crate) const CONFIG_RELOADS_TOTAL: Family = family(
+    "sniroute_config_reloads_total",
+    Kind::Counter,
+    "Config reloads by result (success, failure).",
+);
+/// Generation of the config in force (1 at start, +1 per successful reload).
+pub(crate) const CONFIG_GENERATION: Family = family(
+    "sniroute_config_generation",
+    Kind::Gauge,
+    "Generation of the config in force: 1 at start, +1 per successful reload.",
+);
+/// Tunnels opened under an older config generation, still open.
+pub(crate) const TUNNELS_ON_OLD_CONFIG: Family = family(
+    "sniroute_tunnels_on_old_config",
+    Kind::Gauge,
+    "Open tunnels that were routed by an older config generation.",
+);
+/// Always 1: `{version}`.
+pub(crate) const BUILD_INFO: Family = family(
+    "sniroute_build_info",
+    Kind::Gauge,
+    "Always 1; the version label tells the build.",
+);
+/// Tunnels still open when the drain time ran out, closed by sniroute.
+pub(crate) const DRAIN_CLOSED_TUNNELS_TOTAL: Family = family(
+    "sniroute_drain_closed_tunnels_total",
+    Kind::Counter,
+    "Tunnels still open when the drain time ran out, closed by sniroute.",
+);
+/// Times accept(2) failed: `{error}`, see [`AcceptError`].
+pub(crate) const ACCEPT_ERRORS_TOTAL: Family = family(
+    "sniroute_accept_errors_total",
+    Kind::Counter,
+    "accept(2) failures by kind (emfile, enfile, other).",
+);
+/// Tunnels ended: `{route, end}`, see [`EndLabel`].
+pub(crate) const TUNNELS_ENDED_TOTAL: Family = family(
+    "sniroute_tunnels_ended_total",
+    Kind::Counter,
+    "Tunnels ended, by route and how they ended.",
+);
+
+/// Every family, in the order `/metrics` shows them.
+const FAMILIES: &[&Family] = &[
+    &BUILD_INFO,
+    &CONFIG_GENERATION,
+    &CONFIG_RELOADS_TOTAL,
+    &CONNECTIONS_TOTAL,
+    &ACCEPT_ERRORS_TOTAL,
+    &CLIENT_HELLO_SECONDS,
+    &CLIENT_HELLO_BYTES,
+    &UPSTREAM_CONNECT_SECONDS,
+    &UPSTREAM_CONNECT_FAILURES_TOTAL,
+    &UPSTREAM_HEALTHY,
+    &ACTIVE_TUNNELS,
+    &BYTES_TOTAL,
+    &TUNNEL_DURATION_SECONDS,
+    &TUNNELS_ENDED_TOTAL,
+    &TUNNELS_ON_OLD_CONFIG,
+    &DRAIN_CLOSED_TUNNELS_TOTAL,
 ];
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// Declares a label enum: its variants, their label values, and `ALL`.
+macro_rules! label_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $label:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub(crate) enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
 
-/// How often histogram samples are folded into their buckets when nobody
-/// scrapes `/metrics`.
-const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+        impl $name {
+            /// Every value, in label order.
+            pub(crate) const ALL: &'static [$name] = &[$($name::$variant,)+];
 
-/// Installs the Prometheus recorder (once per process) and describes every
-/// metric. Returns the handle that renders `/metrics`.
-///
-/// # Errors
-/// When another global `metrics` recorder was installed first.
-pub fn install() -> Result<PrometheusHandle, String> {
-    if let Some(h) = HANDLE.get() {
-        return Ok(h.clone());
-    }
-    let bucket_err = |e: metrics_exporter_prometheus::BuildError| e.to_string();
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(TUNNEL_DURATION_SECONDS.into()),
-            DURATION_BUCKETS,
-        )
-        .map_err(bucket_err)?
-        .set_buckets_for_metric(
-            Matcher::Full(UPSTREAM_CONNECT_SECONDS.into()),
-            LATENCY_BUCKETS,
-        )
-        .map_err(bucket_err)?
-        .set_buckets_for_metric(Matcher::Full(CLIENT_HELLO_SECONDS.into()), LATENCY_BUCKETS)
-        .map_err(bucket_err)?
-        .set_buckets_for_metric(Matcher::Full(CLIENT_HELLO_BYTES.into()), HELLO_SIZE_BUCKETS)
-        .map_err(bucket_err)?
-        .build_recorder();
-    let handle = recorder.handle();
-    metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
-    // Histogram samples wait in a queue until the next render or upkeep;
-    // without a scrape (no `admin:`, or Prometheus down) that queue would
-    // grow by a few samples per connection, forever.
-    let upkeep = handle.clone();
-    std::thread::Builder::new()
-        .name("metrics-upkeep".into())
-        .spawn(move || loop {
-            std::thread::sleep(UPKEEP_INTERVAL);
-            upkeep.run_upkeep();
-        })
-        .map_err(|e| format!("cannot start the metrics upkeep thread: {e}"))?;
-    describe();
-    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    Ok(HANDLE.get_or_init(|| handle).clone())
+            /// The label value.
+            pub(crate) const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+
+            /// Position in [`Self::ALL`], for arrays of handles.
+            #[allow(dead_code)] // not every label set is kept in an array
+            pub(crate) const fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
 }
 
-fn describe() {
-    describe_counter!(
-        CONNECTIONS_TOTAL,
-        "Accepted connections by listener, route and result, counted once their fate is known."
-    );
-    describe_gauge!(ACTIVE_TUNNELS, "Tunnels open now, by route.");
-    describe_histogram!(
-        TUNNEL_DURATION_SECONDS,
-        Unit::Seconds,
-        "How long tunnels stayed open, by route."
-    );
-    describe_counter!(
-        BYTES_TOTAL,
-        Unit::Bytes,
-        "Bytes forwarded by route and direction, the ClientHello included; updated while tunnels are open."
-    );
-    describe_histogram!(
-        UPSTREAM_CONNECT_SECONDS,
-        Unit::Seconds,
-        "Time to establish the upstream TCP connection, by route."
-    );
-    describe_counter!(
-        UPSTREAM_CONNECT_FAILURES_TOTAL,
-        "Failed upstream connection attempts, by route and upstream endpoint."
-    );
-    describe_gauge!(
-        UPSTREAM_HEALTHY,
-        "1 when the upstream endpoint passes its health checks, else 0."
-    );
-    describe_histogram!(
-        CLIENT_HELLO_SECONDS,
-        Unit::Seconds,
-        "Time from accept until the whole ClientHello arrived."
-    );
-    describe_histogram!(
-        CLIENT_HELLO_BYTES,
-        Unit::Bytes,
-        "Size of complete ClientHellos, TLS record headers included."
-    );
-    describe_counter!(
-        CONFIG_RELOADS_TOTAL,
-        "Config reloads by result (success, failure)."
-    );
-    describe_gauge!(
-        CONFIG_GENERATION,
-        "Generation of the config in force: 1 at start, +1 per successful reload."
-    );
-    describe_gauge!(
-        TUNNELS_ON_OLD_CONFIG,
-        "Open tunnels that were routed by an older config generation."
-    );
-    describe_gauge!(BUILD_INFO, "Always 1; the version label tells the build.");
-    describe_counter!(
-        DRAIN_CLOSED_TUNNELS_TOTAL,
-        "Tunnels still open when the drain time ran out, closed by sniroute."
-    );
-    describe_counter!(
-        ACCEPT_ERRORS_TOTAL,
-        "accept(2) failures by kind (emfile, enfile, other)."
-    );
-    describe_counter!(
-        TUNNELS_ENDED_TOTAL,
-        "Tunnels ended, by route and how they ended."
-    );
+label_enum! {
+    /// A connection's fate: the `result` label of [`CONNECTIONS_TOTAL`].
+    Outcome {
+        /// Routed, connected and tunnelled.
+        Forwarded => "forwarded",
+        /// No route claims the name and there is no default.
+        NoRoute => "no_route",
+        /// The client's address is outside the route's `allow_sources`.
+        Denied => "denied",
+        /// A malformed hello, an SSLv2 hello or an invalid server name.
+        BadClientHello => "bad_client_hello",
+        /// A hello announcing more than `max_client_hello_bytes`.
+        ClientHelloTooLarge => "client_hello_too_large",
+        /// Plaintext HTTP or other bytes that are not TLS.
+        NotTls => "not_tls",
+        /// No complete hello within `timeouts.client_hello`.
+        ClientHelloTimeout => "client_hello_timeout",
+        /// Every upstream endpoint failed.
+        UpstreamUnavailable => "upstream_unavailable",
+        /// Over `limits.max_connections`.
+        OverLimit => "over_limit",
+        /// The client closed or reset before a complete hello.
+        ClientClosed => "client_closed",
+    }
+}
+
+impl Outcome {
+    /// Whether connections with this fate have a route. The others are
+    /// decided before a route is known, and count under `route="none"`; so
+    /// `forwarded` is never `none`, and `no_route` always is.
+    pub(crate) const fn has_route(self) -> bool {
+        matches!(
+            self,
+            Self::Forwarded | Self::Denied | Self::UpstreamUnavailable
+        )
+    }
+}
+
+label_enum! {
+    /// How a tunnel ended: the `end` label of [`TUNNELS_ENDED_TOTAL`].
+    EndLabel {
+        /// Both sides closed (FIN) in order.
+        Finished => "finished",
+        /// No byte moved for `timeouts.idle`.
+        IdleTimeout => "idle_timeout",
+        /// The client reset the connection.
+        ClientReset => "client_reset",
+        /// The upstream reset the connection.
+        UpstreamReset => "upstream_reset",
+        /// Another I/O error on the client's socket.
+        ClientError => "client_error",
+        /// Another I/O error on the upstream's socket.
+        UpstreamError => "upstream_error",
+        /// Still open when the drain time ran out.
+        Drain => "drain",
+    }
+}
+
+label_enum! {
+    /// Why accept(2) failed: the `error` label of [`ACCEPT_ERRORS_TOTAL`].
+    AcceptError {
+        /// The process is out of file descriptors.
+        Emfile => "emfile",
+        /// The system is out of file descriptors.
+        Enfile => "enfile",
+        /// Anything else.
+        Other => "other",
+    }
+}
+
+label_enum! {
+    /// The `result` label of [`CONFIG_RELOADS_TOTAL`].
+    ReloadResult {
+        /// The new config is in force.
+        Success => "success",
+        /// The new config was refused; the previous one stays.
+        Failure => "failure",
+    }
+}
+
+label_enum! {
+    /// The `direction` label of [`BYTES_TOTAL`].
+    Direction {
+        /// From the client to the upstream, the ClientHello included.
+        ClientToUpstream => "client_to_upstream",
+        /// From the upstream to the client.
+        UpstreamToClient => "upstream_to_client",
+    }
+}
+
+/// A counter: only goes up.
+#[derive(Clone, Debug)]
+pub(crate) struct Counter(Arc<AtomicU64>);
+
+impl Counter {
+    pub(crate) fn increment(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A gauge: a whole number that goes up and down.
+#[derive(Clone, Debug)]
+pub(crate) struct Gauge(Arc<AtomicI64>);
+
+impl Gauge {
+    pub(crate) fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    pub(crate) fn increment(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn decrement(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A histogram with fixed buckets.
+#[derive(Clone, Debug)]
+pub(crate) struct Histogram(Arc<HistogramCell>);
+
+#[derive(Debug)]
+pub(crate) struct HistogramCell {
+    bounds: &'static [f64],
+    /// Samples per bucket, not cumulative; the last is `+Inf`.
+    buckets: Box<[AtomicU64]>,
+    /// The sum of the samples, as `f64` bits.
+    sum: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn record(&self, v: f64) {
+        let cell = &self.0;
+        let i = cell
+            .bounds
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(cell.bounds.len());
+        cell.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let _ = cell
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + v).to_bits())
+            });
+    }
+}
+
+/// One series as the registry holds it: weakly.
+#[derive(Debug)]
+enum Cell {
+    Counter(Weak<AtomicU64>),
+    Gauge(Weak<AtomicI64>),
+    Histogram(Weak<HistogramCell>),
+}
+
+/// Every live series by family name and rendered labels
+/// (`listener="…",route="…"`).
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    series: Mutex<BTreeMap<(&'static str, Box<str>), Cell>>,
+}
+
+/// The process's registry.
+pub(crate) fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(Registry::default)
+}
+
+impl Registry {
+    fn key(family: &Family, labels: &[(&str, &str)]) -> (&'static str, Box<str>) {
+        let mut out = String::new();
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            for c in v.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        (family.name, out.into_boxed_str())
+    }
+
+    /// The counter `family{labels}`: the live one, or a new one at 0.
+    pub(crate) fn counter(&self, family: &Family, labels: &[(&str, &str)]) -> Counter {
+        debug_assert!(matches!(family.kind, Kind::Counter), "{}", family.name);
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = series
+            .entry(Self::key(family, labels))
+            .or_insert(Cell::Counter(Weak::new()));
+        if let Cell::Counter(weak) = entry {
+            if let Some(cell) = weak.upgrade() {
+                return Counter(cell);
+            }
+        }
+        let cell = Arc::new(AtomicU64::new(0));
+        *entry = Cell::Counter(Arc::downgrade(&cell));
+        Counter(cell)
+    }
+
+    /// The gauge `family{labels}`: the live one, or a new one at 0.
+    pub(crate) fn gauge(&self, family: &Family, labels: &[(&str, &str)]) -> Gauge {
+        debug_assert!(matches!(family.kind, Kind::Gauge), "{}", family.name);
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = series
+            .entry(Self::key(family, labels))
+            .or_insert(Cell::Gauge(Weak::new()));
+        if let Cell::Gauge(weak) = entry {
+            if let Some(cell) = weak.upgrade() {
+                return Gauge(cell);
+            }
+        }
+        let cell = Arc::new(AtomicI64::new(0));
+        *entry = Cell::Gauge(Arc::downgrade(&cell));
+        Gauge(cell)
+    }
+
+    /// The histogram `family{labels}`: the live one, or a new, empty one.
+    pub(crate) fn histogram(&self, family: &Family, labels: &[(&str, &str)]) -> Histogram {
+        let Kind::Histogram(bounds) = family.kind else {
+            unreachable!("{} is not a histogram", family.name)
+        };
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = series
+            .entry(Self::key(family, labels))
+            .or_insert(Cell::Histogram(Weak::new()));
+        if let Cell::Histogram(weak) = entry {
+            if let Some(cell) = weak.upgrade() {
+                return Histogram(cell);
+            }
+        }
+        let cell = Arc::new(HistogramCell {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0f64.to_bits()),
+        });
+        *entry = Cell::Histogram(Arc::downgrade(&cell));
+        Histogram(cell)
+    }
+
+    /// Every live series in the Prometheus text format (version 0.0.4);
+    /// dead ones are forgotten on the way.
+    pub(crate) fn render(&self) -> String {
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        series.retain(|_, cell| match cell {
+            Cell::Counter(w) => w.strong_count() > 0,
+            Cell::Gauge(w) => w.strong_count() > 0,
+            Cell::Histogram(w) => w.strong_count() > 0,
+        });
+        let mut out = String::with_capacity(16 * 1024);
+        for family in FAMILIES {
+            let mut members = series
+                .range((family.name, Box::from(""))..)
+                .take_while(|((name, _), _)| *name == family.name)
+                .peekable();
+            if members.peek().is_none() {
+                continue;
+            }
+            let kind = match family.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram(_) => "histogram",
+            };
+            let name = family.name;
+            let _ = writeln!(out, "# HELP {name} {}", family.help);
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for ((_, labels), cell) in members {
+                let braces = |extra: &str| -> String {
+                    match (labels.is_empty(), extra.is_empty()) {
+                        (true, true) => String::new(),
+                        (true, false) => format!("{{{extra}}}"),
+                        (false, true) => format!("{{{labels}}}"),
+                        (false, false) => format!("{{{labels},{extra}}}"),
+                    }
+                };
+                match cell {
+                    Cell::Counter(w) => {
+                        if let Some(c) = w.upgrade() {
+                            let _ =
+                                writeln!(out, "{name}{} {}", braces(""), c.load(Ordering::Relaxed));
+                        }
+                    }
+                    Cell::Gauge(w) => {
+                        if let Some(g) = w.upgrade() {
+                            let _ =
+                                writeln!(out, "{name}{} {}", braces(""), g.load(Ordering::Relaxed));
+                        }
+                    }
+                    Cell::Histogram(w) => {
+                        let Some(h) = w.upgrade() else { continue };
+                        let mut cumulative = 0u64;
+                        for (i, bucket) in h.buckets.iter().enumerate() {
+                            cumulative += bucket.load(Ordering::Relaxed);
+                            let le = match h.bounds.get(i) {
+                                Some(b) => format!("le=\"{b}\""),
+                                None => "le=\"+Inf\"".to_owned(),
+                            };
+                            let _ = writeln!(out, "{name}_bucket{} {cumulative}", braces(&le));
+                        }
+                        let sum = f64::from_bits(h.sum.load(Ordering::Relaxed));
+                        let _ = writeln!(out, "{name}_sum{} {sum}", braces(""));
+                        let _ = writeln!(out, "{name}_count{} {cumulative}", braces(""));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Series that live as long as the process: made once at start, at 0.
+#[derive(Debug)]
+pub(crate) struct ProcessMetrics {
+    pub(crate) accept_errors: [Counter; AcceptError::ALL.len()],
+    pub(crate) reloads: [Counter; ReloadResult::ALL.len()],
+    pub(crate) drain_closed: Counter,
+    pub(crate) generation: Gauge,
+    pub(crate) tunnels_on_old_config: Gauge,
+    pub(crate) hello_seconds: Histogram,
+    pub(crate) hello_bytes: Histogram,
+    _build_info: Gauge,
+}
+
+impl ProcessMetrics {
+    pub(crate) fn new() -> Self {
+        let r = registry();
+        let build_info = r.gauge(&BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))]);
+        build_info.set(1);
+        Self {
+            accept_errors: AcceptError::ALL
+                .map_ref(|e| r.counter(&ACCEPT_ERRORS_TOTAL, &[("error", e.as_str())])),
+            reloads: ReloadResult::ALL
+                .map_ref(|e| r.counter(&CONFIG_RELOADS_TOTAL, &[("result", e.as_str())])),
+            drain_closed: r.counter(&DRAIN_CLOSED_TUNNELS_TOTAL, &[]),
+            generation: r.gauge(&CONFIG_GENERATION, &[]),
+            tunnels_on_old_config: r.gauge(&TUNNELS_ON_OLD_CONFIG, &[]),
+            hello_seconds: r.histogram(&CLIENT_HELLO_SECONDS, &[]),
+            hello_bytes: r.histogram(&CLIENT_HELLO_BYTES, &[]),
+            _build_info: build_info,
+        }
+    }
+
+    pub(crate) fn accept_error(&self, e: AcceptError) {
+        self.accept_errors[e.index()].increment(1);
+    }
+
+    pub(crate) fn reload(&self, r: ReloadResult) {
+        self.reloads[r.index()].increment(1);
+    }
+}
+
+/// Maps a label list (`ALL`) into a fixed-size array of handles.
+trait MapRef<T> {
+    fn map_ref<U, const N: usize>(&self, f: impl FnMut(&T) -> U) -> [U; N];
+}
+
+impl<T> MapRef<T> for [T] {
+    fn map_ref<U, const N: usize>(&self, mut f: impl FnMut(&T) -> U) -> [U; N] {
+        assert_eq!(self.len(), N, "label list and array differ in length");
+        std::array::from_fn(|i| f(&self[i]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unique<T: Copy>(all: &[T], label: impl Fn(T) -> &'static str) {
+        let mut seen = std::collections::HashSet::new();
+        for &v in all {
+            assert!(seen.insert(label(v)), "duplicate label {}", label(v));
+        }
+    }
+
+    #[test]
+    fn label_sets_are_complete_and_unique() {
+        unique(Outcome::ALL, Outcome::as_str);
+        unique(EndLabel::ALL, EndLabel::as_str);
+        unique(AcceptError::ALL, AcceptError::as_str);
+        unique(ReloadResult::ALL, ReloadResult::as_str);
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(o.index(), i);
+        }
+        let routed: Vec<_> = Outcome::ALL.iter().filter(|o| o.has_route()).collect();
+        assert_eq!(
+            routed,
+            [
+                &Outcome::Forwarded,
+                &Outcome::Denied,
+                &Outcome::UpstreamUnavailable
+            ]
+        );
+    }
+
+    #[test]
+    fn series_live_as_long_as_a_handle() {
+        let r = Registry::default();
+        let a = r.counter(&CONNECTIONS_TOTAL, &[("route", "a\"b\\c\nd")]);
+        a.increment(2);
+        let again = r.counter(&CONNECTIONS_TOTAL, &[("route", "a\"b\\c\nd")]);
+        again.increment(1);
+        assert_eq!(a.get(), 3, "the same labels give the same cell");
+        let text = r.render();
+        assert!(
+            text.contains("sniroute_connections_total{route=\"a\\\"b\\\\c\\nd\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE sniroute_connections_total counter\n"));
+        drop((a, again));
+        let text = r.render();
+        assert!(!text.contains("sniroute_connections_total"), "{text}");
+        assert!(r.series.lock().unwrap().is_empty(), "dead series forgotten");
+        let fresh = r.counter(&CONNECTIONS_TOTAL, &[("route", "a\"b\\c\nd")]);
+        assert_eq!(fresh.get(), 0, "a series made again starts at 0");
+    }
+
+    #[test]
+    fn histograms_render_cumulative_buckets() {
+        let r = Registry::default();
+        let h = r.histogram(&CLIENT_HELLO_BYTES, &[]);
+        let empty = r.render();
+        assert!(
+            empty.contains("sniroute_client_hello_bytes_bucket{le=\"+Inf\"} 0\n"),
+            "{empty}"
+        );
+        assert!(empty.contains("sniroute_client_hello_bytes_count 0\n"));
+        h.record(100.0);
+        h.record(512.0);
+        h.record(1e9);
+        let text = r.render();
+        for line in [
+            "sniroute_client_hello_bytes_bucket{le=\"128\"} 1\n",
+            "sniroute_client_hello_bytes_bucket{le=\"256\"} 1\n",
+            "sniroute_client_hello_bytes_bucket{le=\"512\"} 2\n",
+            "sniroute_client_hello_bytes_bucket{le=\"65536\"} 2\n",
+            "sniroute_client_hello_bytes_bucket{le=\"+Inf\"} 3\n",
+            "sniroute_client_hello_bytes_sum 1000000612\n",
+            "sniroute_client_hello_bytes_count 3\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        let g = r.histogram(&UPSTREAM_CONNECT_SECONDS, &[("route", "a")]);
+        g.record(0.0002);
+        let text = r.render();
+        assert!(
+            text.contains(
+                "sniroute_upstream_connect_seconds_bucket{route=\"a\",le=\"0.00025\"} 1\n"
+            ),
+            "{text}"
+        );
+    }
 }

@@ -5,18 +5,18 @@
 //! error decides the `result` label, what the client is told (a TLS alert,
 //! an HTTP 400 or nothing) and the access log line.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clienthello::{ClientHello, Limits, Progress};
 use splice::{Direction, End, Side};
 use tokio::net::TcpStream;
+use tracing::Instrument as _;
 
 use crate::alert::{Alert, HTTP_400};
-use crate::metrics as m;
+use crate::metrics::{EndLabel, Outcome};
 use crate::state::{ConnectionSlot, Generation, Route};
 use crate::table::RouteId;
 use crate::upstream::{Endpoint, EndpointGuard, Unavailable};
@@ -24,64 +24,44 @@ use config::ProxyProtocol;
 
 /// A connection fresh from `accept`.
 #[derive(Debug)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     /// The client's socket.
-    pub stream: TcpStream,
+    pub(crate) stream: TcpStream,
     /// The client's address.
-    pub peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
     /// The listener it came from.
-    pub listener: Arc<Listener>,
+    pub(crate) listener: Arc<Listener>,
     /// When it was accepted.
-    pub at: Instant,
+    pub(crate) at: Instant,
     /// Its place in `max_connections`, held until the connection is over.
-    pub slot: ConnectionSlot,
+    pub(crate) slot: ConnectionSlot,
     /// The config generation in force when it was accepted: it routes the
     /// connection for its whole life, whatever reloads come.
-    pub generation: Arc<Generation>,
+    pub(crate) generation: Arc<Generation>,
 }
 
 /// A configured listener, shared by its connections.
 #[derive(Debug)]
-pub struct Listener {
+pub(crate) struct Listener {
     /// The configured address (config key).
-    pub addr: SocketAddr,
-    /// The same as text, the `listener` label of metrics (formatted once,
-    /// not per connection).
-    pub label: String,
-    /// `connections_total` handles of this listener by result and route:
-    /// a connection's count is then a map lookup, not a registry lookup
-    /// with freshly allocated labels.
-    counters: Mutex<HashMap<&'static str, HashMap<String, metrics::Counter>>>,
+    pub(crate) addr: SocketAddr,
+    /// The same as text, the `listener` label of metrics and logs
+    /// (formatted once, not per connection).
+    pub(crate) label: String,
 }
 
 impl Listener {
     /// The listener configured as `addr`.
-    pub fn new(addr: SocketAddr) -> Self {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
             label: addr.to_string(),
-            counters: Mutex::default(),
         }
-    }
-
-    /// Counts one connection in `sniroute_connections_total{listener, route,
-    /// result}`.
-    pub fn count(&self, route: &str, result: &'static str) {
-        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        let by_route = counters.entry(result).or_default();
-        if let Some(counter) = by_route.get(route) {
-            counter.increment(1);
-            return;
-        }
-        let counter = metrics::counter!(m::CONNECTIONS_TOTAL,
-            "listener" => self.label.clone(), "route" => route.to_owned(), "result" => result);
-        counter.increment(1);
-        by_route.insert(route.to_owned(), counter);
     }
 }
 
-/// Why a connection was not (or no longer) forwarded. `as_str` is the
-/// `result` label.
+/// Why a connection was not (or no longer) forwarded; [`Refused::outcome`]
+/// is its `result` label.
 #[derive(Debug)]
 enum Refused {
     HelloTimeout,
@@ -93,16 +73,16 @@ enum Refused {
 }
 
 impl Refused {
-    fn as_str(&self) -> &'static str {
+    fn outcome(&self) -> Outcome {
         match self {
-            Self::HelloTimeout => "client_hello_timeout",
-            Self::ClientClosed => "client_closed",
-            Self::BadHello(clienthello::Error::NotTls { .. }) => "not_tls",
-            Self::BadHello(clienthello::Error::TooLarge { .. }) => "client_hello_too_large",
-            Self::BadHello(_) => "bad_client_hello",
-            Self::NoRoute => "no_route",
-            Self::Denied => "denied",
-            Self::Unavailable(_) => "upstream_unavailable",
+            Self::HelloTimeout => Outcome::ClientHelloTimeout,
+            Self::ClientClosed => Outcome::ClientClosed,
+            Self::BadHello(clienthello::Error::NotTls { .. }) => Outcome::NotTls,
+            Self::BadHello(clienthello::Error::TooLarge { .. }) => Outcome::ClientHelloTooLarge,
+            Self::BadHello(_) => Outcome::BadClientHello,
+            Self::NoRoute => Outcome::NoRoute,
+            Self::Denied => Outcome::Denied,
+            Self::Unavailable(_) => Outcome::UpstreamUnavailable,
         }
     }
 
@@ -234,14 +214,17 @@ struct Open {
 /// A plain function returning an `async move` block rather than an `async
 /// fn`: an `async fn` keeps a second copy of its by-value arguments.
 #[allow(clippy::manual_async_fn)]
-pub fn serve(conn: Accepted) -> impl std::future::Future<Output = ()> + Send {
+pub(crate) fn serve(conn: Accepted) -> impl std::future::Future<Output = ()> + Send {
     async move {
         let mut record = Record::default();
-        let opened = Box::pin(open(&conn, &mut record)).await;
-        let (result, end, error) = match &opened {
+        // The set-up reads as one story in a debug log; the span lives in
+        // the boxed set-up future, so an open tunnel does not carry it.
+        let span = tracing::debug_span!("connection", client = %conn.peer, listener = %conn.listener.label);
+        let opened = Box::pin(open(&conn, &mut record).instrument(span)).await;
+        let (outcome, end, error) = match &opened {
             Ok(open) => {
                 let end = tunnel(&conn, open).await;
-                ("forwarded", Some(end), None)
+                (Outcome::Forwarded, Some(end), None)
             }
             Err(refused) => {
                 Box::pin(refuse(&conn.stream, refused)).await;
@@ -250,16 +233,50 @@ pub fn serve(conn: Accepted) -> impl std::future::Future<Output = ()> + Send {
                     Refused::Unavailable(e) => Some(e.to_string()),
                     _ => None,
                 };
-                (refused.as_str(), None, error)
+                (refused.outcome(), None, error)
             }
         };
         drop(opened); // the upstream socket and the endpoint's count
-        let route = record.route.map_or("none", |id| {
-            conn.generation.routes[id as usize].name.as_str()
-        });
-        conn.listener.count(route, result);
-        access_log(&conn, &record, route, result, end.as_ref(), error);
+        let route = record.route.map(|id| id as RouteId);
+        conn.generation.count(conn.listener.addr, route, outcome);
+        let route = route.map_or("none", |id| conn.generation.routes[id].name.as_str());
+        access_log(
+            &conn.listener,
+            conn.peer,
+            conn.at,
+            &record,
+            route,
+            outcome,
+            end.as_ref(),
+            error,
+        );
     }
+}
+
+/// A connection over `limits.max_connections`: counted and logged like
+/// every other connection, then reset at once (nothing lingers in
+/// TIME_WAIT on our side, and the accept queue keeps moving).
+pub(crate) fn over_limit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: &Listener,
+    generation: &Generation,
+    at: Instant,
+) {
+    let outcome = Outcome::OverLimit;
+    generation.count(listener.addr, None, outcome);
+    access_log(
+        listener,
+        peer,
+        at,
+        &Record::default(),
+        "none",
+        outcome,
+        None,
+        Some("max_connections reached".to_owned()),
+    );
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
 }
 
 /// Accept → read ClientHello → route → connect → forward hello; the tunnel
@@ -282,14 +299,20 @@ async fn open(conn: &Accepted, record: &mut Record) -> Result<Open, Refused> {
         hello.server_name.as_ref().map(|n| n.as_str()),
         &hello.alpn_lossy(),
     );
-    generation.hello_seconds.record(hello_time.as_secs_f64());
-    generation
-        .hello_bytes
-        .record(hello.client_hello_bytes as f64);
+    let process = &conn.slot.shared().metrics;
+    process.hello_seconds.record(hello_time.as_secs_f64());
+    process.hello_bytes.record(hello.client_hello_bytes as f64);
+    tracing::debug!(
+        sni = record.sni(),
+        alpn = record.alpn(),
+        bytes = hello.client_hello_bytes,
+        "client hello"
+    );
 
     let (route_id, route) = pick_route(generation, &hello, conn)?;
     record.route = u32::try_from(route_id).ok();
     if !route.allows(conn.peer.ip()) {
+        tracing::debug!(route = %route.name, "source not allowed");
         return Err(Refused::Denied);
     }
 
@@ -299,6 +322,7 @@ async fn open(conn: &Accepted, record: &mut Record) -> Result<Open, Refused> {
         .await
         .map_err(Refused::Unavailable)?;
     record.connect = took.into();
+    tracing::debug!(upstream = %endpoint.endpoint().label(), connect_us = took.as_micros() as u64, "connected");
     record.upstream = Some(endpoint.endpoint().clone());
     route.connect_seconds.record(took.as_secs_f64());
     tune(&upstream);
@@ -378,19 +402,15 @@ fn pick_route<'g>(
     hello: &ClientHello,
     conn: &Accepted,
 ) -> Result<(RouteId, &'g Route), Refused> {
-    let listener_default = generation
-        .listener_defaults
-        .get(&conn.listener.addr)
-        .copied()
-        .flatten();
-    let (id, _kind) = generation
-        .table
-        .lookup(
-            hello.server_name.as_ref().map(|n| n.as_str()),
-            listener_default,
-        )
-        .ok_or(Refused::NoRoute)?;
-    Ok((id, &generation.routes[id]))
+    let sni = hello.server_name.as_ref().map(|n| n.as_str());
+    let listener = generation.listener_index(conn.listener.addr);
+    let Some((id, kind)) = generation.table.lookup(sni, listener) else {
+        tracing::debug!("no route");
+        return Err(Refused::NoRoute);
+    };
+    let route = &generation.routes[id];
+    tracing::debug!(route = %route.name, matched = kind.as_str(), "routed");
+    Ok((id, route))
 }
 
 async fn forward_hello(
@@ -427,8 +447,7 @@ struct TunnelEnd {
     client_to_upstream: u64,
     upstream_to_client: u64,
     first_eof: Option<Side>,
-    /// `finished`, `idle_timeout`, `client_error`, `upstream_error`, `drain`.
-    end: &'static str,
+    end: EndLabel,
     error: Option<String>,
 }
 
@@ -452,22 +471,17 @@ async fn tunnel(conn: &Accepted, open: &Open) -> TunnelEnd {
         drain_over,
     )
     .await;
-    // The pump's own labels, except that its stop is the drain's end.
-    let end = match &o.end {
-        End::Stopped => {
-            shared.drain_closed.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(m::DRAIN_CLOSED_TUNNELS_TOTAL).increment(1);
-            "drain"
-        }
-        other => other.as_str(),
-    };
+    let end = end_label(&o.end);
+    if end == EndLabel::Drain {
+        shared.drain_closed.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.drain_closed.increment(1);
+    }
     let error = match &o.end {
         End::Error { side, error } => Some(format!("{}: {error}", side.as_str())),
         _ => None,
     };
     route.tunnel_seconds.record(started.elapsed().as_secs_f64());
-    metrics::counter!(m::TUNNELS_ENDED_TOTAL, "route" => route.name.clone(), "end" => end)
-        .increment(1);
+    route.tunnels_ended[end.index()].increment(1);
     TunnelEnd {
         client_to_upstream: o.client_to_upstream,
         upstream_to_client: o.upstream_to_client,
@@ -486,7 +500,7 @@ struct TunnelGauge<'g> {
 
 impl<'g> TunnelGauge<'g> {
     fn open(generation: &'g Generation, route: &'g Route) -> Self {
-        route.active_tunnels.increment(1.0);
+        route.active_tunnels.increment();
         generation.tunnels.fetch_add(1, Ordering::Relaxed);
         Self { generation, route }
     }
@@ -494,8 +508,34 @@ impl<'g> TunnelGauge<'g> {
 
 impl Drop for TunnelGauge<'_> {
     fn drop(&mut self) {
-        self.route.active_tunnels.decrement(1.0);
+        self.route.active_tunnels.decrement();
         self.generation.tunnels.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The `end` label of a pump's end. A peer's reset (`ECONNRESET`, `EPIPE`,
+/// `ENOTCONN`) is told apart from other I/O errors: clients such as curl
+/// often reset or shut down abruptly once they have what they wanted, which
+/// is no error of the tunnel's.
+fn end_label(end: &End) -> EndLabel {
+    match end {
+        End::Finished => EndLabel::Finished,
+        End::IdleTimeout => EndLabel::IdleTimeout,
+        End::Stopped => EndLabel::Drain,
+        End::Error { side, error } => {
+            let reset = matches!(
+                error.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::NotConnected
+            );
+            match (side, reset) {
+                (Side::Client, true) => EndLabel::ClientReset,
+                (Side::Upstream, true) => EndLabel::UpstreamReset,
+                (Side::Client, false) => EndLabel::ClientError,
+                (Side::Upstream, false) => EndLabel::UpstreamError,
+            }
+        }
     }
 }
 
@@ -544,7 +584,7 @@ async fn linger_close(stream: &TcpStream) {
 /// Socket options for both sides: no Nagle delay (the hello and small
 /// kubectl frames go out at once) and keepalive, so a peer that vanished
 /// without a FIN is noticed within minutes instead of at the idle timeout.
-pub fn tune(stream: &TcpStream) {
+pub(crate) fn tune(stream: &TcpStream) {
     let _ = tune_socket(socket2::SockRef::from(stream));
 }
 
@@ -553,7 +593,7 @@ pub fn tune(stream: &TcpStream) {
 ///
 /// # Errors
 /// The first `setsockopt` that fails.
-pub fn tune_socket<'a>(socket: impl Into<socket2::SockRef<'a>>) -> std::io::Result<()> {
+pub(crate) fn tune_socket<'a>(socket: impl Into<socket2::SockRef<'a>>) -> std::io::Result<()> {
     let socket = socket.into();
     socket.set_tcp_nodelay(true)?;
     let keepalive = socket2::TcpKeepalive::new()
@@ -567,32 +607,37 @@ fn ms(d: Option<Duration>) -> Option<f64> {
     d.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3)
 }
 
+/// The access log line of one connection: every connection writes exactly
+/// one, whatever its fate.
+#[allow(clippy::too_many_arguments)]
 fn access_log(
-    conn: &Accepted,
+    listener: &Listener,
+    peer: SocketAddr,
+    at: Instant,
     r: &Record,
     route: &str,
-    result: &str,
+    outcome: Outcome,
     t: Option<&TunnelEnd>,
     error: Option<String>,
 ) {
     let first = r.first_bytes as u64;
     tracing::info!(
         target: "sniroute::access",
-        listener = %conn.listener.label,
-        client = %conn.peer,
+        listener = %listener.label,
+        client = %peer,
         sni = r.sni(),
         alpn = r.alpn(),
         route,
         upstream = r.upstream.as_ref().map(|e| e.label()),
-        result,
+        result = outcome.as_str(),
         bytes_client_to_upstream = t.map_or(0, |t| t.client_to_upstream + first),
         bytes_upstream_to_client = t.map_or(0, |t| t.upstream_to_client),
         client_hello_bytes = r.hello_bytes,
         client_hello_ms = r.hello.ms(),
         connect_ms = r.connect.ms(),
-        duration_ms = ms(Some(conn.at.elapsed())),
+        duration_ms = ms(Some(at.elapsed())),
         closed_first = t.and_then(|t| t.first_eof).map(|s| s.as_str()),
-        end = t.map(|t| t.end),
+        end = t.map(|t| t.end.as_str()),
         error = error.as_deref().or(t.and_then(|t| t.error.as_deref())),
         "connection",
     );

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::listener::{self, Running};
-use crate::metrics as m;
+use crate::metrics::ReloadResult;
 use crate::state::{Generation, Shared};
 use config::{Config, ConfigSource};
 
@@ -31,8 +31,8 @@ pub enum StartError {
     Config(config::ConfigError),
     /// A listener or the admin endpoint could not be bound.
     Bind(SocketAddr, std::io::Error),
-    /// Anything else (signal handlers, metrics recorder).
-    Other(String),
+    /// The signal handlers could not be installed.
+    Signals(std::io::Error),
 }
 
 impl std::fmt::Display for StartError {
@@ -40,12 +40,19 @@ impl std::fmt::Display for StartError {
         match self {
             Self::Config(e) => write!(f, "{e}"),
             Self::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
-            Self::Other(e) => f.write_str(e),
+            Self::Signals(e) => write!(f, "cannot handle signals: {e}"),
         }
     }
 }
 
-impl std::error::Error for StartError {}
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Config(e) => Some(e),
+            Self::Bind(_, e) | Self::Signals(e) => Some(e),
+        }
+    }
+}
 
 /// Runs the router until it is told to stop and has drained.
 ///
@@ -53,15 +60,12 @@ impl std::error::Error for StartError {}
 /// [`StartError`] when it cannot start; once running it only stops on a
 /// signal.
 pub async fn run(source: ConfigSource) -> Result<(), StartError> {
+    // The file's stamp before it is read: a change made while it is being
+    // read (or until the watch loop starts) is then seen as a change.
+    let mut watched = file_stamp(&source);
     let config = Config::load(&source).map_err(StartError::Config)?;
     raise_nofile_limit();
-    let metrics = m::install().map_err(StartError::Other)?;
-    // Both results exist from the start, so `increase()` sees the first
-    // failure (a counter born at 1 has no increase).
-    for result in ["success", "failure"] {
-        metrics::counter!(m::CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
-    }
-    let shared = Shared::new(Generation::build(1, config, None));
+    let shared = Shared::new(Generation::build(1, config, &[]));
     let generation = shared.current();
 
     let mut listeners: HashMap<SocketAddr, Running> = HashMap::new();
@@ -78,15 +82,11 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
                 .map_err(|e| StartError::Bind(addr, e))?;
             let local = bound.local_addr().unwrap_or(addr);
             tracing::info!(admin = %addr, local = %local, "admin endpoint listening");
-            Some(tokio::spawn(crate::admin::serve(
-                bound,
-                shared.clone(),
-                metrics,
-            )))
+            Some(tokio::spawn(crate::admin::serve(bound, shared.clone())))
         }
         None => None,
     };
-    let signal_err = |e: std::io::Error| StartError::Other(format!("cannot handle signals: {e}"));
+    let signal_err = StartError::Signals;
     let mut hup = signal(SignalKind::hangup()).map_err(signal_err)?;
     let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
@@ -99,14 +99,13 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     );
     drop(generation);
 
-    let mut watched = file_stamp(&source);
     let mut watch_tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
-                reload(&source, &shared, &mut listeners).await;
                 watched = file_stamp(&source);
+                reload(&source, &shared, &mut listeners).await;
             }
             _ = watch_tick.tick() => {
                 if shared.current().config.watch_config {
@@ -139,7 +138,7 @@ async fn reload(
     let config = match Config::load(source) {
         Ok(c) => c,
         Err(e) => {
-            metrics::counter!(m::CONFIG_RELOADS_TOTAL, "result" => "failure").increment(1);
+            shared.metrics.reload(ReloadResult::Failure);
             tracing::error!(error = %e, "config reload failed; the previous config stays in force");
             return;
         }
@@ -151,7 +150,7 @@ async fn reload(
         match listener::bind(*addr) {
             Ok(l) => added.push((*addr, l)),
             Err(e) => {
-                metrics::counter!(m::CONFIG_RELOADS_TOTAL, "result" => "failure").increment(1);
+                shared.metrics.reload(ReloadResult::Failure);
                 tracing::error!(listener = %addr, error = %e,
                     "config reload failed: cannot listen on a new address; the previous config stays in force");
                 return;
@@ -178,7 +177,7 @@ async fn reload(
             tracing::info!(listener = %addr, "stopped listening (removed by reload)");
         }
     }
-    metrics::counter!(m::CONFIG_RELOADS_TOTAL, "result" => "success").increment(1);
+    shared.metrics.reload(ReloadResult::Success);
     tracing::info!(
         generation = generation.id,
         routes = generation.routes.len(),

@@ -5,105 +5,126 @@
 //! takes the current one when it is accepted and keeps it to the end, so a
 //! reload never changes the route, pool or timeouts of an open tunnel.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 
-use metrics::{Counter, Gauge, Histogram};
-
-use crate::metrics as m;
+use crate::metrics::{self as m, Counter, EndLabel, Gauge, Histogram, Outcome, ProcessMetrics};
 use crate::table::{RouteId, RouteTable};
 use crate::upstream::{Pool, PoolKey};
 use config::{Config, IpNet, ProxyProtocol};
 
 /// A route as the pipeline uses it.
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     /// The configured name (a metric label).
-    pub name: String,
+    pub(crate) name: String,
     /// Its endpoints.
-    pub pool: Arc<Pool>,
+    pub(crate) pool: Arc<Pool>,
     /// Who may use it; empty means everyone.
-    pub allow_sources: Vec<IpNet>,
+    pub(crate) allow_sources: Vec<IpNet>,
     /// Header to send upstream before the ClientHello.
-    pub proxy_protocol: ProxyProtocol,
+    pub(crate) proxy_protocol: ProxyProtocol,
     /// Live byte counters, client to upstream.
-    pub bytes_up: Counter,
+    pub(crate) bytes_up: Counter,
     /// Live byte counters, upstream to client.
-    pub bytes_down: Counter,
+    pub(crate) bytes_down: Counter,
     /// `sniroute_active_tunnels{route}`.
-    pub active_tunnels: Gauge,
+    pub(crate) active_tunnels: Gauge,
     /// `sniroute_upstream_connect_seconds{route}`.
-    pub connect_seconds: Histogram,
+    pub(crate) connect_seconds: Histogram,
     /// `sniroute_tunnel_duration_seconds{route}`.
-    pub tunnel_seconds: Histogram,
+    pub(crate) tunnel_seconds: Histogram,
+    /// `sniroute_tunnels_ended_total{route, end}`, by [`EndLabel::index`].
+    pub(crate) tunnels_ended: [Counter; EndLabel::ALL.len()],
 }
 
 impl Route {
     /// Whether `ip` may use this route.
-    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+    pub(crate) fn allows(&self, ip: std::net::IpAddr) -> bool {
         self.allow_sources.is_empty() || self.allow_sources.iter().any(|net| net.contains(ip))
     }
 }
 
 /// One loaded config with everything derived from it.
 #[derive(Debug)]
-pub struct Generation {
+pub(crate) struct Generation {
     /// 1 for the config loaded at start, +1 per successful reload.
-    pub id: u64,
+    pub(crate) id: u64,
     /// The config itself.
-    pub config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     /// Server name lookup.
-    pub table: RouteTable,
+    pub(crate) table: RouteTable,
     /// Routes by [`RouteId`].
-    pub routes: Vec<Route>,
-    /// Each listener's default route, by address.
-    pub listener_defaults: HashMap<SocketAddr, Option<RouteId>>,
+    pub(crate) routes: Vec<Route>,
+    /// The configured listener addresses, in config order: a listener's
+    /// index here is its index in the routing table's defaults.
+    pub(crate) listeners: Vec<SocketAddr>,
+    /// `sniroute_connections_total{listener, route, result}` for every
+    /// combination that can occur, by listener: see [`Generation::count`].
+    connections: Vec<Vec<Option<Counter>>>,
     /// Tunnels routed by this generation, open now.
-    pub tunnels: AtomicUsize,
+    pub(crate) tunnels: AtomicUsize,
     /// How this generation's tunnels move bytes (timeouts and forwarding
     /// from the config); built once, borrowed by every pump.
-    pub pump: splice::Options,
-    /// `sniroute_client_hello_seconds`.
-    pub hello_seconds: Histogram,
-    /// `sniroute_client_hello_bytes`.
-    pub hello_bytes: Histogram,
+    pub(crate) pump: splice::Options,
 }
 
 impl Generation {
-    /// Builds generation `id` from `config`, reusing pools from `previous`
-    /// whose routes kept the same upstream settings.
-    pub fn build(id: u64, config: Config, previous: Option<&Generation>) -> Self {
+    /// Builds generation `id` from `config`, reusing the pools of `live`
+    /// generations whose routes have the same upstream settings, so health
+    /// state and connection counts carry over (also when a config comes
+    /// back: A → B → A finds A's pools still used by A's open tunnels).
+    pub(crate) fn build(id: u64, config: Config, live: &[Arc<Generation>]) -> Self {
         let table = RouteTable::new(&config);
-        let routes = config
+        let r = m::registry();
+        let routes: Vec<Route> = config
             .routes
             .iter()
             .map(|rc| {
                 let key = PoolKey::of(rc);
-                let pool = previous
-                    .and_then(|g| g.routes.iter().find(|r| r.pool.key() == &key))
+                let pool = live
+                    .iter()
+                    .rev()
+                    .flat_map(|g| g.routes.iter())
+                    .find(|r| r.pool.key() == &key)
                     .map(|r| r.pool.clone())
                     .unwrap_or_else(|| Pool::start(key));
+                let route = [("route", rc.name.as_str())];
+                let bytes = |d: m::Direction| {
+                    r.counter(
+                        &m::BYTES_TOTAL,
+                        &[("route", rc.name.as_str()), ("direction", d.as_str())],
+                    )
+                };
+                let [bytes_up, bytes_down] = std::array::from_fn(|i| bytes(m::Direction::ALL[i]));
                 Route {
                     name: rc.name.clone(),
                     pool,
                     allow_sources: rc.allow_sources.clone(),
                     proxy_protocol: rc.proxy_protocol.clone(),
-                    bytes_up: metrics::counter!(m::BYTES_TOTAL, "route" => rc.name.clone(), "direction" => "client_to_upstream"),
-                    bytes_down: metrics::counter!(m::BYTES_TOTAL, "route" => rc.name.clone(), "direction" => "upstream_to_client"),
-                    active_tunnels: metrics::gauge!(m::ACTIVE_TUNNELS, "route" => rc.name.clone()),
-                    connect_seconds: metrics::histogram!(m::UPSTREAM_CONNECT_SECONDS, "route" => rc.name.clone()),
-                    tunnel_seconds: metrics::histogram!(m::TUNNEL_DURATION_SECONDS, "route" => rc.name.clone()),
+                    bytes_up,
+                    bytes_down,
+                    active_tunnels: r.gauge(&m::ACTIVE_TUNNELS, &route),
+                    connect_seconds: r.histogram(&m::UPSTREAM_CONNECT_SECONDS, &route),
+                    tunnel_seconds: r.histogram(&m::TUNNEL_DURATION_SECONDS, &route),
+                    tunnels_ended: std::array::from_fn(|i| {
+                        r.counter(
+                            &m::TUNNELS_ENDED_TOTAL,
+                            &[
+                                ("route", rc.name.as_str()),
+                                ("end", EndLabel::ALL[i].as_str()),
+                            ],
+                        )
+                    }),
                 }
             })
             .collect();
-        let listener_defaults = config
-            .listeners
+        let listeners: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
+        let connections = listeners
             .iter()
-            .enumerate()
-            .map(|(i, l)| (l.address, table.listener_default(i)))
+            .map(|addr| connection_counters(&addr.to_string(), &routes))
             .collect();
         let pump = splice::Options {
             idle_timeout: config.timeouts.idle,
@@ -113,26 +134,85 @@ impl Generation {
         Self {
             id,
             pump,
-            hello_seconds: metrics::histogram!(m::CLIENT_HELLO_SECONDS),
-            hello_bytes: metrics::histogram!(m::CLIENT_HELLO_BYTES),
             config: Arc::new(config),
             table,
             routes,
-            listener_defaults,
+            listeners,
+            connections,
             tunnels: AtomicUsize::new(0),
         }
     }
+
+    /// The index of the listener configured as `addr`, if this generation
+    /// has it.
+    pub(crate) fn listener_index(&self, addr: SocketAddr) -> Option<usize> {
+        self.listeners.iter().position(|&a| a == addr)
+    }
+
+    /// Counts one connection on the listener configured as `listener` in
+    /// `sniroute_connections_total`. `route` is `None` for fates decided
+    /// before a route is known (see [`Outcome::has_route`]).
+    pub(crate) fn count(&self, listener: SocketAddr, route: Option<RouteId>, outcome: Outcome) {
+        let slot = route.map_or(0, |id| id + 1) * Outcome::ALL.len() + outcome.index();
+        let counter = self
+            .listener_index(listener)
+            .and_then(|i| self.connections[i].get(slot))
+            .and_then(Option::as_ref);
+        match counter {
+            Some(c) => c.increment(1),
+            // A listener a reload removed, or a combination the table does
+            // not expect: counted all the same, through the registry.
+            None => {
+                let route = route.map_or("none", |id| self.routes[id].name.as_str());
+                m::registry()
+                    .counter(
+                        &m::CONNECTIONS_TOTAL,
+                        &[
+                            ("listener", &listener.to_string()),
+                            ("route", route),
+                            ("result", outcome.as_str()),
+                        ],
+                    )
+                    .increment(1);
+            }
+        }
+    }
+}
+
+/// The `connections_total` handles of one listener, indexed by
+/// `(route id + 1, or 0 for none) × outcomes + outcome`: every combination
+/// that can occur, at 0 from the start.
+fn connection_counters(listener: &str, routes: &[Route]) -> Vec<Option<Counter>> {
+    let r = m::registry();
+    let names = std::iter::once(None).chain(routes.iter().map(|r| Some(r.name.as_str())));
+    let mut out = Vec::with_capacity((routes.len() + 1) * Outcome::ALL.len());
+    for route in names {
+        for &outcome in Outcome::ALL {
+            let possible = outcome.has_route() == route.is_some();
+            out.push(possible.then(|| {
+                r.counter(
+                    &m::CONNECTIONS_TOTAL,
+                    &[
+                        ("listener", listener),
+                        ("route", route.unwrap_or("none")),
+                        ("result", outcome.as_str()),
+                    ],
+                )
+            }));
+        }
+    }
+    out
 }
 
 /// One connection counted in [`Shared::connections`] (see
 /// [`Shared::try_admit`]); uncounted when dropped, however the connection
 /// ends.
 #[derive(Debug)]
-pub struct ConnectionSlot(Arc<Shared>);
+pub(crate) struct ConnectionSlot(Arc<Shared>);
 
 impl ConnectionSlot {
     /// The state the connection was counted in.
-    pub fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.0
     }
 }
@@ -146,32 +226,35 @@ impl Drop for ConnectionSlot {
 /// Process-wide state shared by listeners, connections and the admin
 /// endpoint.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     current: RwLock<Arc<Generation>>,
     /// Every generation still referenced (by open tunnels), for the
     /// `tunnels_on_old_config` gauge.
     generations: Mutex<Vec<Weak<Generation>>>,
     /// Connections being handled (ClientHello phase and tunnels).
-    pub connections: AtomicUsize,
+    pub(crate) connections: AtomicUsize,
     /// Set once listeners are bound; cleared when draining starts.
-    pub ready: AtomicBool,
+    pub(crate) ready: AtomicBool,
     /// Set when draining starts.
-    pub draining: AtomicBool,
+    pub(crate) draining: AtomicBool,
     /// Set, then notified, when the drain time is over: open tunnels must
     /// close (see [`Shared::close_tunnels`]).
     forced: AtomicBool,
     force_close: tokio::sync::Notify,
     /// When the process started.
-    pub started: Instant,
+    pub(crate) started: Instant,
     /// Tunnels closed because the drain time ran out.
-    pub drain_closed: AtomicU64,
+    pub(crate) drain_closed: AtomicU64,
+    /// The series that live as long as the process.
+    pub(crate) metrics: ProcessMetrics,
 }
 
 impl Shared {
     /// State for the first generation.
-    pub fn new(first: Generation) -> Arc<Self> {
+    pub(crate) fn new(first: Generation) -> Arc<Self> {
         let first = Arc::new(first);
-        metrics::gauge!(m::CONFIG_GENERATION).set(first.id as f64);
+        let metrics = ProcessMetrics::new();
+        metrics.generation.set(first.id as i64);
         Arc::new(Self {
             generations: Mutex::new(vec![Arc::downgrade(&first)]),
             current: RwLock::new(first),
@@ -182,12 +265,13 @@ impl Shared {
             force_close: tokio::sync::Notify::new(),
             started: Instant::now(),
             drain_closed: AtomicU64::new(0),
+            metrics,
         })
     }
 
     /// Counts a new connection against `max` (`limits.max_connections`);
     /// `None`, and nothing counted, when `max` are open already.
-    pub fn try_admit(self: &Arc<Self>, max: usize) -> Option<ConnectionSlot> {
+    pub(crate) fn try_admit(self: &Arc<Self>, max: usize) -> Option<ConnectionSlot> {
         let before = self.connections.fetch_add(1, Ordering::AcqRel);
         if before >= max {
             self.connections.fetch_sub(1, Ordering::AcqRel);
@@ -198,7 +282,7 @@ impl Shared {
 
     /// Closes every open tunnel, and any opened from now on (the drain
     /// time is over).
-    pub fn close_tunnels(&self) {
+    pub(crate) fn close_tunnels(&self) {
         self.forced.store(true, Ordering::SeqCst);
         self.force_close.notify_waiters();
     }
@@ -206,7 +290,7 @@ impl Shared {
     /// Completes once [`Shared::close_tunnels`] has been called (at once if
     /// it was already). Cheaper than a `watch` receiver: a tunnel holds this
     /// future for its whole life.
-    pub async fn tunnels_closed(&self) {
+    pub(crate) async fn tunnels_closed(&self) {
         // Registered before the flag is read, so a call in between is seen.
         let notified = self.force_close.notified();
         if self.forced.load(Ordering::SeqCst) {
@@ -216,7 +300,7 @@ impl Shared {
     }
 
     /// The generation in force.
-    pub fn current(&self) -> Arc<Generation> {
+    pub(crate) fn current(&self) -> Arc<Generation> {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -224,21 +308,23 @@ impl Shared {
     }
 
     /// Puts a new config in force for new connections.
-    pub fn install(&self, config: Config) -> Arc<Generation> {
+    pub(crate) fn install(&self, config: Config) -> Arc<Generation> {
         let previous = self.current();
-        let next = Arc::new(Generation::build(previous.id + 1, config, Some(&previous)));
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
         let mut gens = self.generations.lock().unwrap_or_else(|e| e.into_inner());
         gens.retain(|g| g.strong_count() > 0);
+        let live: Vec<Arc<Generation>> = gens.iter().filter_map(Weak::upgrade).collect();
+        let next = Arc::new(Generation::build(previous.id + 1, config, &live));
+        drop(live);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
         gens.push(Arc::downgrade(&next));
         drop(gens);
-        metrics::gauge!(m::CONFIG_GENERATION).set(next.id as f64);
+        self.metrics.generation.set(next.id as i64);
         self.publish_old_tunnels();
         next
     }
 
     /// Tunnels open on generations older than the current one.
-    pub fn tunnels_on_old_config(&self) -> usize {
+    pub(crate) fn tunnels_on_old_config(&self) -> usize {
         let current = self.current().id;
         let gens = self.generations.lock().unwrap_or_else(|e| e.into_inner());
         gens.iter()
@@ -249,12 +335,14 @@ impl Shared {
     }
 
     /// Updates the `tunnels_on_old_config` gauge (before each scrape).
-    pub fn publish_old_tunnels(&self) {
-        metrics::gauge!(m::TUNNELS_ON_OLD_CONFIG).set(self.tunnels_on_old_config() as f64);
+    pub(crate) fn publish_old_tunnels(&self) {
+        self.metrics
+            .tunnels_on_old_config
+            .set(self.tunnels_on_old_config() as i64);
     }
 
     /// Open tunnels across all generations.
-    pub fn open_tunnels(&self) -> usize {
+    pub(crate) fn open_tunnels(&self) -> usize {
         let gens = self.generations.lock().unwrap_or_else(|e| e.into_inner());
         gens.iter()
             .filter_map(Weak::upgrade)

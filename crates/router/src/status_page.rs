@@ -3,7 +3,7 @@
 //! and live counters, in the spirit of HAProxy's stats page.
 
 /// The page.
-pub const PAGE: &str = r#"<!doctype html>
+pub(crate) const PAGE: &str = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sniroute status</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>

@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use config::{Config, NamePattern};
 
 /// Index of a route in [`Config::routes`].
-pub type RouteId = usize;
+pub(crate) type RouteId = usize;
 
 /// How a connection was matched to its route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum MatchKind {
+pub(crate) enum MatchKind {
     /// The server name is one of the route's exact names.
     Exact,
     /// The server name ends in one of the route's wildcard suffixes.
@@ -26,7 +26,7 @@ pub enum MatchKind {
 
 impl MatchKind {
     /// A stable label for logs and metrics: `exact`, `wildcard`, `default`.
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Self::Exact => "exact",
             Self::Wildcard => "wildcard",
@@ -37,13 +37,11 @@ impl MatchKind {
 
 /// Server names and defaults of one config generation.
 #[derive(Clone, Debug)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     /// Exact names, normalised.
     exact: HashMap<Box<str>, RouteId>,
     /// Wildcard suffixes: `*.example.com` is stored as `example.com`.
     wildcard: HashMap<Box<str>, RouteId>,
-    /// Route names.
-    by_name: HashMap<Box<str>, RouteId>,
     /// The global default route.
     default: Option<RouteId>,
     /// Each listener's default: its own, else the global one.
@@ -54,12 +52,12 @@ impl RouteTable {
     /// Builds the table of `config`. A validated config claims each name
     /// once; should a hand-built one not, the first route wins, and
     /// default routes that name no route are ignored.
-    pub fn new(config: &Config) -> RouteTable {
+    pub(crate) fn new(config: &Config) -> RouteTable {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
-        let mut by_name = HashMap::new();
+        let mut by_name: HashMap<&str, RouteId> = HashMap::new();
         for (id, route) in config.routes.iter().enumerate() {
-            by_name.entry(route.name.as_str().into()).or_insert(id);
+            by_name.entry(route.name.as_str()).or_insert(id);
             for pattern in &route.server_names {
                 let (map, name) = match pattern {
                     NamePattern::Exact(n) => (&mut exact, n),
@@ -78,22 +76,22 @@ impl RouteTable {
         RouteTable {
             exact,
             wildcard,
-            by_name,
             default,
             listener_defaults,
         }
     }
 
     /// The route for `server_name` (already normalised: lower case, no
-    /// trailing dot, as [`clienthello::ServerName`] gives it): an exact name
-    /// first, else the longest matching wildcard, else `listener_default`
-    /// (what [`RouteTable::listener_default`] gives for the connection's
-    /// listener), else the global default. `None` when nothing applies: the
-    /// connection is refused.
-    pub fn lookup(
+    /// trailing dot, as [`clienthello::ServerName`] gives it) on the
+    /// listener with index `listener` in [`Config::listeners`]: an exact
+    /// name first, else the longest matching wildcard, else that listener's
+    /// default route, else the global default. `None` when nothing applies:
+    /// the connection is refused. This is the one place defaults are
+    /// resolved.
+    pub(crate) fn lookup(
         &self,
         server_name: Option<&str>,
-        listener_default: Option<RouteId>,
+        listener: Option<usize>,
     ) -> Option<(RouteId, MatchKind)> {
         if let Some(name) = server_name {
             if let Some(&id) = self.exact.get(name) {
@@ -111,28 +109,10 @@ impl RouteTable {
                 }
             }
         }
-        listener_default
-            .or(self.default)
-            .map(|id| (id, MatchKind::Default))
-    }
-
-    /// The id of the route called `name`.
-    pub fn route_id(&self, name: &str) -> Option<RouteId> {
-        self.by_name.get(name).copied()
-    }
-
-    /// The default route of listener `listener_index` (its index in
-    /// [`Config::listeners`]): its own `default_route`, else the global one.
-    pub fn listener_default(&self, listener_index: usize) -> Option<RouteId> {
-        self.listener_defaults
-            .get(listener_index)
-            .copied()
+        listener
+            .and_then(|i| self.listener_defaults.get(i).copied())
             .unwrap_or(self.default)
-    }
-
-    /// The global default route.
-    pub fn default_route(&self) -> Option<RouteId> {
-        self.default
+            .map(|id| (id, MatchKind::Default))
     }
 }
 
@@ -246,52 +226,39 @@ routes:
 
     #[test]
     fn defaults() {
+        let d = |id| Some((id, MatchKind::Default));
         // No default anywhere: nothing.
         let t = table("");
         assert_eq!(t.lookup(None, None), None);
-        assert_eq!(t.lookup(Some("nope.test"), None), None);
-        assert_eq!(t.listener_default(0), None);
-        // The [::1] listener names its own.
-        assert_eq!(t.listener_default(1), Some(1));
-        assert_eq!(t.listener_default(99), None);
+        assert_eq!(t.lookup(Some("nope.test"), Some(0)), None);
+        // The [::1] listener (index 1) names its own.
+        assert_eq!(t.lookup(None, Some(1)), d(1));
+        assert_eq!(t.lookup(None, Some(99)), None, "an unknown listener");
 
         let t = table("default_route: deeper\n");
-        assert_eq!(t.default_route(), Some(2));
-        assert_eq!(t.listener_default(0), Some(2));
+        assert_eq!(t.lookup(None, Some(0)), d(2));
         assert_eq!(
-            t.listener_default(1),
-            Some(1),
+            t.lookup(None, Some(1)),
+            d(1),
             "the listener's own beats the global"
         );
-        assert_eq!(t.listener_default(2), Some(2));
-        assert_eq!(t.listener_default(99), Some(2));
+        assert_eq!(t.lookup(Some("nope.test"), Some(1)), d(1));
+        assert_eq!(t.lookup(None, Some(2)), d(2));
         assert_eq!(
-            t.lookup(None, t.listener_default(0)),
-            Some((2, MatchKind::Default))
+            t.lookup(None, Some(99)),
+            d(2),
+            "an unknown listener: global"
         );
-        assert_eq!(
-            t.lookup(None, t.listener_default(1)),
-            Some((1, MatchKind::Default))
-        );
-        assert_eq!(
-            t.lookup(Some("nope.test"), t.listener_default(1)),
-            Some((1, MatchKind::Default))
-        );
+        assert_eq!(t.lookup(None, None), d(2), "no listener: global");
         // A name still beats any default.
         assert_eq!(
             t.lookup(Some("api.example.com"), Some(1)),
             Some((0, MatchKind::Exact))
         );
-        // Without the listener's, the global default applies.
-        assert_eq!(t.lookup(None, None), Some((2, MatchKind::Default)));
     }
 
     #[test]
-    fn route_ids_and_labels() {
-        let t = table("");
-        assert_eq!(t.route_id("exact"), Some(0));
-        assert_eq!(t.route_id("deeper"), Some(2));
-        assert_eq!(t.route_id("nope"), None);
+    fn match_kind_labels() {
         assert_eq!(MatchKind::Exact.as_str(), "exact");
         assert_eq!(MatchKind::Wildcard.as_str(), "wildcard");
         assert_eq!(MatchKind::Default.as_str(), "default");

@@ -14,35 +14,47 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use crate::metrics as m;
+use crate::metrics::{self as m, Counter, Gauge};
 use config::{Balance, HealthCheck, Host, RouteConfig, UpstreamAddr};
 
 /// How often upstream host names are resolved again.
-pub const DNS_REFRESH: Duration = Duration::from_secs(30);
+pub(crate) const DNS_REFRESH: Duration = Duration::from_secs(30);
 /// The most endpoints one connection tries before giving up.
-pub const MAX_CONNECT_ATTEMPTS: usize = 4;
+pub(crate) const MAX_CONNECT_ATTEMPTS: usize = 4;
 
 /// One address to connect to.
 #[derive(Debug)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// The resolved address.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// The configured upstream it came from (`host:port`).
-    pub upstream: String,
+    pub(crate) upstream: String,
     /// The `upstream` metric label: the address as `ip:port`.
     label: String,
     healthy: AtomicBool,
+    /// `sniroute_upstream_healthy{route, upstream}`; leaves `/metrics`
+    /// with the endpoint.
+    healthy_gauge: Gauge,
+    /// `sniroute_upstream_connect_failures_total{route, upstream}`.
+    connect_failures: Counter,
     active: AtomicUsize,
     successes: AtomicU32,
     failures: AtomicU32,
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, upstream: &UpstreamAddr) -> Self {
+    fn new(addr: SocketAddr, upstream: &UpstreamAddr, route: &str) -> Self {
+        let label = addr.to_string();
+        let labels = [("route", route), ("upstream", label.as_str())];
+        let r = m::registry();
+        let healthy_gauge = r.gauge(&m::UPSTREAM_HEALTHY, &labels);
+        healthy_gauge.set(1);
         Self {
             addr,
             upstream: upstream.to_string(),
-            label: addr.to_string(),
+            connect_failures: r.counter(&m::UPSTREAM_CONNECT_FAILURES_TOTAL, &labels),
+            healthy_gauge,
+            label,
             healthy: AtomicBool::new(true),
             active: AtomicUsize::new(0),
             successes: AtomicU32::new(0),
@@ -51,28 +63,28 @@ impl Endpoint {
     }
 
     /// Whether the endpoint passes its health checks (true without checks).
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
     /// Tunnels open to this endpoint now.
-    pub fn active(&self) -> usize {
+    pub(crate) fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
     }
 
     /// The metric label of the endpoint.
-    pub fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &str {
         &self.label
     }
 }
 
 /// Counts a tunnel against its endpoint while it lives.
 #[derive(Debug)]
-pub struct EndpointGuard(Arc<Endpoint>);
+pub(crate) struct EndpointGuard(Arc<Endpoint>);
 
 impl EndpointGuard {
     /// The endpoint.
-    pub fn endpoint(&self) -> &Arc<Endpoint> {
+    pub(crate) fn endpoint(&self) -> &Arc<Endpoint> {
         &self.0
     }
 }
@@ -85,7 +97,7 @@ impl Drop for EndpointGuard {
 
 /// What makes two routes' pools interchangeable across a reload.
 #[derive(Clone, Debug, PartialEq)]
-pub struct PoolKey {
+pub(crate) struct PoolKey {
     route: String,
     upstreams: Vec<UpstreamAddr>,
     balance: Balance,
@@ -94,7 +106,7 @@ pub struct PoolKey {
 
 impl PoolKey {
     /// The key of a configured route.
-    pub fn of(route: &RouteConfig) -> Self {
+    pub(crate) fn of(route: &RouteConfig) -> Self {
         Self {
             route: route.name.clone(),
             upstreams: route.upstreams.clone(),
@@ -106,7 +118,7 @@ impl PoolKey {
 
 /// A route's endpoints.
 #[derive(Debug)]
-pub struct Pool {
+pub(crate) struct Pool {
     key: PoolKey,
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
     next: AtomicUsize,
@@ -121,9 +133,9 @@ const ON_DEMAND_LOOKUP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why no upstream connection could be made.
 #[derive(Debug)]
-pub struct Unavailable {
+pub(crate) struct Unavailable {
     /// Endpoints tried, each with its error.
-    pub attempts: Vec<(SocketAddr, std::io::Error)>,
+    pub(crate) attempts: Vec<(SocketAddr, std::io::Error)>,
 }
 
 impl std::fmt::Display for Unavailable {
@@ -180,12 +192,16 @@ fn out_of_descriptors(e: &std::io::Error) -> bool {
 impl Pool {
     /// A pool for `key`; literal IP upstreams become endpoints at once, host
     /// names on the first [`Pool::refresh`]. Starts its maintenance task.
-    pub fn start(key: PoolKey) -> Arc<Self> {
+    pub(crate) fn start(key: PoolKey) -> Arc<Self> {
         let endpoints = key
             .upstreams
             .iter()
             .filter_map(|u| match &u.host {
-                Host::Ip(ip) => Some(Arc::new(Endpoint::new(SocketAddr::new(*ip, u.port), u))),
+                Host::Ip(ip) => Some(Arc::new(Endpoint::new(
+                    SocketAddr::new(*ip, u.port),
+                    u,
+                    &key.route,
+                ))),
                 Host::Name(_) => None,
             })
             .collect();
@@ -201,12 +217,12 @@ impl Pool {
     }
 
     /// The key this pool was built for.
-    pub fn key(&self) -> &PoolKey {
+    pub(crate) fn key(&self) -> &PoolKey {
         &self.key
     }
 
     /// The endpoints now.
-    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+    pub(crate) fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
         self.endpoints
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -235,7 +251,7 @@ impl Pool {
     /// Resolves host names again. An endpoint whose address is still
     /// returned keeps its health and counters; a name that fails to resolve
     /// keeps its previous addresses.
-    pub async fn refresh(&self) {
+    pub(crate) async fn refresh(&self) {
         if !self.has_names() {
             return;
         }
@@ -264,7 +280,7 @@ impl Pool {
                     .iter()
                     .find(|ep| ep.addr == addr)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(addr, u)));
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(addr, u, &self.key.route)));
                 new.push(ep);
             }
         }
@@ -274,15 +290,14 @@ impl Pool {
 
     fn publish_health(&self) {
         for ep in self.endpoints().iter() {
-            metrics::gauge!(m::UPSTREAM_HEALTHY, "route" => self.key.route.clone(), "upstream" => ep.label.clone())
-                .set(if ep.is_healthy() { 1.0 } else { 0.0 });
+            ep.healthy_gauge.set(i64::from(ep.is_healthy()));
         }
     }
 
     /// Endpoints in the order to try them: healthy ones first, by the
     /// route's balancing rule, then the unhealthy ones (with none healthy,
     /// every endpoint is still tried).
-    pub fn candidates(&self) -> Vec<Arc<Endpoint>> {
+    pub(crate) fn candidates(&self) -> Vec<Arc<Endpoint>> {
         let all = self.endpoints();
         let n = all.len();
         if n == 0 {
@@ -305,7 +320,7 @@ impl Pool {
     ///
     /// # Errors
     /// [`Unavailable`] when every attempt failed.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         timeout: Duration,
     ) -> Result<(TcpStream, EndpointGuard, Duration), Unavailable> {
@@ -327,9 +342,7 @@ impl Pool {
                     return Ok((stream, EndpointGuard(ep), started.elapsed()));
                 }
                 Err(e) => {
-                    metrics::counter!(m::UPSTREAM_CONNECT_FAILURES_TOTAL,
-                        "route" => self.key.route.clone(), "upstream" => ep.label.clone())
-                    .increment(1);
+                    ep.connect_failures.increment(1);
                     attempts.push((ep.addr, e));
                 }
             }
