@@ -13,22 +13,18 @@
 //! - a `Complete` hello took exactly `client_hello_bytes` (no fewer bytes
 //!   complete it), within the limit; its server name and ALPN names come
 //!   from the input's handshake bytes;
-//! - `TooLarge { announced }` never exceeds what the hello really takes;
-//! - wherever rustls' `Acceptor` accepts a ClientHello, so do we, with the
-//!   same server name and ALPN list (two documented exceptions: IP-literal
-//!   SNI, which rustls ignores and we refuse, and records over 2^14 bytes,
-//!   which rustls reads and RFC 8446 forbids).
+//! - `TooLarge { announced }` never exceeds what the hello really takes.
+//!
+//! The comparison with rustls (wherever rustls' `Acceptor` accepts a
+//! ClientHello, so do we, with the same server name and ALPN list) is not
+//! here: the targets call `clienthello_oracle::check`, the oracle that
+//! `crates/clienthello/tests/differential.rs` uses too.
 
-use clienthello::{parse, ClientHello, Error, Limits, Malformed, NameError, Progress, ServerName};
+use clienthello::{parse, ClientHello, Error, Limits, Progress, ServerName};
+use clienthello_oracle::GENEROUS;
 
 /// The answer type of [`parse`].
 pub type Answer = Result<Progress, Error>;
-
-/// A limit far above anything rustls accepts (it caps handshake messages at
-/// 64 KiB), so the differential check compares structure, not size policy.
-pub const GENEROUS: Limits = Limits {
-    max_client_hello_bytes: 1 << 20,
-};
 
 /// An input of the `client_hello_chunked` target, decoded.
 ///
@@ -271,96 +267,4 @@ fn handshake_bytes(stream: &[u8], records: usize) -> Vec<u8> {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// What rustls' server-side [`rustls::server::Acceptor`] made of some bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RustlsAnswer {
-    /// `accept()` returned the ClientHello.
-    Accepted {
-        /// `ClientHello::server_name()`.
-        server_name: Option<String>,
-        /// `ClientHello::alpn()`.
-        alpn: Option<Vec<Vec<u8>>>,
-    },
-    /// All bytes were read and rustls still waits for more.
-    Incomplete,
-    /// `read_tls()` or `accept()` failed.
-    Rejected(String),
-}
-
-/// Feeds `bytes` to a fresh rustls `Acceptor`, as one stream of records.
-pub fn rustls_accept(bytes: &[u8]) -> RustlsAnswer {
-    let mut acceptor = rustls::server::Acceptor::default();
-    let mut rd = bytes;
-    loop {
-        let read = match acceptor.read_tls(&mut rd) {
-            Ok(n) => n,
-            Err(e) => return RustlsAnswer::Rejected(format!("read_tls: {e}")),
-        };
-        match acceptor.accept() {
-            Ok(Some(accepted)) => {
-                let ch = accepted.client_hello();
-                return RustlsAnswer::Accepted {
-                    server_name: ch.server_name().map(str::to_owned),
-                    alpn: ch.alpn().map(|names| names.map(<[u8]>::to_vec).collect()),
-                };
-            }
-            Ok(None) if rd.is_empty() || read == 0 => return RustlsAnswer::Incomplete,
-            Ok(None) => {}
-            Err((e, _alert)) => return RustlsAnswer::Rejected(e.to_string()),
-        }
-    }
-}
-
-/// How the two readers compared on one input.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Agreement {
-    /// Both read the hello, with the same server name and ALPN list.
-    BothAccept,
-    /// rustls ignored an IP-literal SNI (server name `None`), we refused it
-    /// with `InvalidServerName(IpLiteral)`: RFC 6066 forbids IP literals,
-    /// and routing such a hello as "no SNI" would hide a client bug.
-    IpLiteralSni,
-    /// rustls read a record of 2^14 + 1 to 2^14 + 2047 bytes (it only
-    /// refuses the TLSCiphertext bound); we follow RFC 8446 §5.1, which
-    /// forbids plaintext records over 2^14, with `Malformed(RecordOverflow)`.
-    RecordOverflow,
-    /// rustls refused or wants more bytes; ours says something (anything).
-    RustlsDoesNotAccept,
-}
-
-/// Compares our parser with rustls on `bytes` and panics where rustls
-/// accepts a ClientHello that we do not read the same way.
-pub fn check_differential(bytes: &[u8]) -> Agreement {
-    let theirs = rustls_accept(bytes);
-    let RustlsAnswer::Accepted { server_name, alpn } = theirs else {
-        return Agreement::RustlsDoesNotAccept;
-    };
-    let ours = parse(bytes, &GENEROUS);
-    let h = match ours {
-        Ok(Progress::Complete(h)) => h,
-        Err(Error::InvalidServerName(NameError::IpLiteral)) if server_name.is_none() => {
-            return Agreement::IpLiteralSni;
-        }
-        Err(Error::Malformed(Malformed::RecordOverflow)) => return Agreement::RecordOverflow,
-        other => panic!(
-            "rustls accepted (server name {server_name:?}, ALPN {alpn:?}) but we answered {other:?}"
-        ),
-    };
-    let theirs_name = server_name.map(|n| {
-        let n = n.to_ascii_lowercase();
-        n.strip_suffix('.').map(str::to_owned).unwrap_or(n)
-    });
-    assert_eq!(
-        h.server_name.as_ref().map(ServerName::as_str),
-        theirs_name.as_deref(),
-        "server name differs from rustls'"
-    );
-    assert_eq!(
-        h.alpn,
-        alpn.unwrap_or_default(),
-        "ALPN list differs from rustls'"
-    );
-    Agreement::BothAccept
 }

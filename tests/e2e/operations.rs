@@ -464,3 +464,244 @@ fn reload_binds_added_listeners_and_closes_removed_ones() {
     fresh.read_exact(&mut back).unwrap();
     assert_eq!(back, hello);
 }
+
+/// Every `sniroute_*` name in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("sniroute_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// The names `/metrics` shows: each family (`# TYPE` line) and each
+/// series (a histogram's `_bucket`, `_sum` and `_count` too), only where
+/// at least one series exists.
+fn exported_names(metrics: &str) -> std::collections::BTreeSet<String> {
+    metrics
+        .lines()
+        .filter_map(|l| match l.strip_prefix("# TYPE ") {
+            Some(t) => t.split(' ').next(),
+            None if l.starts_with('#') || l.is_empty() => None,
+            None => l.split(['{', ' ']).next(),
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_queried_series_exists_from_the_start() {
+    let _turn = crate::common::light();
+    let a = Upstream::start("a", Behaviour::Greet);
+    let b = Upstream::start("b", Behaviour::Greet);
+    let router = Router::start(&two_routes(a.addr, Some(b.addr)));
+    // No traffic at all, no discovery: only what start-up made.
+    let m = router.metrics();
+    let exported = exported_names(&m);
+
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut queried = std::collections::BTreeSet::new();
+    for file in [
+        "deploy/grafana/sniroute.json",
+        "deploy/prometheus/sniroute.rules.yml",
+    ] {
+        let text = std::fs::read_to_string(repo.join(file)).unwrap();
+        let names = metric_names(&text);
+        assert!(!names.is_empty(), "{file} queries no sniroute metric?");
+        queried.extend(names);
+    }
+    let missing: Vec<_> = queried.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "queried by deploy/ but not exported at start: {missing:?}\n{m}"
+    );
+
+    // The label combinations that can occur exist, at 0; those that cannot
+    // do not.
+    let listener = "127.0.0.1:0";
+    let conn = |route: &str, result: &str| {
+        metric(
+            &m,
+            "sniroute_connections_total",
+            &[("listener", listener), ("route", route), ("result", result)],
+        )
+    };
+    for result in [
+        "no_route",
+        "bad_client_hello",
+        "client_hello_too_large",
+        "not_tls",
+        "client_hello_timeout",
+        "over_limit",
+        "client_closed",
+    ] {
+        assert_eq!(conn("none", result), Some(0.0), "none/{result}");
+        assert_eq!(conn("alpha", result), None, "alpha/{result} cannot occur");
+    }
+    for route in ["alpha", "beta"] {
+        for result in ["forwarded", "denied", "upstream_unavailable"] {
+            assert_eq!(conn(route, result), Some(0.0), "{route}/{result}");
+        }
+        for end in [
+            "finished",
+            "idle_timeout",
+            "client_reset",
+            "upstream_reset",
+            "client_error",
+            "upstream_error",
+            "drain",
+        ] {
+            assert_eq!(
+                metric(
+                    &m,
+                    "sniroute_tunnels_ended_total",
+                    &[("route", route), ("end", end)]
+                ),
+                Some(0.0),
+                "{route}/{end}"
+            );
+        }
+        assert_eq!(
+            metric(&m, "sniroute_active_tunnels", &[("route", route)]),
+            Some(0.0)
+        );
+    }
+    for result in ["forwarded", "denied", "upstream_unavailable"] {
+        assert_eq!(conn("none", result), None, "{result} always has a route");
+    }
+    for error in ["emfile", "enfile", "other"] {
+        assert_eq!(
+            metric(&m, "sniroute_accept_errors_total", &[("error", error)]),
+            Some(0.0)
+        );
+    }
+    assert_eq!(
+        metric(&m, "sniroute_drain_closed_tunnels_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "sniroute_upstream_healthy",
+            &[("route", "alpha"), ("upstream", &a.addr.to_string())]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "sniroute_upstream_connect_failures_total",
+            &[("route", "beta"), ("upstream", &b.addr.to_string())]
+        ),
+        Some(0.0)
+    );
+}
+
+/// Waits until `/metrics` satisfies `ok`, or fails with the last scrape.
+fn wait_metrics(router: &Router, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = router.metrics();
+        if ok(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "{what}; /metrics:\n{m}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_removed_route_leaves_metrics_once_its_last_tunnel_ends() {
+    let _turn = crate::common::light();
+    let a = Upstream::start("a", Behaviour::Greet);
+    let b = Upstream::start("b", Behaviour::Echo);
+    let router = Router::start(&two_routes(a.addr, Some(b.addr)));
+    let addr = router.addr();
+    let alpha = HelloBuilder::new("alpha.test").build();
+    assert_eq!(reach(addr, &alpha).unwrap(), "a");
+
+    // A tunnel on beta stays open across the reload that removes beta.
+    let beta = HelloBuilder::new("beta.test").build();
+    let mut tunnel = TcpStream::connect(addr).unwrap();
+    tunnel.write_all(&beta).unwrap();
+    let mut echoed = vec![0u8; beta.len()];
+    tunnel.read_exact(&mut echoed).unwrap();
+    assert_eq!(echoed, beta);
+
+    let log = router.reload(&two_routes(a.addr, None));
+    assert_eq!(log["message"], "config reloaded", "{log}");
+    let b_addr = b.addr.to_string();
+    let m = router.metrics();
+    assert_eq!(
+        metric(&m, "sniroute_active_tunnels", &[("route", "beta")]),
+        Some(1.0),
+        "beta's series stay while its tunnel is open"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "sniroute_upstream_healthy",
+            &[("route", "beta"), ("upstream", &b_addr)]
+        ),
+        Some(1.0)
+    );
+    // Counts of a route that stays carry across the reload.
+    assert_eq!(
+        metric(
+            &m,
+            "sniroute_connections_total",
+            &[
+                ("listener", "127.0.0.1:0"),
+                ("route", "alpha"),
+                ("result", "forwarded")
+            ]
+        ),
+        Some(1.0)
+    );
+
+    // The tunnel ends: every series naming beta or its endpoint goes.
+    tunnel.write_all(b"bye").unwrap();
+    let mut bye = [0u8; 3];
+    tunnel.read_exact(&mut bye).unwrap();
+    drop(tunnel);
+    let m = wait_metrics(&router, "beta's series should leave", |m| {
+        !m.contains("route=\"beta\"") && !m.contains(&b_addr)
+    });
+    assert_eq!(
+        metric(
+            &m,
+            "sniroute_connections_total",
+            &[
+                ("listener", "127.0.0.1:0"),
+                ("route", "alpha"),
+                ("result", "forwarded")
+            ]
+        ),
+        Some(1.0),
+        "alpha is untouched"
+    );
+    assert!(m.contains("route=\"alpha\""));
+
+    // A route that comes back starts again at 0.
+    let log = router.reload(&two_routes(a.addr, Some(b.addr)));
+    assert_eq!(log["message"], "config reloaded", "{log}");
+    let m = router.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "sniroute_connections_total",
+            &[
+                ("listener", "127.0.0.1:0"),
+                ("route", "beta"),
+                ("result", "forwarded")
+            ]
+        ),
+        Some(0.0)
+    );
+}

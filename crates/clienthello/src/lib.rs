@@ -20,9 +20,23 @@
 //! same answer. Size limits are enforced from announced lengths, so an
 //! oversized hello is refused as soon as its header arrives.
 //!
-//! Modules: [`name`](ServerName) validates and normalises host names (also
-//! used by the router for configured names); the record walk and the
-//! extension reader live in this file.
+//! Modules:
+//! - this file: [`parse`], the record walk and the extension reader, and
+//!   the [`Error`] labels;
+//! - `name`: [`ServerName`], which validates and normalises host names (also
+//!   used by the router for configured names), and its [`NameError`];
+//! - `synth` (cargo feature `synth`, off by default): `HelloBuilder`,
+//!   `records` and `resplit`, which build ClientHello bytes, valid and
+//!   broken, for tests, benches and fuzzing. It is not part of the
+//!   production library: only dev-dependencies (the root package's tests
+//!   and benches, this crate's `tests/`) and `fuzz/` turn it on;
+//! - `tests`: the unit tests (they use `synth` through `cfg(test)`).
+//!
+//! Outside `src/`: `tests/properties.rs` (proptest: chunking, finality,
+//! arbitrary bytes), `tests/differential.rs` (every capture in `testdata/`
+//! and builder variants against rustls), and the `oracle/` crate
+//! (`sniroute-clienthello-oracle`, test-only), the rustls comparison that
+//! `tests/differential.rs` and the fuzz targets in `fuzz/` share.
 //!
 //! ```
 //! use clienthello::{parse, Limits, Progress};
@@ -38,6 +52,7 @@
 #![forbid(unsafe_code)]
 
 mod name;
+#[cfg(any(test, feature = "synth"))]
 pub mod synth;
 
 use std::borrow::Cow;

@@ -5,6 +5,9 @@
 //! This is not a TLS client: the random, key share and cipher list are
 //! fixed filler. A server would answer it, but nobody can finish the
 //! handshake.
+//!
+//! Behind the cargo feature `synth` (and `cfg(test)`): tests, benches and
+//! `fuzz/` enable it; the router's build does not include it.
 
 /// A ClientHello under construction. Start from [`HelloBuilder::new`]
 /// (a TLS 1.3-shaped hello with SNI and ALPN `h2`, `http/1.1`) and change
