@@ -4,10 +4,15 @@
 //! dashboard queries only metrics sniroute exports; the systemd unit and the
 //! Dockerfile have what they need.
 //!
+//! Also: the apps' listeners bind on every agent, their `mem` covers the
+//! worst case their limits allow, the docs say what the operator supplies,
+//! `scripts/test` lists every program the tests run, and no test reads a
+//! file outside the repository.
+//!
 //! Needs `promtool` (Debian `prometheus`) and `python3` with `jsonschema`
-//! (Debian `python3-jsonschema`); without them these tests fail and say what
-//! to install (`bash .ci/run` installs both). Marathon's schema is read from
-//! `../shared/marathon/app.schema.json`, beside the repository.
+//! (pip); without them these tests fail and say what to install
+//! (`scripts/test` installs both). Marathon's schema is
+//! `deploy/marathon/schema/app.schema.json` (see the README there).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -51,7 +56,7 @@ fn promtool(args: &[&str]) -> Output {
         Ok(out) => out,
         Err(e) => panic!(
             "cannot run promtool ({e}): install the Debian package `prometheus` \
-             (apt-get install -y prometheus; bash .ci/run does)"
+             (apt-get install -y prometheus; scripts/test does)"
         ),
     }
 }
@@ -159,10 +164,10 @@ fn marathon_apps() -> Vec<PathBuf> {
 }
 
 fn marathon_schema_path() -> PathBuf {
-    let path = repo().join("../shared/marathon/app.schema.json");
+    let path = deploy("marathon/schema/app.schema.json");
     assert!(
         path.exists(),
-        "Marathon's app schema is missing at {}: clone the repository with shared/ beside it",
+        "Marathon's app schema is missing at {}",
         path.display()
     );
     path
@@ -237,14 +242,14 @@ fn jsonschema_validate(schema: &Path, files: &[PathBuf]) -> Output {
         .output()
         .unwrap_or_else(|e| {
             panic!(
-                "cannot run python3 ({e}): install the Debian packages `python3` and \
-                 `python3-jsonschema` (bash .ci/run does)"
+                "cannot run python3 ({e}): install python3 and its `jsonschema` module \
+                 (scripts/test does)"
             )
         });
     if out.status.code() == Some(3) {
         panic!(
-            "python3 has no `jsonschema` module: install the Debian package \
-             `python3-jsonschema` (apt-get install -y python3-jsonschema; bash .ci/run does)"
+            "the python3 first on PATH has no `jsonschema` module: install it with that \
+             interpreter's pip (python3 -m pip install jsonschema; scripts/test does)"
         );
     }
     out
@@ -273,7 +278,16 @@ fn marathon_apps_validate_against_marathons_schema() {
         output_text(&out)
     );
 
-    let out = jsonschema_validate(&schema_path, &apps);
+    // Each app, and its container-image form (deploy/README.md, "What you
+    // supply"), validates.
+    let mut files = apps.clone();
+    for app in &apps {
+        let name = app.file_name().unwrap().to_string_lossy();
+        let path = dir.path().join(format!("image-{name}"));
+        std::fs::write(&path, image_variant(&json(app)).to_string()).unwrap();
+        files.push(path);
+    }
+    let out = jsonschema_validate(&schema_path, &files);
     assert!(
         out.status.success(),
         "Marathon app(s) do not validate against {}:\n{}",
@@ -290,7 +304,7 @@ fn marathon_apps_validate_against_marathons_schema() {
             .is_some_and(|p| p.contains_key("portDefinitions")),
         "unexpected schema layout"
     );
-    for app in &apps {
+    for app in &files {
         let mut unknown = Vec::new();
         unknown_keys(&json(app), schema, "", &mut unknown);
         assert!(
@@ -299,6 +313,35 @@ fn marathon_apps_validate_against_marathons_schema() {
             app.display()
         );
     }
+}
+
+/// The arguments the app's `cmd` gives the binary: `run --log-format json`.
+fn cmd_args(app: &serde_json::Value) -> Vec<String> {
+    let cmd = app["cmd"].as_str().expect("cmd");
+    let words: Vec<&str> = cmd.split_whitespace().collect();
+    let binary = words
+        .iter()
+        .position(|w| w.trim_matches('"').ends_with("/sniroute"))
+        .unwrap_or_else(|| panic!("cmd {cmd:?} does not run .../sniroute"));
+    words[binary + 1..].iter().map(|w| w.to_string()).collect()
+}
+
+/// An app run from the container image instead of the fetched tarball, as
+/// the `jq` command in deploy/README.md makes it: no `fetch` and no `cmd`
+/// (the distroless image has no shell), the image, and `cmd`'s arguments
+/// as `args` (the image's entrypoint is `sniroute`).
+fn image_variant(app: &serde_json::Value) -> serde_json::Value {
+    let mut app = app.clone();
+    let args = cmd_args(&app);
+    let map = app.as_object_mut().unwrap();
+    map.remove("fetch");
+    map.remove("cmd");
+    map.insert(
+        "container".into(),
+        serde_json::json!({"type": "MESOS", "docker": {"image": "registry.example.com/sniroute:0.1.0"}}),
+    );
+    map.insert("args".into(), serde_json::json!(args));
+    app
 }
 
 /// The embedded config of a Marathon app, parsed.
@@ -514,6 +557,98 @@ fn prometheus_config_and_rules_pass_promtool() {
     assert_promtool(&["check", "config", config.to_str().unwrap()]);
     assert_promtool(&["check", "rules", rules.to_str().unwrap()]);
     assert_promtool(&["test", "rules", tests.to_str().unwrap()]);
+
+    // The rule tests catch SnirouteConfigReloadFailed's old false alarm: a
+    // rule whose second clause takes every new series for a failure (a new
+    // Marathon task's counter starts at 0) fails them.
+    let text = read(&rules);
+    let fresh_and_failed = "sniroute_config_reloads_total{result=\"failure\"} > 0\n";
+    assert!(
+        text.contains(fresh_and_failed),
+        "SnirouteConfigReloadFailed: the clause for new series must require a failure"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sniroute.rules.yml"),
+        text.replace(
+            fresh_and_failed,
+            "sniroute_config_reloads_total{result=\"failure\"}\n",
+        ),
+    )
+    .unwrap();
+    let copy = dir.path().join("sniroute.rules.test.yml");
+    std::fs::copy(&tests, &copy).unwrap();
+    let out = promtool(&["test", "rules", copy.to_str().unwrap()]);
+    assert!(
+        !out.status.success() && output_text(&out).contains("SnirouteConfigReloadFailed"),
+        "the rule tests pass with the old SnirouteConfigReloadFailed, which fires for every \
+         new series:\n{}",
+        output_text(&out)
+    );
+}
+
+/// Minutes of a promtool duration such as `70m` or `2h`.
+fn minutes(text: &str) -> u64 {
+    (parse_duration(text) / 60.0) as u64
+}
+
+#[test]
+fn reload_alert_tests_cover_a_fresh_series_and_a_failure() {
+    let _turn = crate::common::light();
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&read(&deploy("prometheus/sniroute.rules.test.yml"))).unwrap();
+    // A group where a failure series appears at 0 and stays there for an
+    // hour: silent for that hour, firing after its first failure.
+    let covered = doc["tests"].as_sequence().unwrap().iter().any(|group| {
+        if group["interval"].as_str() != Some("1m") {
+            return false;
+        }
+        let fresh = group["input_series"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find_map(|s| {
+                let series = s["series"].as_str()?;
+                if !(series.starts_with("sniroute_config_reloads_total{")
+                    && series.contains("result=\"failure\""))
+                {
+                    return None;
+                }
+                // "_xA 0xM ...": absent for A minutes, then 0 for M more.
+                let mut values = s["values"].as_str()?.split_whitespace();
+                let absent: u64 = values.next()?.strip_prefix("_x")?.parse().ok()?;
+                let zeros: u64 = values.next()?.strip_prefix("0x")?.parse().ok()?;
+                let then_fails = values.next().is_some();
+                (zeros >= 60 && then_fails).then_some((absent, absent + zeros))
+            });
+        let Some((appears, last_zero)) = fresh else {
+            return false;
+        };
+        let cases: Vec<(u64, bool)> = group["alert_rule_test"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter(|c| c["alertname"] == "SnirouteConfigReloadFailed")
+            .map(|c| {
+                (
+                    minutes(c["eval_time"].as_str().unwrap()),
+                    c["exp_alerts"].as_sequence().is_some_and(|a| !a.is_empty()),
+                )
+            })
+            .collect();
+        let silent_from_start = cases.iter().any(|&(t, f)| t <= appears + 1 && !f);
+        let silent_an_hour_later = cases
+            .iter()
+            .any(|&(t, f)| t >= appears + 60 && t <= last_zero && !f);
+        let fires_after = cases.iter().any(|&(t, f)| t > last_zero && f);
+        silent_from_start && silent_an_hour_later && fires_after
+    });
+    assert!(
+        covered,
+        "sniroute.rules.test.yml needs a SnirouteConfigReloadFailed case where a failure \
+         series appears at 0 (\"_xA 0xM ...\" with M >= 60), is silent at its start and an hour \
+         later, and fires after its first failure"
+    );
 }
 
 #[test]
@@ -928,4 +1063,564 @@ fn helpers_work() {
         ]
     );
     assert!(lb_port(10050) && lb_port(6090) && !lb_port(9190));
+}
+
+/// The listener and admin addresses of a config (plain strings or
+/// `{address: ...}` mappings).
+fn config_addresses(config: &serde_yaml::Value) -> Vec<String> {
+    let mut out: Vec<String> = config["listeners"]
+        .as_sequence()
+        .expect("listeners")
+        .iter()
+        .map(|l| {
+            l.as_str()
+                .or_else(|| l["address"].as_str())
+                .expect("a listener address")
+                .to_owned()
+        })
+        .collect();
+    if let Some(admin) = config["admin"]
+        .as_str()
+        .or_else(|| config["admin"]["address"].as_str())
+    {
+        out.push(admin.to_owned());
+    }
+    out
+}
+
+#[test]
+fn shipped_configs_bind_on_every_agent() {
+    let _turn = crate::common::light();
+    // sniroute binds every listener at start and exits when one fails; an
+    // IPv6 address cannot be bound on an agent without IPv6, and IPv6
+    // listeners are IPv6-only, so the shipped configs listen on IPv4 alone
+    // (deploy/README.md, "IPv6 and dual stack", says how to add IPv6).
+    let mut configs: Vec<(String, serde_yaml::Value)> = marathon_apps()
+        .iter()
+        .map(|path| {
+            let (_, config) = embedded_config(&json(path), path);
+            (path.display().to_string(), config)
+        })
+        .collect();
+    let example = deploy("sniroute.example.yaml");
+    configs.push((
+        example.display().to_string(),
+        serde_yaml::from_str(&read(&example)).unwrap(),
+    ));
+    for (name, config) in &configs {
+        let addresses = config_addresses(config);
+        assert!(!addresses.is_empty(), "{name}: no addresses");
+        for addr in addresses {
+            let parsed: std::net::SocketAddr = addr
+                .parse()
+                .unwrap_or_else(|e| panic!("{name}: {addr:?}: {e}"));
+            assert!(
+                parsed.is_ipv4(),
+                "{name}: {addr} needs IPv6, which not every agent has: a host without it \
+                 cannot bind it and sniroute exits; ship IPv4 listeners and document \
+                 dual stack instead"
+            );
+        }
+    }
+    // The dual-stack advice holds only while IPv6 listeners are IPv6-only.
+    let listener = read(&repo().join("crates/router/src/listener.rs"));
+    assert!(
+        listener.contains("set_only_v6(true)"),
+        "crates/router/src/listener.rs no longer sets IPV6_V6ONLY: update \
+         deploy/README.md#ipv6-and-dual-stack and this test"
+    );
+    let docs = read(&deploy("README.md"));
+    assert!(docs.contains("### IPv6 and dual stack") && docs.contains("IPV6_V6ONLY"));
+}
+
+/// Worst-case memory, in KiB, of a sniroute config: per phase of a
+/// connection and in total. This is the one place the formula is written;
+/// deploy/README.md#memory explains each term.
+#[derive(Debug)]
+struct MemoryBound {
+    /// A connection whose ClientHello is not complete.
+    pending: u64,
+    /// A connection connecting upstream and forwarding its hello.
+    setup: u64,
+    /// A tunnel, both directions busy.
+    tunnel: u64,
+    /// The process with every connection at its worst.
+    total: u64,
+}
+
+fn memory_bound_kib(config: &serde_yaml::Value) -> MemoryBound {
+    // sniroute, per connection in every phase: its task (896 B), two tokio
+    // I/O registrations (512 B), the set-up state, the access-log record.
+    const CONNECTION: u64 = 4;
+    // Kernel, per socket: tcp_sock, socket inode, file, epoll entry.
+    const SOCKET: u64 = 4;
+    // A socket's receive queue: at most the initial receive buffer,
+    // net.ipv4.tcp_rmem[1] (131072).
+    const RECEIVE_QUEUE: u64 = 128;
+    // A socket's send queue: the send buffer the kernel sets after the
+    // handshake (twice the initial congestion window, ~46 KiB), rounded up.
+    const SEND_QUEUE: u64 = 64;
+    // A busy direction: a 64 KiB copy buffer (crates/splice buf_pool.rs),
+    // or a pipe: 64 KiB of pages (the kernel default) + ~2 KiB structures.
+    const DIRECTION: u64 = 66;
+    // The process at rest (about 8 MiB resident), crates/splice's spare
+    // pools (64 buffers of 64 KiB, 256 empty pipes), metrics, admin,
+    // allocator slack.
+    const BASE: u64 = 32 * 1024;
+
+    let limits = &config["limits"];
+    let key = |name: &str, default: u64| {
+        if limits[name].is_null() {
+            default
+        } else {
+            limits[name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("limits.{name} is not a number"))
+        }
+    };
+    // The defaults of crates/config (max_pending_hellos: the global cap on
+    // connections whose hello is incomplete).
+    let connections = key("max_connections", 50_000);
+    let hello_bytes = key("max_client_hello_bytes", 16_384);
+    let pending_cap = key("max_pending_hellos", 2_048).min(connections);
+
+    // The hello buffer grows by doubling up to the limit: its capacity
+    // stays under twice the limit.
+    let hello_buffer = 2 * hello_bytes.div_ceil(1024);
+    let socket = SOCKET + RECEIVE_QUEUE + SEND_QUEUE;
+    let pending = CONNECTION + hello_buffer + SOCKET + RECEIVE_QUEUE;
+    let setup = CONNECTION + hello_buffer + 2 * socket;
+    let tunnel = CONNECTION + 2 * DIRECTION + 2 * socket;
+    let open = setup.max(tunnel);
+    // Pending hellos count against max_connections; at most pending_cap of
+    // them at once. The worst mix is one of the two ends.
+    let connections_worst =
+        (connections * open).max(pending_cap * pending + (connections - pending_cap) * open);
+    MemoryBound {
+        pending,
+        setup,
+        tunnel,
+        total: BASE + connections_worst,
+    }
+}
+
+#[test]
+fn marathon_mem_covers_the_configured_worst_case() {
+    let _turn = crate::common::light();
+    let docs = read(&deploy("README.md"));
+    let memory_docs = &docs[docs.find("### Memory").expect("deploy/README.md#memory")..];
+    for path in marathon_apps() {
+        let app = json(&path);
+        let name = path.display();
+        let (_, config) = embedded_config(&app, &path);
+        for key in ["max_connections", "max_client_hello_bytes"] {
+            assert!(
+                config["limits"][key].is_u64(),
+                "{name}: set limits.{key} explicitly: mem is sized from it"
+            );
+        }
+        let bound = memory_bound_kib(&config);
+        let mem_mib = app["mem"].as_f64().expect("mem");
+        let need_mib = bound.total as f64 / 1024.0;
+        assert!(
+            mem_mib >= need_mib,
+            "{name}: mem {mem_mib} MiB is below the worst case of its config, \
+             {need_mib:.1} MiB ({bound:?}, KiB): raise mem or lower limits.max_connections \
+             (deploy/README.md#memory)"
+        );
+        // The docs show the same figures for the shipped settings.
+        let connections = config["limits"]["max_connections"].as_u64().unwrap();
+        for figure in [
+            format!("*P* = 4 + 2*h* + 4 + 128 = {} KiB", bound.pending),
+            format!("*S* = 4 + 2*h* + 2 × 196 = {} KiB", bound.setup),
+            format!("*T* = 4 + 2 × 66 + 2 × 196 = {} KiB", bound.tunnel),
+            format!("`limits.max_connections: {connections}`"),
+            format!("`mem: {mem_mib}`"),
+        ] {
+            assert!(
+                memory_docs.contains(&figure),
+                "deploy/README.md#memory does not say {figure:?} ({name}: {bound:?})"
+            );
+        }
+    }
+    // The constants follow the code: 64 KiB copy buffers, default-sized pipes.
+    let buf_pool = read(&repo().join("crates/splice/src/buf_pool.rs"));
+    assert!(
+        buf_pool.contains("BUF_SIZE: usize = 64 * 1024"),
+        "the copy buffer size changed: update memory_bound_kib and deploy/README.md#memory"
+    );
+    for file in std::fs::read_dir(repo().join("crates/router/src")).unwrap() {
+        let path = file.unwrap().path();
+        assert!(
+            !read(&path).contains("pipe_size:"),
+            "{} sets a pipe size: update memory_bound_kib and deploy/README.md#memory",
+            path.display()
+        );
+    }
+    // The formula itself: a pending-heavy config is bounded by its cap.
+    let cfg = |yaml: &str| serde_yaml::from_str::<serde_yaml::Value>(yaml).unwrap();
+    let small = memory_bound_kib(&cfg("limits: {max_connections: 10}"));
+    assert_eq!((small.pending, small.setup, small.tunnel), (168, 428, 528));
+    assert_eq!(small.total, 32 * 1024 + 10 * 528);
+    let big_hellos = memory_bound_kib(&cfg(
+        "limits: {max_connections: 10, max_client_hello_bytes: 65536, max_pending_hellos: 4}",
+    ));
+    assert_eq!(big_hellos.pending, 4 + 128 + 4 + 128);
+    assert_eq!(big_hellos.setup, 4 + 128 + 392);
+    assert_eq!(
+        big_hellos.total,
+        32 * 1024 + 10 * big_hellos.setup.max(big_hellos.tunnel)
+    );
+}
+
+/// The part of deploy/README.md before its first deployment section.
+fn deploy_readme_top(docs: &str) -> &str {
+    let end = docs.find("## DC/OS (Marathon)").expect("a DC/OS section");
+    &docs[..end]
+}
+
+#[test]
+fn docs_and_apps_agree_on_what_the_operator_supplies() {
+    let _turn = crate::common::light();
+    let docs = read(&deploy("README.md"));
+    let top = deploy_readme_top(&docs);
+    assert!(
+        top.contains("## What you supply"),
+        "deploy/README.md must open with what the operator supplies"
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    for path in marathon_apps() {
+        let text = read(&path);
+        let app = json(&path);
+        let name = path.display();
+        // One placeholder, in one place: the fetch URI, on a domain that
+        // never resolves.
+        let fetch = app["fetch"].as_array().expect("fetch");
+        assert_eq!(fetch.len(), 1, "{name}: one fetched artifact");
+        let uri = fetch[0]["uri"].as_str().unwrap();
+        assert!(
+            uri.starts_with("https://your-artifact-store.invalid/"),
+            "{name}: the fetch URI {uri} should be the obvious placeholder"
+        );
+        assert_eq!(
+            text.matches(".invalid").count(),
+            1,
+            "{name}: the placeholder must be the only thing to edit"
+        );
+        assert_eq!(fetch[0]["extract"], true, "{name}");
+        // The tarball the docs build is the one the URI names, for this
+        // version, and holds the binary cmd runs.
+        let tarball = uri.rsplit('/').next().unwrap();
+        assert_eq!(
+            tarball,
+            format!("sniroute-{version}-x86_64-unknown-linux-musl.tar.gz"),
+            "{name}: the tarball name must carry the version {version}"
+        );
+        assert!(
+            top.contains(&format!("`{uri}`")),
+            "deploy/README.md, \"What you supply\", does not name {name}'s placeholder {uri}"
+        );
+        assert!(
+            top.contains(&format!("-czf {tarball} sniroute")),
+            "deploy/README.md does not build {tarball} with the binary at its root"
+        );
+        assert!(
+            top.contains(".fetch[0].uri = $uri"),
+            "deploy/README.md does not show how to set the URI"
+        );
+        assert!(
+            app["cmd"]
+                .as_str()
+                .unwrap()
+                .contains("\"$MESOS_SANDBOX/sniroute\""),
+            "{name}: cmd runs the fetched binary"
+        );
+        // The image form: what the jq command makes is what the schema test
+        // validates (image_variant), with cmd's own arguments.
+        let args: Vec<String> = cmd_args(&app).iter().map(|a| format!("{a:?}")).collect();
+        let jq = format!(
+            "del(.fetch, .cmd) | .container = {{type: \"MESOS\", docker: {{image: $image}}}} | .args = [{}]",
+            args.join(", ")
+        );
+        assert!(
+            top.contains(&jq),
+            "deploy/README.md, \"What you supply\", should turn {name} into the image form with\n{jq}"
+        );
+    }
+    for needed in [
+        "docker build -f deploy/docker/Dockerfile",
+        "docker push",
+        "cargo build --release --locked --no-default-features --target x86_64-unknown-linux-musl",
+        "Nothing else needs editing",
+    ] {
+        assert!(
+            top.contains(needed),
+            "deploy/README.md, \"What you supply\", does not say {needed:?}"
+        );
+    }
+}
+
+/// Every `.rs` file under `dir`, recursively, skipping `target` directories.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n != "target") {
+                rust_files(&path, out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The sources `cargo test --workspace` runs: tests/, and every crate's
+/// code and tests (library code counts: what it spawns, the tests spawn).
+/// Benchmarks and fuzz targets are not part of the test run.
+fn test_sources() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    rust_files(&repo().join("tests"), &mut files);
+    rust_files(&repo().join("crates"), &mut files);
+    files.sort();
+    assert!(
+        files.len() > 20 && files.iter().any(|f| f.ends_with("tests/e2e/deploy.rs")),
+        "too few sources found: {files:?}"
+    );
+    files
+}
+
+/// The text between the parentheses that start at `open`.
+fn call_argument(text: &str, open: usize) -> &str {
+    let mut depth = 0;
+    for (i, c) in text[open..].char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &text[open + 1..open + i];
+                }
+            }
+            _ => {}
+        }
+    }
+    &text[open + 1..]
+}
+
+/// A string literal at the start of `expr` (after whitespace), unescaped
+/// enough for program names.
+fn leading_literal(expr: &str) -> Option<&str> {
+    let rest = expr.trim_start().strip_prefix('"')?;
+    Some(&rest[..rest.find('"')?])
+}
+
+/// How the sources spawn a program. (Spelt in two pieces so that this file's
+/// own scanner does not find itself.)
+const SPAWN: &str = concat!("Command", "::new(");
+
+/// `Command::new` arguments that are not a program name, each with why.
+const NOT_A_PROGRAM: &[(&str, &str)] = &[
+    ("env!(\"CARGO_BIN_EXE_sniroute\")", "the binary under test"),
+    ("bin()", "common::bin(): the binary under test"),
+    ("crate::common::bin()", "the binary under test"),
+    ("promtool()", "operations.rs: returns \"promtool\""),
+    ("prometheus", "operations.rs: bound to \"prometheus\""),
+];
+
+/// The programs the test sources spawn, each with where: the string
+/// literals given to `Command::new`, and to functions that pass their
+/// parameter to `Command::new` (spawn helpers such as `tool("curl")`).
+/// Any other argument must be in [`NOT_A_PROGRAM`], so a new kind of spawn
+/// fails here instead of slipping past.
+fn spawned_programs(files: &[PathBuf]) -> BTreeSet<(String, String)> {
+    let mut found = BTreeSet::new();
+    let mut unknown = Vec::new();
+    for file in files {
+        let text = read(file);
+        let rel = file.strip_prefix(repo()).unwrap().display().to_string();
+        let line_of = |at: usize| text[..at].lines().count();
+        let mut helpers = Vec::new();
+        for (at, _) in text.match_indices(SPAWN) {
+            let open = at + SPAWN.len() - 1;
+            let arg = call_argument(&text, open).trim();
+            if let Some(program) = leading_literal(arg) {
+                found.insert((program.to_owned(), format!("{rel}:{}", line_of(at))));
+                continue;
+            }
+            // A parameter of the enclosing function makes it a spawn helper.
+            let enclosing = text[..at].rfind("fn ").map(|f| {
+                let sig = &text[f + 3..];
+                let name_end = sig.find(['(', '<']).unwrap_or(0);
+                let params = call_argument(sig, sig.find('(').unwrap_or(0));
+                (sig[..name_end].trim().to_owned(), params.to_owned())
+            });
+            match enclosing {
+                Some((name, params))
+                    if params
+                        .split(',')
+                        .any(|p| p.split(':').next().unwrap().trim() == arg) =>
+                {
+                    helpers.push(name)
+                }
+                _ if NOT_A_PROGRAM.iter().any(|(a, _)| *a == arg) => {}
+                _ => unknown.push(format!("{rel}:{}: spawns {arg}", line_of(at))),
+            }
+        }
+        helpers.sort();
+        helpers.dedup();
+        for helper in helpers {
+            let call = format!("{helper}(");
+            for (at, _) in text.match_indices(&call) {
+                let before = text[..at].trim_end();
+                if before.ends_with("fn")
+                    || text[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == '.')
+                {
+                    continue; // the definition, a method, or a longer name
+                }
+                let arg = call_argument(&text, at + helper.len());
+                match leading_literal(arg) {
+                    Some(program) => {
+                        found.insert((program.to_owned(), format!("{rel}:{}", line_of(at))));
+                    }
+                    None => unknown.push(format!(
+                        "{rel}:{}: {helper}({arg}) (a spawn helper)",
+                        line_of(at)
+                    )),
+                }
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "programs run without a literal name: give Command::new the program's name as a \
+         literal, or call a helper with one, or add the expression to NOT_A_PROGRAM:\n{}",
+        unknown.join("\n")
+    );
+    found
+}
+
+/// The programs `scripts/test` installs or checks: the first word of each
+/// entry of its `TOOLS=( ... )` array; and its `PY_MODULES`.
+fn scripts_test_lists() -> (BTreeSet<String>, BTreeSet<String>) {
+    let text = read(&repo().join("scripts/test"));
+    let start = text
+        .find("\nTOOLS=(\n")
+        .expect("scripts/test has no TOOLS=( array");
+    let body = &text[start + "\nTOOLS=(\n".len()..];
+    let body = &body[..body.find("\n)").expect("TOOLS=( is not closed")];
+    let tools = body
+        .lines()
+        .map(|l| l.trim().trim_start_matches('"'))
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    let modules_line = text
+        .lines()
+        .find(|l| l.starts_with("PY_MODULES=("))
+        .expect("scripts/test has no PY_MODULES=( line");
+    let modules = modules_line["PY_MODULES=(".len()..]
+        .trim_end_matches(')')
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    (tools, modules)
+}
+
+#[test]
+fn scripts_test_lists_every_program_the_tests_run() {
+    let _turn = crate::common::light();
+    let spawned = spawned_programs(&test_sources());
+    let names: BTreeSet<&str> = spawned.iter().map(|(p, _)| p.as_str()).collect();
+    // The scanner works: it sees programs known to be spawned.
+    for known in ["promtool", "curl", "kubectl", "kill", "python3"] {
+        assert!(
+            names.contains(known),
+            "the scan missed {known}: {spawned:?}"
+        );
+    }
+    for shell in ["sh", "bash"] {
+        assert!(
+            !names.contains(shell),
+            "a test runs {shell}: spawn the programs directly, so this check sees them"
+        );
+    }
+    let (tools, modules) = scripts_test_lists();
+    let missing: Vec<String> = spawned
+        .iter()
+        .filter(|(p, _)| !tools.contains(p))
+        .map(|(p, at)| format!("{p} (run at {at})"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "programs the tests run that scripts/test does not list in TOOLS \
+         (a fresh machine would lack them):\n{}",
+        missing.join("\n")
+    );
+    // Python modules the schema validation imports.
+    for line in VALIDATE_PY.lines() {
+        let Some(imports) = line.trim().strip_prefix("import ") else {
+            continue;
+        };
+        for module in imports.split(',').map(str::trim) {
+            let stdlib = ["json", "sys", "os"].contains(&module);
+            assert!(
+                stdlib || modules.contains(module),
+                "VALIDATE_PY imports {module}, which scripts/test's PY_MODULES does not list"
+            );
+        }
+    }
+}
+
+#[test]
+fn no_test_reads_outside_the_repository() {
+    let _turn = crate::common::light();
+    // Relative paths in string literals (starting with two dots and a
+    // slash) resolve from the crate's manifest directory
+    // (env!("CARGO_MANIFEST_DIR").join(..)) or, in include_bytes! and
+    // include_str!, from the file: both must stay inside the repository.
+    let needle = format!("\"{}/", "..");
+    let root = repo();
+    let normalize = |p: PathBuf| -> PathBuf {
+        let mut out = PathBuf::new();
+        for c in p.components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                std::path::Component::CurDir => {}
+                c => out.push(c),
+            }
+        }
+        out
+    };
+    let mut escapes = Vec::new();
+    for file in test_sources() {
+        let text = read(&file);
+        let manifest_dir = file
+            .ancestors()
+            .find(|d| d.join("Cargo.toml").exists())
+            .unwrap()
+            .to_path_buf();
+        for (n, line) in text.lines().enumerate() {
+            for (at, _) in line.match_indices(needle.as_str()) {
+                let literal = leading_literal(&line[at..]).unwrap_or("");
+                let base = if line.contains("include_") {
+                    file.parent().unwrap().to_path_buf()
+                } else {
+                    manifest_dir.clone()
+                };
+                if !normalize(base.join(literal)).starts_with(&root) {
+                    escapes.push(format!("{}:{}: {literal}", file.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        escapes.is_empty(),
+        "tests read files outside the repository (a clone has no such files):\n{}",
+        escapes.join("\n")
+    );
 }
