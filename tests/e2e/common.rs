@@ -70,6 +70,14 @@ impl Router {
     /// Like [`Router::start`], letting the caller adjust the command (env,
     /// resource limits through `prlimit`, ...).
     pub(crate) fn start_with(yaml: &str, adjust: impl FnOnce(&mut Command)) -> Router {
+        let mut router = Self::spawn(yaml, adjust);
+        router.wait_ready();
+        router
+    }
+
+    /// Starts `sniroute run` with `yaml` without waiting for it; see
+    /// [`Router::wait_ready`].
+    pub(crate) fn spawn(yaml: &str, adjust: impl FnOnce(&mut Command)) -> Router {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("sniroute.yaml");
         std::fs::write(&config_path, yaml).unwrap();
@@ -101,14 +109,19 @@ impl Router {
                 sink.1.notify_all();
             }
         });
-        let mut router = Router {
+        Router {
             child: Some(child),
             listeners: HashMap::new(),
             admin: None,
             logs,
             config_path,
             _dir: dir,
-        };
+        }
+    }
+
+    /// Waits until the router is ready and learns its bound addresses.
+    pub(crate) fn wait_ready(&mut self) {
+        let router = self;
         router.wait_log(START_TIMEOUT, |l| l["message"] == "sniroute is ready");
         for l in router.logs() {
             if l["message"] == "listening" {
@@ -120,7 +133,6 @@ impl Router {
                 router.admin = Some(l["local"].as_str().unwrap().parse().unwrap());
             }
         }
-        router
     }
 
     /// The bound address of the only (or first configured) listener.
@@ -556,4 +568,114 @@ pub(crate) mod pattern {
             pending.extend_from_slice(words.remainder());
         }
     }
+}
+
+/// An async upstream double: greets each connection with its name after
+/// the first bytes (the forwarded ClientHello), then echoes.
+pub(crate) mod greeter {
+    use std::io;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A stoppable upstream: answers `name\n` to the first bytes of each
+    /// connection, then echoes. Stopping closes the listening socket (open
+    /// connections stay).
+    pub(crate) struct Greeter {
+        pub(crate) addr: SocketAddr,
+        pub(crate) accepted: Arc<AtomicUsize>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Greeter {
+        pub(crate) async fn start(name: &'static str) -> Greeter {
+            Self::bind(name, "127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap()
+        }
+
+        pub(crate) async fn bind(name: &'static str, addr: SocketAddr) -> io::Result<Greeter> {
+            let listener = TcpListener::bind(addr).await?;
+            let addr = listener.local_addr().unwrap();
+            let accepted = Arc::new(AtomicUsize::new(0));
+            let count = accepted.clone();
+            let task = tokio::spawn(async move {
+                loop {
+                    let Ok((s, _)) = listener.accept().await else {
+                        // Out of descriptors, say: do not spin.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    count.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(greet(s, name));
+                }
+            });
+            Ok(Greeter {
+                addr,
+                accepted,
+                task,
+            })
+        }
+
+        /// Closes the listening socket and waits until it is closed.
+        pub(crate) async fn stop(self) {
+            self.task.abort();
+            let _ = self.task.await;
+        }
+    }
+
+    async fn greet(mut s: TcpStream, name: &str) {
+        let mut buf = vec![0u8; 16 * 1024];
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if s.write_all(format!("{name}\n").as_bytes()).await.is_err() {
+            return;
+        }
+        loop {
+            let n = match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if s.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = s.shutdown().await;
+    }
+}
+
+/// The soft and hard open-files limits of this process.
+pub(crate) fn nofile_limits() -> (u64, u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut nums = line.split_whitespace().filter_map(|w| {
+        w.parse::<u64>()
+            .ok()
+            .or((w == "unlimited").then_some(u64::MAX))
+    });
+    (nums.next().unwrap(), nums.next().unwrap())
+}
+
+/// Raises this process's soft open-files limit to the hard one (tests may
+/// not use `unsafe`, so through `prlimit(1)` when installed) and returns
+/// the soft limit in force.
+pub(crate) fn raise_nofile_limit() -> u64 {
+    let (soft, hard) = nofile_limits();
+    if soft < hard {
+        let _ = std::process::Command::new("prlimit")
+            .arg("--pid")
+            .arg(std::process::id().to_string())
+            .arg(format!("--nofile={hard}:{hard}"))
+            .status();
+    }
+    nofile_limits().0
 }

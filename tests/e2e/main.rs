@@ -7,6 +7,8 @@
 //! | [`tunnels`] | half-close, resets, idle timeout, 1 GiB each way, 2,000 concurrent tunnels |
 //! | [`tls_clients`] | rustls, `curl`, `openssl s_client` and `kubectl` through the router |
 //! | [`operations`] | admin endpoint, metrics (`promtool`, a real Prometheus), reload, drain |
+//! | [`status_page`] | `/status` and the page after known traffic: counts, rates, endpoint errors, recent refusals; the page in headless Chromium behind a path prefix |
+//! | [`limits`] | memory that follows the bytes, the pending-hello cap, per-source limits, ALPN-heavy hellos |
 //! | [`resilience`] | hostile input, floods, upstream faults, descriptor exhaustion, 5,000 tunnels under reloads |
 //! | [`deploy`] | everything in `deploy/` |
 //!
@@ -16,8 +18,10 @@
 
 mod common;
 mod deploy;
+mod limits;
 mod operations;
 mod resilience;
 mod routing;
+mod status_page;
 mod tls_clients;
 mod tunnels;

@@ -378,6 +378,72 @@ async fn drain_time_over_closes_remaining_tunnels() {
     assert_eq!(logs.last().unwrap()["end"], "drain");
 }
 
+/// A SIGHUP that arrives while the router starts is handled (a reload
+/// once it runs), not the default action that would kill the process.
+#[test]
+fn sighup_during_start_up_does_not_kill() {
+    let _turn = crate::common::light();
+    let a = Upstream::start("a", Behaviour::Greet);
+    let mut router = Router::spawn(&two_routes(a.addr, None), |_| {});
+    // The first line comes right after the handlers are installed, before
+    // the config is read and the listeners bound.
+    router.wait_log(Duration::from_secs(20), |l| {
+        l["message"] == "sniroute starting"
+    });
+    router.signal("HUP");
+    router.wait_ready();
+    router.wait_log(Duration::from_secs(10), |l| {
+        l["message"] == "config reloaded"
+    });
+    assert!(router.is_running());
+    let hello = HelloBuilder::new("alpha.test").build();
+    assert_eq!(reach(router.addr(), &hello).unwrap(), "a");
+}
+
+/// A second SIGTERM during the drain ends it at once; the tunnels it cuts
+/// still write their access log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_ends_the_drain_at_once() {
+    let _turn = crate::common::light();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Upstream::start("a", Behaviour::Echo);
+    let yaml = two_routes(a.addr, None).replace("drain: 3s", "drain: 60s");
+    let mut router = Router::start(&yaml);
+    let hello = HelloBuilder::new("alpha.test").build();
+    let mut tunnels = Vec::new();
+    for _ in 0..3 {
+        let mut t = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
+        t.write_all(&hello).await.unwrap();
+        let mut back = vec![0u8; hello.len()];
+        t.read_exact(&mut back).await.unwrap();
+        tunnels.push(t);
+    }
+    router.signal("TERM");
+    router.wait_log(Duration::from_secs(10), |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("draining"))
+    });
+    let started = Instant::now();
+    router.signal("TERM");
+    assert_eq!(router.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "exited {:?} after the second signal, not after the 60 s drain",
+        started.elapsed()
+    );
+    let cut: Vec<_> = router
+        .access_logs()
+        .into_iter()
+        .filter(|l| l["end"] == "drain")
+        .collect();
+    assert_eq!(cut.len(), 3, "one line per cut tunnel");
+    for mut t in tunnels {
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut rest)).await;
+    }
+}
+
 #[test]
 fn watch_config_reloads_when_the_file_changes() {
     let _turn = crate::common::light();

@@ -47,7 +47,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{metric, pattern, Router};
+use crate::common::greeter::Greeter;
+use crate::common::{metric, nofile_limits, pattern, raise_nofile_limit, Router};
 use clienthello::synth::HelloBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -191,72 +192,6 @@ async fn send_and_wait_close(
     }
 }
 
-/// A stoppable upstream: answers `name\n` to the first bytes of each
-/// connection, then echoes. Stopping closes the listening socket (open
-/// connections stay).
-struct Greeter {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Greeter {
-    async fn start(name: &'static str) -> Greeter {
-        Self::bind(name, "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap()
-    }
-
-    async fn bind(name: &'static str, addr: SocketAddr) -> io::Result<Greeter> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((s, _)) = listener.accept().await else {
-                    // Out of descriptors, say: do not spin.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                count.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(greet(s, name));
-            }
-        });
-        Ok(Greeter {
-            addr,
-            accepted,
-            task,
-        })
-    }
-
-    /// Closes the listening socket and waits until it is closed.
-    async fn stop(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
-}
-
-async fn greet(mut s: TcpStream, name: &str) {
-    let mut buf = vec![0u8; 16 * 1024];
-    match s.read(&mut buf).await {
-        Ok(0) | Err(_) => return,
-        Ok(_) => {}
-    }
-    if s.write_all(format!("{name}\n").as_bytes()).await.is_err() {
-        return;
-    }
-    loop {
-        let n = match s.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if s.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    let _ = s.shutdown().await;
-}
 
 /// A config with one route `good` (`good.test`) to `upstream`, the given
 /// `timeouts` and `limits` (YAML flow-mapping contents) and more routes
@@ -290,35 +225,6 @@ fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// The soft and hard open-files limits of this process.
-fn nofile_limits() -> (u64, u64) {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap();
-    let mut nums = line.split_whitespace().filter_map(|w| {
-        w.parse::<u64>()
-            .ok()
-            .or((w == "unlimited").then_some(u64::MAX))
-    });
-    (nums.next().unwrap(), nums.next().unwrap())
-}
-
-/// Raises this process's soft open-files limit to the hard one (tests may
-/// not use `unsafe`, so through `prlimit(1)` when installed) and returns
-/// the soft limit in force.
-fn raise_nofile_limit() -> u64 {
-    let (soft, hard) = nofile_limits();
-    if soft < hard {
-        let _ = std::process::Command::new("prlimit")
-            .arg("--pid")
-            .arg(std::process::id().to_string())
-            .arg(format!("--nofile={hard}:{hard}"))
-            .status();
-    }
-    nofile_limits().0
-}
 
 fn soak_duration() -> Duration {
     let secs = std::env::var("SNIROUTE_SOAK_SECS")

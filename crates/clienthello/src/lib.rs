@@ -23,6 +23,8 @@
 //! Modules:
 //! - this file: [`parse`], the record walk and the extension reader, and
 //!   the [`Error`] labels;
+//! - `alpn`: [`Alpn`], the ALPN list kept as the extension's own bytes in
+//!   one allocation, with a capped display for logs;
 //! - `name`: [`ServerName`], which validates and normalises host names (also
 //!   used by the router for configured names), and its [`NameError`];
 //! - `synth` (cargo feature `synth`, off by default): `HelloBuilder`,
@@ -51,14 +53,18 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod alpn;
 mod name;
+mod raw_sni;
 #[cfg(any(test, feature = "synth"))]
 pub mod synth;
 
 use std::borrow::Cow;
 use std::fmt;
 
+pub use alpn::{Alpn, Iter as AlpnIter};
 pub use name::{NameError, ServerName, MAX_LABEL_LEN, MAX_NAME_LEN};
+pub use raw_sni::raw_server_name;
 
 /// Default cap on the bytes a ClientHello may take, record headers included.
 /// Post-quantum hellos are about 2 KiB today; 16 KiB leaves room for large
@@ -117,8 +123,9 @@ pub struct ClientHello {
     /// The SNI host name, validated and normalised; `None` when the client
     /// sent no `server_name` extension.
     pub server_name: Option<ServerName>,
-    /// ALPN protocol names in the client's order (empty without ALPN).
-    pub alpn: Vec<Vec<u8>>,
+    /// ALPN protocol names in the client's order (empty without ALPN), in
+    /// one allocation.
+    pub alpn: Alpn,
     /// `legacy_version` of the ClientHello body (0x0303 for TLS 1.2 and 1.3).
     pub legacy_version: u16,
     /// The `supported_versions` extension in the client's order (GREASE
@@ -468,7 +475,7 @@ fn parse_body(
     }
     let mut hello = ClientHello {
         server_name: None,
-        alpn: Vec::new(),
+        alpn: Alpn::default(),
         legacy_version: ch.version.0,
         supported_versions: Vec::new(),
         ech: false,
@@ -546,21 +553,9 @@ fn parse_sni(data: &[u8]) -> Result<ServerName, Error> {
     ServerName::parse(name).map_err(Error::InvalidServerName)
 }
 
-fn parse_alpn(data: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
-    let mut list = exact_u16_vector(data).ok_or(Malformed::Alpn)?;
-    let mut protocols = Vec::new();
-    while let Some((&len, rest)) = list.split_first() {
-        let len = usize::from(len);
-        if len == 0 || rest.len() < len {
-            return Err(Malformed::Alpn.into());
-        }
-        protocols.push(rest[..len].to_vec());
-        list = &rest[len..];
-    }
-    if protocols.is_empty() {
-        return Err(Malformed::Alpn.into());
-    }
-    Ok(protocols)
+fn parse_alpn(data: &[u8]) -> Result<Alpn, Error> {
+    let list = exact_u16_vector(data).ok_or(Malformed::Alpn)?;
+    Ok(Alpn::from_wire(list).ok_or(Malformed::Alpn)?)
 }
 
 fn parse_supported_versions(data: &[u8]) -> Result<Vec<u16>, Error> {

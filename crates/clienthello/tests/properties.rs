@@ -199,7 +199,7 @@ proptest! {
                     _ => None,
                 };
                 prop_assert_eq!(h.server_name.as_ref().map(|n| n.as_str()), expect_name);
-                prop_assert_eq!(&h.alpn, &spec.alpn);
+                prop_assert_eq!(&h.alpn.to_vecs(), &spec.alpn);
                 prop_assert_eq!(&h.supported_versions, &spec.versions);
                 prop_assert_eq!(h.ech, spec.ech);
                 prop_assert_eq!(h.legacy_version, 0x0303);

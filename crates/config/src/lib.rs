@@ -138,14 +138,36 @@ pub struct Limits {
     /// Largest ClientHello accepted, record headers included; between
     /// [`MIN_CLIENT_HELLO_BYTES`] and [`MAX_CLIENT_HELLO_BYTES`].
     pub max_client_hello_bytes: usize,
+    /// Connections that have not completed their ClientHello, at once;
+    /// more are closed at once (`over_limit`). With
+    /// `max_client_hello_bytes` this bounds the memory of hellos.
+    pub max_pending_hellos: usize,
+    /// Pending hellos from one source (an IPv4 address, an IPv6 /64);
+    /// more are closed at once (`source_limit`).
+    pub max_pending_hellos_per_source: usize,
+    /// Connections from one source; `None`: no limit (NAT puts whole
+    /// offices behind one address).
+    pub max_connections_per_source: Option<usize>,
 }
 
+/// Default `limits.max_pending_hellos`: a hello completes within a round
+/// trip or two, so even a busy router has a few hundred pending; 2048 of
+/// them cost at most 2048 × 16 KiB = 32 MiB of buffers at the default
+/// `max_client_hello_bytes`.
+pub const DEFAULT_MAX_PENDING_HELLOS: usize = 2048;
+/// Default `limits.max_pending_hellos_per_source`.
+pub const DEFAULT_MAX_PENDING_HELLOS_PER_SOURCE: usize = 256;
+
 impl Default for Limits {
-    /// 50000 connections, 16 KiB ClientHellos.
+    /// 50000 connections, 16 KiB ClientHellos, 2048 pending hellos, 256
+    /// per source, no per-source connection limit.
     fn default() -> Self {
         Self {
             max_connections: 50_000,
             max_client_hello_bytes: clienthello::DEFAULT_MAX_CLIENT_HELLO_BYTES,
+            max_pending_hellos: DEFAULT_MAX_PENDING_HELLOS,
+            max_pending_hellos_per_source: DEFAULT_MAX_PENDING_HELLOS_PER_SOURCE,
+            max_connections_per_source: None,
         }
     }
 }

@@ -93,11 +93,14 @@ pub(crate) struct RawTimeouts {
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with `max_connections` and `max_client_hello_bytes`"
+    expecting = "a mapping with `max_connections`, `max_client_hello_bytes`, `max_pending_hellos`, `max_pending_hellos_per_source` and `max_connections_per_source`"
 )]
 pub(crate) struct RawLimits {
     pub(crate) max_connections: Option<Count>,
     pub(crate) max_client_hello_bytes: Option<Count>,
+    pub(crate) max_pending_hellos: Option<Count>,
+    pub(crate) max_pending_hellos_per_source: Option<Count>,
+    pub(crate) max_connections_per_source: Option<Count>,
 }
 
 #[derive(Debug, Deserialize)]

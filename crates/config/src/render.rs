@@ -49,8 +49,16 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
     )?;
     writeln!(
         out,
-        "limits: max_connections {}, max_client_hello_bytes {}",
-        config.limits.max_connections, config.limits.max_client_hello_bytes
+        "limits: max_connections {}, max_client_hello_bytes {}, max_pending_hellos {}, \
+         per source: {} pending hellos, {} connections",
+        config.limits.max_connections,
+        config.limits.max_client_hello_bytes,
+        config.limits.max_pending_hellos,
+        config.limits.max_pending_hellos_per_source,
+        config
+            .limits
+            .max_connections_per_source
+            .map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
     )?;
     writeln!(out, "forwarding: {}", config.forwarding.as_str())?;
     writeln!(
@@ -173,7 +181,7 @@ default_route: dev-kubernetes01
             "  0.0.0.0:7443  default route: staging (this listener's)",
             "admin: 127.0.0.1:9090",
             "timeouts: client_hello 1.5s, connect 10s, idle 24h, drain 30s",
-            "limits: max_connections 50000, max_client_hello_bytes 16384",
+            "limits: max_connections 50000, max_client_hello_bytes 16384, max_pending_hellos 2048, per source: 256 pending hellos, unlimited connections",
             "forwarding: splice",
             "watch_config: off",
             "default route: dev-kubernetes01 (for ClientHellos without SNI or with an unmatched name)",

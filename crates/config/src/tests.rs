@@ -30,6 +30,8 @@ timeouts:
 limits:
   max_connections: 50000        # over this, new connections are closed at once and counted
   max_client_hello_bytes: 16384
+  max_pending_hellos: 1000
+  max_connections_per_source: 300
 routes:
   - name: dev-kubernetes01                       # label in logs/metrics; unique; [a-z0-9_-]
     server_names: ["devkubernetes01.example.com"]
@@ -69,6 +71,9 @@ fn the_spec_example_parses_to_the_expected_values() {
         limits: Limits {
             max_connections: 50_000,
             max_client_hello_bytes: 16_384,
+            max_pending_hellos: 1000,
+            max_pending_hellos_per_source: 256,
+            max_connections_per_source: Some(300),
         },
         routes: vec![
             RouteConfig {
@@ -616,6 +621,14 @@ fn bad_configs() -> Vec<Bad> {
             column: 27,
             path: Some("limits.max_client_hello_bytes"),
             fragment: "must be between 512 and 65536",
+        },
+        Bad {
+            what: "zero max_pending_hellos_per_source",
+            yaml: vec![LISTENERS, "limits: {max_pending_hellos_per_source: 0}", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 41,
+            path: Some("limits.max_pending_hellos_per_source"),
+            fragment: "at least 1",
         },
         Bad {
             what: "zero max_connections",

@@ -194,23 +194,35 @@ impl<'a> Checker<'a> {
             let l = raw.limits.unwrap_or_default();
             let d = Limits::default();
             let path = root.key("limits");
-            let max_connections = match l.max_connections.map(|c| c.0) {
-                None => d.max_connections,
-                Some(0) => {
-                    return Err(self.at(
-                        &path.key("max_connections"),
+            // A count of at least 1 that fits this machine's usize.
+            let count = |value: Option<Count>, key: &str| -> Result<Option<usize>, ConfigError> {
+                match value.map(|c| c.0) {
+                    None => Ok(None),
+                    Some(0) => Err(self.at(
+                        &path.key(key),
                         At::Value,
-                        "max_connections must be at least 1",
-                    ))
+                        format!("{key} must be at least 1"),
+                    )),
+                    Some(n) => usize::try_from(n).map(Some).map_err(|_| {
+                        self.at(
+                            &path.key(key),
+                            At::Value,
+                            format!("{key} {n} is too large for this machine"),
+                        )
+                    }),
                 }
-                Some(n) => usize::try_from(n).map_err(|_| {
-                    self.at(
-                        &path.key("max_connections"),
-                        At::Value,
-                        format!("max_connections {n} is too large for this machine"),
-                    )
-                })?,
             };
+            let max_connections =
+                count(l.max_connections, "max_connections")?.unwrap_or(d.max_connections);
+            let max_pending_hellos =
+                count(l.max_pending_hellos, "max_pending_hellos")?.unwrap_or(d.max_pending_hellos);
+            let max_pending_hellos_per_source = count(
+                l.max_pending_hellos_per_source,
+                "max_pending_hellos_per_source",
+            )?
+            .unwrap_or(d.max_pending_hellos_per_source);
+            let max_connections_per_source =
+                count(l.max_connections_per_source, "max_connections_per_source")?;
             let max_client_hello_bytes = match l.max_client_hello_bytes.map(|c| c.0) {
                 None => d.max_client_hello_bytes,
                 Some(n) if (MIN_CLIENT_HELLO_BYTES as u64..=MAX_CLIENT_HELLO_BYTES as u64)
@@ -233,6 +245,9 @@ impl<'a> Checker<'a> {
             Limits {
                 max_connections,
                 max_client_hello_bytes,
+                max_pending_hellos,
+                max_pending_hellos_per_source,
+                max_connections_per_source,
             }
         };
 

@@ -3,17 +3,19 @@
 //!
 //! Hand-written HTTP/1.1 for `GET` only: one request per connection, a
 //! bounded request size and read time, `Connection: close`. Nothing secret
-//! is ever shown: routes, server names, upstream addresses, health and
-//! counters only.
+//! is ever shown: routes, server names, upstream addresses, health,
+//! counters, and the last refusals (with the server names clients asked
+//! for, sanitised: see [`crate::recent`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::activity::{self, Totals};
 use crate::state::Shared;
 
 /// Largest request head accepted.
@@ -23,8 +25,16 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Admin connections served at once; more wait in the accept queue.
 const MAX_CONCURRENT: usize = 64;
 
-/// Serves the admin endpoint on `listener` until the task is aborted.
+/// Serves the admin endpoint on `listener` until the task is aborted, and
+/// meanwhile samples the per-route totals for the rates `/status` shows.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    tokio::select! {
+        () = activity::sample(shared.clone()) => {}
+        () = accept_loop(listener, shared) => {}
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     loop {
         let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -134,11 +144,13 @@ fn route(path: &str, shared: &Shared) -> (u16, &'static str, String) {
 pub(crate) fn status(shared: &Shared) -> serde_json::Value {
     let generation = shared.current();
     let config = &generation.config;
+    let now = Instant::now();
     let routes: Vec<_> = generation
         .routes
         .iter()
+        .enumerate()
         .zip(&config.routes)
-        .map(|(route, rc)| {
+        .map(|((id, route), rc)| {
             let endpoints: Vec<_> = route
                 .pool
                 .endpoints()
@@ -148,19 +160,37 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
                         "address": ep.addr.to_string(),
                         "upstream": ep.upstream,
                         "healthy": ep.is_healthy(),
+                        "state": if ep.is_healthy() { "healthy" } else { "unhealthy" },
                         "active_tunnels": ep.active(),
+                        "connect_failures": ep.connect_failures(),
+                        "last_error": ep.last_error().map(|(at, error)| json!({
+                            "time": crate::recent::rfc3339(at),
+                            "error": error,
+                        })),
                     })
                 })
                 .collect();
+            let totals = Totals::of(&generation, Some(id));
             json!({
                 "name": route.name,
                 "server_names": rc.server_names.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "upstreams": rc.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "health_checked": route.pool.health_checked(),
                 "endpoints": endpoints,
                 "active_tunnels": route.pool.endpoints().iter().map(|ep| ep.active()).sum::<usize>(),
+                "connections": activity::connections_json(&generation, Some(id)),
+                "bytes": {
+                    "client_to_upstream": totals.client_to_upstream,
+                    "upstream_to_client": totals.upstream_to_client,
+                },
+                "rates": shared.rates.json(Some(&route.name), totals, now),
             })
         })
         .collect();
+    let unrouted = json!({
+        "connections": activity::connections_json(&generation, None),
+        "rates": shared.rates.json(None, Totals::of(&generation, None), now),
+    });
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "config_generation": generation.id,
@@ -169,6 +199,7 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
         "ready": shared.ready.load(Ordering::Acquire),
         "draining": shared.draining.load(Ordering::Acquire),
         "open_connections": shared.connections.load(Ordering::Acquire),
+        "pending_hellos": crate::admission::pending_hellos(shared),
         "open_tunnels": shared.open_tunnels(),
         "tunnels_on_old_config": shared.tunnels_on_old_config(),
         "listeners": config.listeners.iter().map(|l| json!({
@@ -177,5 +208,7 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "default_route": config.default_route,
         "routes": routes,
+        "unrouted": unrouted,
+        "recent_refusals": shared.recent.to_json(),
     })
 }

@@ -8,10 +8,12 @@
 //!
 //! Modules, in the order one connection meets them:
 //! - `server`: start-up, live reload and graceful drain.
-//! - `listener`: binding and accept loops (limits, EMFILE back-off).
+//! - `listener`: binding and accept loops (EMFILE back-off); `admission`:
+//!   the limits a connection is counted against at accept (connections,
+//!   pending hellos, per source).
 //! - `pipeline`: one connection, top to bottom: read ClientHello → route →
-//!   connect → forward hello → splice; `alert` and `proxy_protocol` are the
-//!   bytes it writes itself.
+//!   connect → forward hello → splice; `alert` is a TLS alert it writes
+//!   itself (PROXY headers come from the `proxy_protocol` crate).
 //! - `state`: the config generation in force (routes, their metric
 //!   handles, the routing table) and the process-wide state.
 //! - `table`: server name → route, and the one place default routes are
@@ -19,19 +21,26 @@
 //! - `upstream`: pools of endpoints per route, DNS refresh, health checks,
 //!   balancing and the connect loop.
 //! - `metrics`: every metric, its label sets, and the registry that renders
-//!   `/metrics`; `admin` and `status_page`: the admin endpoint.
+//!   `/metrics`; `admin` and `status_page`: the admin endpoint, with
+//!   `recent` (the last refusals, the only place a client's server name is
+//!   kept) and `activity` (per-route counts and rates over the last
+//!   minute).
+//! - `log_limit`: refusal log lines limited per second, with a summary.
 //! - `inspect`: `sniroute inspect-hello`.
 //!
 //! The config itself is the `config` crate's; the byte pump the `splice`
 //! crate's; the ClientHello reader the `clienthello` crate's.
 
+mod activity;
 mod admin;
+mod admission;
 mod alert;
 mod inspect;
 mod listener;
+mod log_limit;
 mod metrics;
 mod pipeline;
-mod proxy_protocol;
+mod recent;
 mod server;
 mod state;
 mod status_page;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::admission;
 use crate::metrics::AcceptError;
 use crate::pipeline::{self, Accepted};
 use crate::state::Shared;
@@ -131,8 +132,8 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
-/// Counts the connection against `max_connections` and hands it to the
-/// pipeline, or closes it at once when over the limit.
+/// Counts the connection against the limits ([`admission`]) and hands it to
+/// the pipeline, or closes it at once when over one.
 fn admit(
     stream: TcpStream,
     peer: SocketAddr,
@@ -141,9 +142,12 @@ fn admit(
 ) {
     let at = Instant::now();
     let generation = shared.current();
-    let Some(slot) = shared.try_admit(generation.config.limits.max_connections) else {
-        pipeline::over_limit(stream, peer, listener, &generation, at);
-        return;
+    let slot = match admission::admit(shared, peer.ip(), &generation.config.limits) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            pipeline::refuse_at_accept(stream, peer, listener, &generation, at, refusal);
+            return;
+        }
     };
     // Linux: inherited from the listening socket (see `bind`).
     #[cfg(not(target_os = "linux"))]

@@ -168,6 +168,13 @@ pub(crate) const TUNNELS_ENDED_TOTAL: Family = family(
     "Tunnels ended, by route and how they ended.",
 );
 
+/// Refusal access-log lines left out by the rate limit.
+pub(crate) const ACCESS_LOG_SUPPRESSED_TOTAL: Family = family(
+    "sniroute_access_log_suppressed_total",
+    Kind::Counter,
+    "Access log lines of refused connections left out because more than the limit per second came.",
+);
+
 /// Every family, in the order `/metrics` shows them.
 const FAMILIES: &[&Family] = &[
     &BUILD_INFO,
@@ -186,6 +193,7 @@ const FAMILIES: &[&Family] = &[
     &TUNNELS_ENDED_TOTAL,
     &TUNNELS_ON_OLD_CONFIG,
     &DRAIN_CLOSED_TUNNELS_TOTAL,
+    &ACCESS_LOG_SUPPRESSED_TOTAL,
 ];
 
 /// Declares a label enum: its variants, their label values, and `ALL`.
@@ -236,8 +244,11 @@ label_enum! {
         ClientHelloTimeout => "client_hello_timeout",
         /// Every upstream endpoint failed.
         UpstreamUnavailable => "upstream_unavailable",
-        /// Over `limits.max_connections`.
+        /// Over `limits.max_connections` or `limits.max_pending_hellos`.
         OverLimit => "over_limit",
+        /// Over a per-source limit (`max_pending_hellos_per_source`,
+        /// `max_connections_per_source`).
+        SourceLimit => "source_limit",
         /// The client closed or reset before a complete hello.
         ClientClosed => "client_closed",
     }
@@ -316,7 +327,7 @@ impl Counter {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
 
-    #[cfg(test)]
+    /// The count now (for `/status`).
     pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }

@@ -15,9 +15,10 @@ use splice::{Direction, End, Side};
 use tokio::net::TcpStream;
 use tracing::Instrument as _;
 
+use crate::admission::{Refusal, Slot};
 use crate::alert::{Alert, HTTP_400};
 use crate::metrics::{EndLabel, Outcome};
-use crate::state::{ConnectionSlot, Generation, Route};
+use crate::state::{Generation, Route};
 use crate::table::RouteId;
 use crate::upstream::{Endpoint, EndpointGuard, Unavailable};
 use config::ProxyProtocol;
@@ -33,8 +34,9 @@ pub(crate) struct Accepted {
     pub(crate) listener: Arc<Listener>,
     /// When it was accepted.
     pub(crate) at: Instant,
-    /// Its place in `max_connections`, held until the connection is over.
-    pub(crate) slot: ConnectionSlot,
+    /// Its places under the limits, held until the connection is over
+    /// (the pending-hello ones until its hello is read).
+    pub(crate) slot: Slot,
     /// The config generation in force when it was accepted: it routes the
     /// connection for its whole life, whatever reloads come.
     pub(crate) generation: Arc<Generation>,
@@ -67,6 +69,11 @@ enum Refused {
     HelloTimeout,
     ClientClosed,
     BadHello(clienthello::Error),
+    /// A hello refused for its server name (`InvalidServerName`), with the
+    /// name as sent when it could be read (capped by
+    /// [`crate::recent::keep_name`]): for the list of recent refusals only,
+    /// never logged or used as a label.
+    BadName(clienthello::Error, Option<Box<[u8]>>),
     NoRoute,
     Denied,
     Unavailable(Unavailable),
@@ -79,7 +86,7 @@ impl Refused {
             Self::ClientClosed => Outcome::ClientClosed,
             Self::BadHello(clienthello::Error::NotTls { .. }) => Outcome::NotTls,
             Self::BadHello(clienthello::Error::TooLarge { .. }) => Outcome::ClientHelloTooLarge,
-            Self::BadHello(_) => Outcome::BadClientHello,
+            Self::BadHello(_) | Self::BadName(..) => Outcome::BadClientHello,
             Self::NoRoute => Outcome::NoRoute,
             Self::Denied => Outcome::Denied,
             Self::Unavailable(_) => Outcome::UpstreamUnavailable,
@@ -105,10 +112,19 @@ impl Refused {
             Self::BadHello(
                 clienthello::Error::NotTls { .. } | clienthello::Error::NotHandshake { .. },
             ) => None,
-            Self::BadHello(_) => Some(&DECODE),
+            Self::BadHello(_) | Self::BadName(..) => Some(&DECODE),
             Self::NoRoute => Some(&UNRECOGNIZED),
             Self::Denied => Some(&DENIED),
             Self::Unavailable(_) => Some(&INTERNAL),
+        }
+    }
+
+    /// The server name for the list of recent refusals: as sent when it was
+    /// refused as invalid, else as validated.
+    fn server_name<'a>(&'a self, record: &'a Record) -> Option<&'a [u8]> {
+        match self {
+            Self::BadName(_, raw) => raw.as_deref(),
+            _ => record.sni().map(str::as_bytes),
         }
     }
 }
@@ -137,17 +153,13 @@ struct Record {
 }
 
 impl Record {
-    fn set_names(&mut self, sni: Option<&str>, alpn: &[String]) {
+    /// Keeps the SNI and the ALPN text (already capped, see
+    /// [`ALPN_LOG_NAMES`]) in one allocation.
+    fn set_names(&mut self, sni: Option<&str>, alpn: &str) {
         let sni = sni.unwrap_or("");
-        let mut names =
-            String::with_capacity(sni.len() + alpn.iter().map(|a| a.len() + 1).sum::<usize>());
+        let mut names = String::with_capacity(sni.len() + alpn.len());
         names.push_str(sni);
-        for (i, protocol) in alpn.iter().enumerate() {
-            if i > 0 {
-                names.push(',');
-            }
-            names.push_str(protocol);
-        }
+        names.push_str(alpn);
         // SNI names are at most 253 bytes, far below u16::MAX.
         self.sni_len = u16::try_from(sni.len()).unwrap_or(0);
         self.names = names.into_boxed_str();
@@ -227,9 +239,19 @@ pub(crate) fn serve(conn: Accepted) -> impl std::future::Future<Output = ()> + S
                 (Outcome::Forwarded, Some(end), None)
             }
             Err(refused) => {
+                conn.slot.shared().recent.record(
+                    conn.peer,
+                    conn.listener.addr,
+                    refused.outcome(),
+                    refused.reply(),
+                    record
+                        .route
+                        .map(|id| conn.generation.routes[id as RouteId].name.as_str()),
+                    refused.server_name(&record),
+                );
                 Box::pin(refuse(&conn.stream, refused)).await;
                 let error = match refused {
-                    Refused::BadHello(e) => Some(e.to_string()),
+                    Refused::BadHello(e) | Refused::BadName(e, _) => Some(e.to_string()),
                     Refused::Unavailable(e) => Some(e.to_string()),
                     _ => None,
                 };
@@ -253,17 +275,18 @@ pub(crate) fn serve(conn: Accepted) -> impl std::future::Future<Output = ()> + S
     }
 }
 
-/// A connection over `limits.max_connections`: counted and logged like
-/// every other connection, then reset at once (nothing lingers in
-/// TIME_WAIT on our side, and the accept queue keeps moving).
-pub(crate) fn over_limit(
+/// A connection refused at accept (see [`crate::admission`]): counted and
+/// logged like every other connection, then reset at once (nothing lingers
+/// in TIME_WAIT on our side, and the accept queue keeps moving).
+pub(crate) fn refuse_at_accept(
     stream: TcpStream,
     peer: SocketAddr,
     listener: &Listener,
     generation: &Generation,
     at: Instant,
+    refusal: Refusal,
 ) {
-    let outcome = Outcome::OverLimit;
+    let outcome = refusal.outcome();
     generation.count(listener.addr, None, outcome);
     access_log(
         listener,
@@ -273,7 +296,7 @@ pub(crate) fn over_limit(
         "none",
         outcome,
         None,
-        Some("max_connections reached".to_owned()),
+        Some(refusal.reason().to_owned()),
     );
     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     drop(stream);
@@ -284,20 +307,22 @@ pub(crate) fn over_limit(
 async fn open(conn: &Accepted, record: &mut Record) -> Result<Open, Refused> {
     let generation = &conn.generation;
     let config = &generation.config;
-    let (buf, hello) = read_client_hello(
+    let read = read_client_hello(
         &conn.stream,
         &Limits {
             max_client_hello_bytes: config.limits.max_client_hello_bytes,
         },
         config.timeouts.client_hello,
     )
-    .await?;
+    .await;
+    conn.slot.hello_done();
+    let (buf, hello) = read?;
     let hello_time = conn.at.elapsed();
     record.hello = hello_time.into();
     record.hello_bytes = u32::try_from(hello.client_hello_bytes).unwrap_or(u32::MAX);
     record.set_names(
         hello.server_name.as_ref().map(|n| n.as_str()),
-        &hello.alpn_lossy(),
+        &hello.alpn.display_capped(ALPN_LOG_NAMES, ALPN_LOG_BYTES),
     );
     let process = &conn.slot.shared().metrics;
     process.hello_seconds.record(hello_time.as_secs_f64());
@@ -310,6 +335,10 @@ async fn open(conn: &Accepted, record: &mut Record) -> Result<Open, Refused> {
     );
 
     let (route_id, route) = pick_route(generation, &hello, conn)?;
+    // From here on the record has all the hello said that is needed; the
+    // parsed hello (its ALPN list may be as large as the hello) is not
+    // kept while the upstream connect waits.
+    drop(hello);
     record.route = u32::try_from(route_id).ok();
     if !route.allows(conn.peer.ip()) {
         tracing::debug!(route = %route.name, "source not allowed");
@@ -327,13 +356,25 @@ async fn open(conn: &Accepted, record: &mut Record) -> Result<Open, Refused> {
     route.connect_seconds.record(took.as_secs_f64());
     tune(&upstream);
 
-    forward_hello(&upstream, route, conn, &hello, &buf)
-        .await
-        .map_err(|e| {
-            Refused::Unavailable(Unavailable {
-                attempts: vec![(endpoint.endpoint().addr, e)],
-            })
-        })?;
+    // An upstream that accepts but does not read cannot hold the
+    // connection: the hello (and PROXY header) must be written within the
+    // connect timeout too.
+    let written = tokio::time::timeout(
+        config.timeouts.connect,
+        forward_hello(&upstream, route, conn, record.sni(), &buf),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the upstream did not take the ClientHello within the connect timeout",
+        ))
+    });
+    written.map_err(|e| {
+        Refused::Unavailable(Unavailable {
+            attempts: vec![(endpoint.endpoint().addr, e)],
+        })
+    })?;
     record.first_bytes = u32::try_from(buf.len()).unwrap_or(u32::MAX);
     Ok(Open {
         upstream,
@@ -351,6 +392,14 @@ async fn refuse(stream: &TcpStream, refused: &Refused) {
     }
 }
 
+/// Bytes read from a client per `recv` while its hello is incomplete.
+const READ_CHUNK: usize = 4096;
+
+/// How many ALPN names, and about how many bytes of them, an access log
+/// line shows; a longer list ends in a `...(+N more)` marker.
+const ALPN_LOG_NAMES: usize = 16;
+const ALPN_LOG_BYTES: usize = 256;
+
 /// Reads until the ClientHello is complete, bounded in time and size.
 /// Returns every byte read (the hello and anything the client pipelined
 /// after it), to be forwarded as is.
@@ -360,33 +409,44 @@ async fn read_client_hello(
     timeout: Duration,
 ) -> Result<(Vec<u8>, ClientHello), Refused> {
     let read = async {
-        // Most hellos are under 2 KiB; the buffer grows to the limit at most.
-        let mut buf = Vec::with_capacity(2048);
+        // The buffer grows with the bytes that arrive, never with what a
+        // record header promises: a header announcing 16 KiB and nothing
+        // after it costs 5 bytes, not 16 KiB.
+        let mut buf = Vec::new();
         loop {
             let at_least = match clienthello::parse(&buf, limits) {
                 Ok(Progress::Complete(hello)) => return Ok((buf, hello)),
                 Ok(Progress::NeedMore { at_least }) => at_least,
+                Err(e @ clienthello::Error::InvalidServerName(_)) => {
+                    let raw = clienthello::raw_server_name(&buf).map(crate::recent::keep_name);
+                    return Err(Refused::BadName(e, raw));
+                }
                 Err(e) => return Err(Refused::BadHello(e)),
             };
             // Read what is needed and what may already be there, but never
             // past the limit (the parser refuses a hello that needs more).
             let room = limits.max_client_hello_bytes.saturating_sub(buf.len());
-            let want = at_least.max(2048).min(room).max(1);
-            let filled = buf.len();
-            buf.resize(filled + want, 0);
+            let want = at_least.max(READ_CHUNK).min(room).clamp(1, READ_CHUNK);
             let n = loop {
                 if stream.readable().await.is_err() {
                     return Err(Refused::ClientClosed);
                 }
+                // Read into the stack (this block holds no await, so the
+                // chunk is not part of the connection's future), then keep
+                // exactly what came.
+                let mut chunk = [0u8; READ_CHUNK];
                 // A short read clears readiness: the pump's first poll
                 // then waits for new bytes instead of reading `EAGAIN`.
-                match splice::try_read_drained(stream, &mut buf[filled..]) {
-                    Ok(n) => break n,
+                match splice::try_read_drained(stream, &mut chunk[..want]) {
+                    Ok(n) => {
+                        buf.reserve_exact(n);
+                        buf.extend_from_slice(&chunk[..n]);
+                        break n;
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(_) => return Err(Refused::ClientClosed),
                 }
             };
-            buf.truncate(filled + n);
             if n == 0 {
                 return Err(Refused::ClientClosed);
             }
@@ -417,17 +477,16 @@ async fn forward_hello(
     upstream: &TcpStream,
     route: &Route,
     conn: &Accepted,
-    hello: &ClientHello,
+    sni: Option<&str>,
     buf: &[u8],
 ) -> std::io::Result<()> {
-    let sni = hello.server_name.as_ref().map(|n| n.as_str());
     // The address the client actually connected to: a listener bound to
     // 0.0.0.0 (or port 0) is not an address the upstream can use.
     let local = || conn.stream.local_addr().unwrap_or(conn.listener.addr);
     let header = match route.proxy_protocol {
         ProxyProtocol::None => None,
-        ProxyProtocol::V1 => Some(crate::proxy_protocol::v1(conn.peer, local())),
-        ProxyProtocol::V2 => Some(crate::proxy_protocol::v2(conn.peer, local(), sni)),
+        ProxyProtocol::V1 => Some(proxy_protocol::v1(conn.peer, local())),
+        ProxyProtocol::V2 => Some(proxy_protocol::v2(conn.peer, local(), sni)),
     };
     match header {
         Some(mut h) => {
@@ -476,10 +535,10 @@ async fn tunnel(conn: &Accepted, open: &Open) -> TunnelEnd {
         shared.drain_closed.fetch_add(1, Ordering::Relaxed);
         shared.metrics.drain_closed.increment(1);
     }
-    let error = match &o.end {
-        End::Error { side, error } => Some(format!("{}: {error}", side.as_str())),
-        _ => None,
-    };
+    let error = o
+        .error
+        .as_ref()
+        .map(|(side, e)| format!("{}: {e}", side.as_str()));
     route.tunnel_seconds.record(started.elapsed().as_secs_f64());
     route.tunnels_ended[end.index()].increment(1);
     TunnelEnd {
@@ -522,20 +581,10 @@ fn end_label(end: &End) -> EndLabel {
         End::Finished => EndLabel::Finished,
         End::IdleTimeout => EndLabel::IdleTimeout,
         End::Stopped => EndLabel::Drain,
-        End::Error { side, error } => {
-            let reset = matches!(
-                error.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::NotConnected
-            );
-            match (side, reset) {
-                (Side::Client, true) => EndLabel::ClientReset,
-                (Side::Upstream, true) => EndLabel::UpstreamReset,
-                (Side::Client, false) => EndLabel::ClientError,
-                (Side::Upstream, false) => EndLabel::UpstreamError,
-            }
-        }
+        End::ClientReset => EndLabel::ClientReset,
+        End::UpstreamReset => EndLabel::UpstreamReset,
+        End::ClientError => EndLabel::ClientError,
+        End::UpstreamError => EndLabel::UpstreamError,
     }
 }
 
@@ -608,7 +657,8 @@ fn ms(d: Option<Duration>) -> Option<f64> {
 }
 
 /// The access log line of one connection: every connection writes exactly
-/// one, whatever its fate.
+/// one, whatever its fate, except refusals past the rate limit
+/// ([`crate::log_limit`]), which are counted instead.
 #[allow(clippy::too_many_arguments)]
 fn access_log(
     listener: &Listener,
@@ -620,6 +670,9 @@ fn access_log(
     t: Option<&TunnelEnd>,
     error: Option<String>,
 ) {
+    if outcome != Outcome::Forwarded && !crate::log_limit::limit().allow() {
+        return;
+    }
     let first = r.first_bytes as u64;
     tracing::info!(
         target: "sniroute::access",
@@ -663,18 +716,51 @@ mod tests {
         assert!(size <= 792, "the connection future grew to {size} bytes");
     }
 
+    /// A pending hello costs its task (the `serve` future above), this
+    /// boxed set-up future and the bytes that arrived: the memory test in
+    /// tests/e2e/limits.rs allows 3 KiB for all of it.
+    #[tokio::test]
+    async fn setup_future_stays_small() {
+        let config = config::Config::from_yaml_str(
+            "listeners: [\"127.0.0.1:0\"]\nroutes: [{name: a, server_names: [a.test], upstreams: [\"127.0.0.1:1\"]}]\n",
+            "test.yaml",
+        )
+        .unwrap();
+        let shared = crate::state::Shared::new(Generation::build(1, config, &[]));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let generation = shared.current();
+        let slot = crate::admission::admit(&shared, peer.ip(), &generation.config.limits).unwrap();
+        let conn = Accepted {
+            stream,
+            peer,
+            listener: Arc::new(Listener::new(peer)),
+            at: Instant::now(),
+            slot,
+            generation,
+        };
+        let mut record = Record::default();
+        let setup = open(&conn, &mut record);
+        let size = std::mem::size_of_val(&setup);
+        eprintln!("set-up future: {size} bytes");
+        assert!(size <= 1024, "the set-up future grew to {size} bytes");
+    }
+
     #[test]
     fn record_names() {
         let mut r = Record::default();
         assert_eq!((r.sni(), r.alpn()), (None, None));
-        r.set_names(Some("a.example"), &["h2".into(), "http/1.1".into()]);
+        r.set_names(Some("a.example"), "h2,http/1.1");
         assert_eq!(
             (r.sni(), r.alpn()),
             (Some("a.example"), Some("h2,http/1.1"))
         );
-        r.set_names(None, &["h2".into()]);
+        r.set_names(None, "h2");
         assert_eq!((r.sni(), r.alpn()), (None, Some("h2")));
-        r.set_names(Some("b.example"), &[]);
+        r.set_names(Some("b.example"), "");
         assert_eq!((r.sni(), r.alpn()), (Some("b.example"), None));
     }
 

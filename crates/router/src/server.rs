@@ -60,12 +60,23 @@ impl std::error::Error for StartError {
 /// [`StartError`] when it cannot start; once running it only stops on a
 /// signal.
 pub async fn run(source: ConfigSource) -> Result<(), StartError> {
+    // Signal handlers first: a SIGHUP (a reload sent by a too eager
+    // supervisor) or SIGTERM during start-up must not kill the process with
+    // the default action; they are handled once the loop below runs.
+    let signal_err = StartError::Signals;
+    let mut hup = signal(SignalKind::hangup()).map_err(signal_err)?;
+    let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
+    tracing::info!(source = %source.display_name(), "sniroute starting");
     // The file's stamp before it is read: a change made while it is being
     // read (or until the watch loop starts) is then seen as a change.
     let mut watched = file_stamp(&source);
     let config = Config::load(&source).map_err(StartError::Config)?;
     raise_nofile_limit();
     let shared = Shared::new(Generation::build(1, config, &[]));
+    // Made now, so its counter is exported at 0 from the start.
+    crate::log_limit::limit();
+    let log_summaries = tokio::spawn(crate::log_limit::summaries());
     let generation = shared.current();
 
     let mut listeners: HashMap<SocketAddr, Running> = HashMap::new();
@@ -86,10 +97,6 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
         }
         None => None,
     };
-    let signal_err = StartError::Signals;
-    let mut hup = signal(SignalKind::hangup()).map_err(signal_err)?;
-    let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
     shared.ready.store(true, Ordering::Release);
     tracing::info!(
         generation = generation.id,
@@ -123,6 +130,8 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     }
 
     drain(&shared, listeners, &mut term, &mut int).await;
+    log_summaries.abort();
+    crate::log_limit::limit().flush();
     if let Some(admin) = admin {
         admin.abort();
     }

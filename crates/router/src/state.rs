@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 
+use crate::activity::Rates;
+use crate::admission::Sources;
 use crate::metrics::{self as m, Counter, EndLabel, Gauge, Histogram, Outcome, ProcessMetrics};
+use crate::recent::Recent;
 use crate::table::{RouteId, RouteTable};
 use crate::upstream::{Pool, PoolKey};
 use config::{Config, IpNet, ProxyProtocol};
@@ -177,6 +180,18 @@ impl Generation {
             }
         }
     }
+
+    /// `sniroute_connections_total` for `route` (`None`: decided before a
+    /// route was known) and `outcome`, summed over this generation's
+    /// listeners: what [`Generation::count`] counted, for `/status`.
+    pub(crate) fn connections_of(&self, route: Option<RouteId>, outcome: Outcome) -> u64 {
+        let slot = route.map_or(0, |id| id + 1) * Outcome::ALL.len() + outcome.index();
+        self.connections
+            .iter()
+            .filter_map(|listener| listener.get(slot)?.as_ref())
+            .map(Counter::get)
+            .sum()
+    }
 }
 
 /// The `connections_total` handles of one listener, indexed by
@@ -204,25 +219,6 @@ fn connection_counters(listener: &str, routes: &[Route]) -> Vec<Option<Counter>>
     out
 }
 
-/// One connection counted in [`Shared::connections`] (see
-/// [`Shared::try_admit`]); uncounted when dropped, however the connection
-/// ends.
-#[derive(Debug)]
-pub(crate) struct ConnectionSlot(Arc<Shared>);
-
-impl ConnectionSlot {
-    /// The state the connection was counted in.
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.0
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Process-wide state shared by listeners, connections and the admin
 /// endpoint.
 #[derive(Debug)]
@@ -231,8 +227,13 @@ pub(crate) struct Shared {
     /// Every generation still referenced (by open tunnels), for the
     /// `tunnels_on_old_config` gauge.
     generations: Mutex<Vec<Weak<Generation>>>,
-    /// Connections being handled (ClientHello phase and tunnels).
+    /// Connections being handled (ClientHello phase and tunnels); see
+    /// [`crate::admission`].
     pub(crate) connections: AtomicUsize,
+    /// Connections whose ClientHello is not complete yet.
+    pub(crate) pending_hellos: AtomicUsize,
+    /// Connections and pending hellos per source.
+    pub(crate) sources: Sources,
     /// Set once listeners are bound; cleared when draining starts.
     pub(crate) ready: AtomicBool,
     /// Set when draining starts.
@@ -247,6 +248,10 @@ pub(crate) struct Shared {
     pub(crate) drain_closed: AtomicU64,
     /// The series that live as long as the process.
     pub(crate) metrics: ProcessMetrics,
+    /// The last refusals, for the admin endpoint.
+    pub(crate) recent: Recent,
+    /// Per-route samples for the rates the admin endpoint shows.
+    pub(crate) rates: Rates,
 }
 
 impl Shared {
@@ -259,6 +264,8 @@ impl Shared {
             generations: Mutex::new(vec![Arc::downgrade(&first)]),
             current: RwLock::new(first),
             connections: AtomicUsize::new(0),
+            pending_hellos: AtomicUsize::new(0),
+            sources: Sources::default(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             forced: AtomicBool::new(false),
@@ -266,18 +273,9 @@ impl Shared {
             started: Instant::now(),
             drain_closed: AtomicU64::new(0),
             metrics,
+            recent: Recent::default(),
+            rates: Rates::default(),
         })
-    }
-
-    /// Counts a new connection against `max` (`limits.max_connections`);
-    /// `None`, and nothing counted, when `max` are open already.
-    pub(crate) fn try_admit(self: &Arc<Self>, max: usize) -> Option<ConnectionSlot> {
-        let before = self.connections.fetch_add(1, Ordering::AcqRel);
-        if before >= max {
-            self.connections.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(ConnectionSlot(self.clone()))
     }
 
     /// Closes every open tunnel, and any opened from now on (the drain

@@ -9,8 +9,8 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpStream;
 
@@ -37,6 +37,8 @@ pub(crate) struct Endpoint {
     healthy_gauge: Gauge,
     /// `sniroute_upstream_connect_failures_total{route, upstream}`.
     connect_failures: Counter,
+    /// The last failed connect: when, and the error (for `/status`).
+    last_error: Mutex<Option<(SystemTime, String)>>,
     active: AtomicUsize,
     successes: AtomicU32,
     failures: AtomicU32,
@@ -54,6 +56,7 @@ impl Endpoint {
             upstream: upstream.to_string(),
             connect_failures: r.counter(&m::UPSTREAM_CONNECT_FAILURES_TOTAL, &labels),
             healthy_gauge,
+            last_error: Mutex::new(None),
             label,
             healthy: AtomicBool::new(true),
             active: AtomicUsize::new(0),
@@ -75,6 +78,19 @@ impl Endpoint {
     /// The metric label of the endpoint.
     pub(crate) fn label(&self) -> &str {
         &self.label
+    }
+
+    /// Failed connect attempts (`sniroute_upstream_connect_failures_total`).
+    pub(crate) fn connect_failures(&self) -> u64 {
+        self.connect_failures.get()
+    }
+
+    /// The last failed connect attempt: when, and why.
+    pub(crate) fn last_error(&self) -> Option<(SystemTime, String)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -221,6 +237,12 @@ impl Pool {
         &self.key
     }
 
+    /// Whether its endpoints are health-checked (without checks, every
+    /// endpoint counts as healthy).
+    pub(crate) fn health_checked(&self) -> bool {
+        self.key.health_check.is_some()
+    }
+
     /// The endpoints now.
     pub(crate) fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
         self.endpoints
@@ -343,6 +365,8 @@ impl Pool {
                 }
                 Err(e) => {
                     ep.connect_failures.increment(1);
+                    *ep.last_error.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some((SystemTime::now(), e.to_string()));
                     attempts.push((ep.addr, e));
                 }
             }

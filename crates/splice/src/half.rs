@@ -13,6 +13,12 @@
 //!    SHUTDOWN ── shutdown(dst, SHUT_WR) ──► DONE
 //! ```
 //!
+//! After a reset or error (see the crate documentation), the direction
+//! reading from the failed socket goes on as above, a read error from that
+//! socket counting as EOF ([`Half::source_gone`]); the direction writing to
+//! it drops its pending bytes and only reads and discards until EOF
+//! ([`Half::discard`], [`Half::poll_discard`]).
+//!
 //! # Copy for small messages, splice for bulk
 //!
 //! A direction that may splice starts by copying, and switches to
@@ -129,6 +135,12 @@ impl Engine {
     /// Gives the pipe or buffer back (only called when nothing is pending).
     fn release(&mut self) {
         debug_assert_eq!(self.pending(), 0);
+        self.abandon();
+    }
+
+    /// Gives the pipe or buffer back, dropping pending bytes: a pipe that
+    /// holds some is closed, not pooled.
+    fn abandon(&mut self) {
         match self {
             #[cfg(target_os = "linux")]
             Self::Splice { lease } => *lease = None,
@@ -212,8 +224,11 @@ pub(crate) struct Half {
     total: u64,
     /// The source sent EOF.
     eof: bool,
-    /// EOF seen, everything written, destination shut down for writing.
+    /// EOF seen, everything written, destination shut down for writing
+    /// (when discarding: EOF seen).
     done: bool,
+    /// The destination failed: read only to discard ([`Half::discard`]).
+    discarding: bool,
 }
 
 impl Half {
@@ -230,7 +245,66 @@ impl Half {
             total: 0,
             eof: false,
             done: false,
+            discarding: false,
         }
+    }
+
+    /// EOF seen and passed on (or, when discarding, EOF seen).
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The source failed after giving everything it had queued: treat it as
+    /// EOF, so what is pending is still written, then the destination is
+    /// shut down for writing.
+    pub(crate) fn source_gone(&mut self) {
+        self.eof = true;
+    }
+
+    /// The destination failed: drops the bytes pending for it (a pipe that
+    /// holds some is closed, not pooled) and from now on only reads the
+    /// source to discard, until EOF ([`Half::poll_discard`]).
+    pub(crate) fn discard(&mut self) {
+        self.engine.abandon();
+        self.engine = Engine::copy();
+        self.discarding = true;
+        self.done = self.done || self.eof;
+    }
+
+    /// Reads `src` and throws the bytes away until EOF (`Ready(Ok)`) or an
+    /// error on `src` (`Ready(Err)`), so that closing it later sends a FIN,
+    /// not a reset for unread data. Holds a buffer only while reading.
+    pub(crate) fn poll_discard(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        ctx: &mut Ctx<'_>,
+    ) -> Poll<Result<(), (Side, io::Error)>> {
+        debug_assert!(self.discarding);
+        let side = self.dir.source();
+        let mut buf = None;
+        let mut ops = 0;
+        while !self.done {
+            if ops == OPS_PER_POLL {
+                ctx.yielded = true;
+                return Poll::Pending;
+            }
+            ops += 1;
+            if let Err(e) = ready!(src.poll_read_ready(cx)) {
+                return Poll::Ready(Err((side, e)));
+            }
+            let buf = buf.get_or_insert_with(Buf::take);
+            match crate::try_read_drained(src, buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    self.done = true;
+                }
+                Ok(_) => {}
+                Err(e) if is_transient(&e) => {}
+                Err(e) => return Poll::Ready(Err((side, e))),
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     pub(crate) fn total(&self) -> u64 {

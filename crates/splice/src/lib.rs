@@ -27,9 +27,26 @@
 //! - **Half-close.** EOF from one side, once that direction has nothing
 //!   pending, becomes `shutdown(SHUT_WR)` on the other socket; the other
 //!   direction keeps flowing. Both EOFs end the pump with [`End::Finished`].
-//!   Any error (including `ECONNRESET`/`EPIPE`) ends it at once with
-//!   [`End::Error`] naming the side. The idle timer is reset lazily: it
-//!   fires, compares with the time of the last transfer and re-arms itself.
+//!   The idle timer is reset lazily: it fires, compares with the time of
+//!   the last transfer and re-arms itself.
+//! - **Resets and errors: deliver, then a lingering close.** A read, write
+//!   or shutdown that fails names the failed side; [`End::from_error`]
+//!   labels it a reset (`ECONNRESET`, `EPIPE`, `ENOTCONN`) or another
+//!   error. Linux keeps the bytes that reached our socket before a reset
+//!   readable (`recv` and `splice` return them first, then the error, then
+//!   EOF), so for up to [`Options::linger`] the pump goes on:
+//!   - the direction *from* the failed side delivers what it holds and
+//!     what the failed socket still has queued to the other side, then
+//!     shuts it down for writing (a FIN, not a reset);
+//!   - the direction *towards* the failed side drops its pending bytes
+//!     (nobody can receive them) and reads and discards what the other
+//!     side keeps sending, until that side's EOF: closing a socket with
+//!     unread bytes would turn our FIN into a reset, and the peer could
+//!     lose what it had not read yet.
+//!
+//!   The pump then ends with the failure's [`End`], the error in
+//!   [`Outcome::error`]. The linger deadline, a drain's `stop` or an error
+//!   on the other side too cut it short, with the same label.
 //! - **Idle tunnels hold no pipe and no buffer** (`pipe_pool.rs`,
 //!   `buf_pool.rs`). A direction takes a pipe (`O_NONBLOCK | O_CLOEXEC`)
 //!   from a bounded process-wide pool when it splices, or a 64 KiB buffer
@@ -53,6 +70,17 @@
 //! Cancelling is dropping the future (e.g. in a `tokio::select!` against a
 //! drain deadline): pipes and buffers are returned or closed by their
 //! `Drop` impls, nothing leaks.
+//!
+//! # Modules
+//!
+//! - `lib.rs`: the public API ([`pump`], [`pump_until`], [`Options`],
+//!   [`Outcome`], [`End`] and the other labels) and the two-direction state
+//!   machine with its idle and linger clock.
+//! - `half.rs`: one direction (fill, drain, half-close, discard), copy or
+//!   splice.
+//! - `pipe_pool.rs` (Linux): the bounded pool of pipes and the `splice(2)`
+//!   calls.
+//! - `buf_pool.rs`: the bounded pool of copy buffers.
 
 #![forbid(unsafe_code)]
 
@@ -147,6 +175,11 @@ impl Mode {
     }
 }
 
+/// [`Options::linger`] by default: long enough to hand a few MiB already
+/// in our buffers to a client that is still reading, short enough that a
+/// peer that never closes holds the tunnel only briefly.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
+
 /// Settings of one [`pump`].
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -165,56 +198,119 @@ pub struct Options {
     /// `/proc/sys/fs/pipe-max-size` for unprivileged processes) silently
     /// keeps the default.
     pub pipe_size: Option<usize>,
+    /// After a side resets or fails: how long the pump may go on
+    /// delivering the bytes already read from that side (and still queued
+    /// in its socket) to the other side, and reading and discarding what
+    /// the other side sends until its EOF, before it ends anyway (see the
+    /// crate documentation). [`Duration::ZERO`] ends the pump at once, as
+    /// an abortive close.
+    pub linger: Duration,
 }
 
 impl Default for Options {
     /// 24 h idle timeout, splice streams where possible (small messages
-    /// are copied), default pipe size.
+    /// are copied), default pipe size, 2 s linger.
     fn default() -> Self {
         Self {
             idle_timeout: Duration::from_secs(24 * 60 * 60),
             force_copy: false,
             always_splice: false,
             pipe_size: None,
+            linger: DEFAULT_LINGER,
         }
     }
 }
 
-/// Why [`pump`] returned.
-#[derive(Debug)]
+/// Why [`pump`] returned. [`End::as_str`] gives its stable label, used for
+/// metric labels and log fields; [`End::ALL`] lists every value.
+///
+/// | label | meaning |
+/// |---|---|
+/// | `finished` | both sides closed (FIN) and each close was passed on |
+/// | `idle_timeout` | no byte moved for [`Options::idle_timeout`] |
+/// | `stopped` | the `stop` future of [`pump_until`] completed |
+/// | `client_reset` | the client reset the connection (`ECONNRESET`, `EPIPE`, `ENOTCONN`) |
+/// | `upstream_reset` | the upstream reset the connection (same errors) |
+/// | `client_error` | any other I/O error on the client's socket |
+/// | `upstream_error` | any other I/O error on the upstream's socket |
+///
+/// A reset or error ends the pump only after the linger (see
+/// [`Options::linger`]); the error itself is in [`Outcome::error`]. Peers
+/// that simply close abruptly (curl often resets once it has its answer)
+/// are `*_reset`, not `*_error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum End {
     /// Both directions saw EOF and their destinations were shut down for
     /// writing.
     Finished,
     /// No byte moved for [`Options::idle_timeout`].
     IdleTimeout,
-    /// The `stop` future of [`pump_until`] completed.
+    /// The `stop` future of [`pump_until`] completed (before any failure).
     Stopped,
-    /// A read, write or shutdown failed on `side` (e.g. a reset). The
-    /// caller should drop both sockets, which closes them.
-    Error {
-        /// The socket the error came from.
-        side: Side,
-        /// The error.
-        error: io::Error,
-    },
+    /// The client's socket failed with `ECONNRESET`, `EPIPE` or `ENOTCONN`:
+    /// the client reset the connection.
+    ClientReset,
+    /// The upstream's socket failed with `ECONNRESET`, `EPIPE` or
+    /// `ENOTCONN`: the upstream reset the connection.
+    UpstreamReset,
+    /// Another read, write or shutdown error on the client's socket.
+    ClientError,
+    /// Another read, write or shutdown error on the upstream's socket.
+    UpstreamError,
 }
 
 impl End {
-    /// Stable label: `finished`, `idle_timeout`, `stopped`, `client_error`
-    /// or `upstream_error`.
+    /// Every value, in declaration order: for exporting each label at 0.
+    pub const ALL: &'static [End] = &[
+        Self::Finished,
+        Self::IdleTimeout,
+        Self::Stopped,
+        Self::ClientReset,
+        Self::UpstreamReset,
+        Self::ClientError,
+        Self::UpstreamError,
+    ];
+
+    /// Stable label: `finished`, `idle_timeout`, `stopped`, `client_reset`,
+    /// `upstream_reset`, `client_error` or `upstream_error` (see the table
+    /// above).
     pub const fn as_str(&self) -> &'static str {
         match self {
             Self::Finished => "finished",
             Self::IdleTimeout => "idle_timeout",
             Self::Stopped => "stopped",
-            Self::Error {
-                side: Side::Client, ..
-            } => "client_error",
-            Self::Error {
-                side: Side::Upstream,
-                ..
-            } => "upstream_error",
+            Self::ClientReset => "client_reset",
+            Self::UpstreamReset => "upstream_reset",
+            Self::ClientError => "client_error",
+            Self::UpstreamError => "upstream_error",
+        }
+    }
+
+    /// The end for `error` on `side`'s socket: a reset when the peer reset
+    /// the connection (`ECONNRESET`; `EPIPE` when writing to, or `ENOTCONN`
+    /// when shutting down, a connection the peer reset), otherwise an
+    /// error.
+    pub fn from_error(side: Side, error: &io::Error) -> Self {
+        let reset = matches!(
+            error.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::NotConnected
+        );
+        match (side, reset) {
+            (Side::Client, true) => Self::ClientReset,
+            (Side::Upstream, true) => Self::UpstreamReset,
+            (Side::Client, false) => Self::ClientError,
+            (Side::Upstream, false) => Self::UpstreamError,
+        }
+    }
+
+    /// The side a reset or an error came from; `None` for the other ends.
+    pub const fn side(&self) -> Option<Side> {
+        match self {
+            Self::ClientReset | Self::ClientError => Some(Side::Client),
+            Self::UpstreamReset | Self::UpstreamError => Some(Side::Upstream),
+            Self::Finished | Self::IdleTimeout | Self::Stopped => None,
         }
     }
 }
@@ -226,10 +322,13 @@ pub struct Outcome {
     pub client_to_upstream: u64,
     /// Bytes written to the client socket by the pump.
     pub upstream_to_client: u64,
-    /// The side that sent EOF first, if any did.
+    /// The side that sent EOF first, if any did before a reset or error.
     pub first_eof: Option<Side>,
     /// Why the pump ended.
     pub end: End,
+    /// The error behind a `*_reset` or `*_error` [`end`](Self::end), with
+    /// the side it came from; `None` for the other ends.
+    pub error: Option<(Side, io::Error)>,
     /// What moved the bytes.
     pub mode: Mode,
 }
@@ -260,7 +359,8 @@ pub fn pool_stats() -> (usize, usize) {
 }
 
 /// Moves bytes both ways between `client` and `upstream` until both
-/// directions are done, the idle timeout fires, or an error occurs.
+/// directions are done, the idle timeout fires, or a side resets or fails
+/// (and the linger that follows is over).
 ///
 /// `on_bytes` is called after every successful write with the direction and
 /// the number of bytes written to the destination; the totals in the
@@ -270,14 +370,19 @@ pub fn pool_stats() -> (usize, usize) {
 /// socket once everything read before it has been written; the other
 /// direction keeps flowing until its own EOF.
 ///
+/// When a side resets or fails, the bytes already read from it are still
+/// delivered to the other side, followed by a FIN, while what the other
+/// side sends is read and discarded until its EOF; all this for at most
+/// [`Options::linger`] (the crate documentation explains why).
+///
 /// Dropping the future cancels the pump; no pipe or buffer leaks. The
 /// sockets are not closed by the pump: the caller drops them.
 ///
 /// # Errors
 ///
-/// Errors are not returned as `Err` but reported in [`Outcome::end`] as
-/// [`End::Error`] with the side they came from, alongside the byte counts
-/// so far.
+/// Errors are not returned as `Err` but reported in [`Outcome::end`] as a
+/// `*_reset` or `*_error` [`End`] and in [`Outcome::error`] with the side
+/// they came from, alongside the byte counts so far.
 pub async fn pump(
     client: &TcpStream,
     upstream: &TcpStream,
@@ -289,7 +394,9 @@ pub async fn pump(
 }
 
 /// [`pump`], which also ends, with [`End::Stopped`] and the byte counts so
-/// far, as soon as `stop` completes (a drain deadline, for instance).
+/// far, as soon as `stop` completes (a drain deadline, for instance). A
+/// `stop` during the linger after a reset or error ends the linger, and the
+/// pump keeps that failure's [`End`].
 ///
 /// `stop` is borrowed, so it lives in the caller's future; the pump's own
 /// future stays small (an idle tunnel costs what its task holds), which is
@@ -314,18 +421,18 @@ pub fn pump_until<'a>(
         on_bytes,
         c2u: Half::new(Direction::ClientToUpstream, mode, options.always_splice),
         u2c: Half::new(Direction::UpstreamToClient, mode, options.always_splice),
-        c2u_done: false,
-        u2c_done: false,
         first_eof: None,
         last_activity: Instant::now(),
+        failure: None,
     };
     async move {
-        let mut idle = std::pin::pin!(tokio::time::sleep(options.idle_timeout));
+        // The idle timer, and after a failure the linger deadline.
+        let mut timer = std::pin::pin!(tokio::time::sleep(options.idle_timeout));
         let end = poll_fn(|cx| {
             if stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(End::Stopped);
+                return Poll::Ready(state.failure_end().unwrap_or(End::Stopped));
             }
-            state.poll(cx, idle.as_mut())
+            state.poll(cx, timer.as_mut())
         })
         .await;
         let mode = match (state.c2u.mode(), state.u2c.mode()) {
@@ -337,6 +444,7 @@ pub fn pump_until<'a>(
             upstream_to_client: state.u2c.total(),
             first_eof: state.first_eof,
             end,
+            error: state.failure.take(),
             mode,
         }
         // `state` drops with the future: pipes and buffers go back or are
@@ -352,33 +460,53 @@ struct State<'a> {
     on_bytes: &'a (dyn Fn(Direction, u64) + Sync),
     c2u: Half,
     u2c: Half,
-    c2u_done: bool,
-    u2c_done: bool,
     first_eof: Option<Side>,
     /// When a byte last moved (at first, when the pump was made).
     last_activity: Instant,
+    /// The first reset or error, with its side; once set the pump lingers.
+    failure: Option<(Side, io::Error)>,
 }
 
-impl State<'_> {
-    fn poll(&mut self, cx: &mut Context<'_>, mut idle: Pin<&mut Sleep>) -> Poll<End> {
+impl<'a> State<'a> {
+    /// The end a failure, if there was one, gives the pump.
+    fn failure_end(&self) -> Option<End> {
+        let (side, error) = self.failure.as_ref()?;
+        Some(End::from_error(*side, error))
+    }
+
+    /// `timer` is the idle timer until a side fails, then the linger
+    /// deadline.
+    fn poll(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<End> {
+        if let Some((failed, error)) = &self.failure {
+            let end = End::from_error(*failed, error);
+            return self.poll_linger(cx, timer, *failed, end);
+        }
         let (client, upstream) = (self.client, self.upstream);
-        let mut ctx = Ctx {
-            pipe_size: self.options.pipe_size,
-            on_bytes: self.on_bytes,
-            progress: false,
-            yielded: false,
-            first_eof: self.first_eof,
-        };
-        let end = self.poll_halves(cx, client, upstream, &mut ctx);
+        let mut ctx = self.ctx();
+        let polled = self.poll_halves(cx, client, upstream, &mut ctx);
         self.first_eof = ctx.first_eof;
-        if let Some(end) = end {
-            return Poll::Ready(end);
+        match polled {
+            Some(Ok(())) => return Poll::Ready(End::Finished),
+            Some(Err((side, error))) => {
+                let end = End::from_error(side, &error);
+                self.failure = Some((side, error));
+                if self.options.linger.is_zero() {
+                    return Poll::Ready(end);
+                }
+                self.start_linger(side);
+                let deadline = Instant::now()
+                    .checked_add(self.options.linger)
+                    .unwrap_or_else(far_future);
+                timer.as_mut().reset(deadline);
+                return self.poll_linger(cx, timer, side, end);
+            }
+            None => {}
         }
         if ctx.progress {
             self.last_activity = Instant::now();
         }
         // Lazy re-arming: the timer is only touched when it fires.
-        while idle.as_mut().poll(cx).is_ready() {
+        while timer.as_mut().poll(cx).is_ready() {
             let deadline = self
                 .last_activity
                 .checked_add(self.options.idle_timeout)
@@ -386,7 +514,7 @@ impl State<'_> {
             if deadline <= Instant::now() {
                 return Poll::Ready(End::IdleTimeout);
             }
-            idle.as_mut().reset(deadline);
+            timer.as_mut().reset(deadline);
         }
         if ctx.yielded {
             cx.waker().wake_by_ref();
@@ -394,29 +522,91 @@ impl State<'_> {
         Poll::Pending
     }
 
-    /// Polls both directions; `Some` when the pump is over.
+    fn ctx(&self) -> Ctx<'a> {
+        Ctx {
+            pipe_size: self.options.pipe_size,
+            on_bytes: self.on_bytes,
+            progress: false,
+            yielded: false,
+            first_eof: self.first_eof,
+        }
+    }
+
+    /// Polls both directions; `Some` when the pump is over (`Ok` when both
+    /// are done), with the first failure and its side.
     fn poll_halves(
         &mut self,
         cx: &mut Context<'_>,
         client: &TcpStream,
         upstream: &TcpStream,
         ctx: &mut Ctx<'_>,
-    ) -> Option<End> {
-        if !self.c2u_done {
-            match self.c2u.poll(cx, client, upstream, ctx) {
-                Poll::Ready(Ok(())) => self.c2u_done = true,
-                Poll::Ready(Err((side, error))) => return Some(End::Error { side, error }),
-                Poll::Pending => {}
+    ) -> Option<Result<(), (Side, io::Error)>> {
+        if let Poll::Ready(Err(failure)) = self.c2u.poll(cx, client, upstream, ctx) {
+            return Some(Err(failure));
+        }
+        if let Poll::Ready(Err(failure)) = self.u2c.poll(cx, upstream, client, ctx) {
+            return Some(Err(failure));
+        }
+        (self.c2u.is_done() && self.u2c.is_done()).then_some(Ok(()))
+    }
+
+    /// The direction that reads from `failed`, and the one that writes to
+    /// it.
+    fn halves(&mut self, failed: Side) -> (&mut Half, &mut Half) {
+        match failed {
+            Side::Upstream => (&mut self.u2c, &mut self.c2u),
+            Side::Client => (&mut self.c2u, &mut self.u2c),
+        }
+    }
+
+    /// `failed` reset or failed: the direction towards it gives up its
+    /// pending bytes and from now on only discards what it reads.
+    fn start_linger(&mut self, failed: Side) {
+        let (_, towards) = self.halves(failed);
+        towards.discard();
+    }
+
+    /// After `failed` failed (giving `end`): delivers what was read from
+    /// it to the other side, then FIN, while discarding what the other side
+    /// sends, until the other side's EOF, the linger deadline, or an error
+    /// on the other side too. Always ends with `end`.
+    fn poll_linger(
+        &mut self,
+        cx: &mut Context<'_>,
+        deadline: Pin<&mut Sleep>,
+        failed: Side,
+        end: End,
+    ) -> Poll<End> {
+        if deadline.poll(cx).is_ready() {
+            return Poll::Ready(end);
+        }
+        let (failed_socket, other) = match failed {
+            Side::Upstream => (self.upstream, self.client),
+            Side::Client => (self.client, self.upstream),
+        };
+        // EOFs seen now are not reported in `first_eof`: this `ctx` is
+        // dropped.
+        let mut ctx = self.ctx();
+        let (from, towards) = self.halves(failed);
+        // Twice at most: an error from the failed socket (it has given all
+        // it had) becomes EOF, and the second poll passes it on.
+        for _ in 0..2 {
+            match from.poll(cx, failed_socket, other, &mut ctx) {
+                Poll::Ready(Err((side, _))) if side == failed => from.source_gone(),
+                // The other side failed too: nothing more can be delivered.
+                Poll::Ready(Err(_)) => return Poll::Ready(end),
+                Poll::Ready(Ok(())) | Poll::Pending => break,
             }
         }
-        if !self.u2c_done {
-            match self.u2c.poll(cx, upstream, client, ctx) {
-                Poll::Ready(Ok(())) => self.u2c_done = true,
-                Poll::Ready(Err((side, error))) => return Some(End::Error { side, error }),
-                Poll::Pending => {}
-            }
+        match towards.poll_discard(cx, other, &mut ctx) {
+            Poll::Ready(Err(_)) => return Poll::Ready(end),
+            Poll::Ready(Ok(())) if from.is_done() => return Poll::Ready(end),
+            Poll::Ready(Ok(())) | Poll::Pending => {}
         }
-        (self.c2u_done && self.u2c_done).then_some(End::Finished)
+        if ctx.yielded {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
     }
 }
 
@@ -481,23 +671,68 @@ mod tests {
         assert_eq!(Mode::Copy.as_str(), "copy");
         assert_eq!(End::Finished.as_str(), "finished");
         assert_eq!(End::IdleTimeout.as_str(), "idle_timeout");
-        let error = || io::Error::from(io::ErrorKind::ConnectionReset);
-        assert_eq!(
-            End::Error {
-                side: Side::Client,
-                error: error()
+        assert_eq!(End::Stopped.as_str(), "stopped");
+        assert_eq!(End::ClientReset.as_str(), "client_reset");
+        assert_eq!(End::UpstreamReset.as_str(), "upstream_reset");
+        assert_eq!(End::ClientError.as_str(), "client_error");
+        assert_eq!(End::UpstreamError.as_str(), "upstream_error");
+    }
+
+    #[test]
+    fn all_lists_every_end_once_with_unique_labels() {
+        // Exhaustive on purpose: a new variant does not compile here until
+        // it is listed, and the count next to the list is bumped.
+        let variants = |end: End| match end {
+            End::Finished
+            | End::IdleTimeout
+            | End::Stopped
+            | End::ClientReset
+            | End::UpstreamReset
+            | End::ClientError
+            | End::UpstreamError => 7,
+        };
+        assert_eq!(End::ALL.len(), variants(End::Finished));
+        let mut labels = std::collections::HashSet::new();
+        for (i, end) in End::ALL.iter().enumerate() {
+            // Declaration order: discriminants 0..N, each once.
+            assert_eq!(*end as usize, i, "{end:?}");
+            assert!(labels.insert(end.as_str()), "duplicate label {end:?}");
+            assert!(end
+                .as_str()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+        }
+    }
+
+    #[test]
+    fn errors_are_resets_by_errno() {
+        use rustix::io::Errno;
+        let of = |side, errno: Errno| End::from_error(side, &io::Error::from(errno));
+        for errno in [Errno::CONNRESET, Errno::PIPE, Errno::NOTCONN] {
+            assert_eq!(of(Side::Client, errno), End::ClientReset, "{errno:?}");
+            assert_eq!(of(Side::Upstream, errno), End::UpstreamReset, "{errno:?}");
+        }
+        for errno in [
+            Errno::TIMEDOUT,
+            Errno::HOSTUNREACH,
+            Errno::NOMEM,
+            Errno::INVAL,
+        ] {
+            assert_eq!(of(Side::Client, errno), End::ClientError, "{errno:?}");
+            assert_eq!(of(Side::Upstream, errno), End::UpstreamError, "{errno:?}");
+        }
+        let write_zero = io::Error::from(io::ErrorKind::WriteZero);
+        assert_eq!(End::from_error(Side::Client, &write_zero), End::ClientError);
+        for end in End::ALL {
+            let side = end.side();
+            match end {
+                End::ClientReset | End::ClientError => assert_eq!(side, Some(Side::Client)),
+                End::UpstreamReset | End::UpstreamError => {
+                    assert_eq!(side, Some(Side::Upstream));
+                }
+                End::Finished | End::IdleTimeout | End::Stopped => assert_eq!(side, None),
             }
-            .as_str(),
-            "client_error"
-        );
-        assert_eq!(
-            End::Error {
-                side: Side::Upstream,
-                error: error()
-            }
-            .as_str(),
-            "upstream_error"
-        );
+        }
     }
 
     #[test]
@@ -569,7 +804,8 @@ mod tests {
             .await
             .unwrap();
         pipe_pool::REFUSE_SPLICE.set(false);
-        assert!(matches!(outcome.end, End::Finished), "{:?}", outcome.end);
+        assert_eq!(outcome.end, End::Finished);
+        assert!(outcome.error.is_none());
         assert_eq!(outcome.mode, Mode::Copy);
         assert_eq!(
             (outcome.client_to_upstream, outcome.upstream_to_client),
@@ -643,5 +879,6 @@ mod tests {
         assert!(!o.force_copy);
         assert!(!o.always_splice);
         assert_eq!(o.pipe_size, None);
+        assert_eq!(o.linger, Duration::from_secs(2));
     }
 }

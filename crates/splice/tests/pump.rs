@@ -2,7 +2,9 @@
 //! run in both modes (splice and forced copy). The checklist follows tokio's
 //! `tests/io_copy_bidirectional.rs`: symmetric transfer, half-close both
 //! ways, one side blocked, error exit, plus idle timeout, a large checksummed
-//! transfer, cancellation, pipe accounting and the future's size.
+//! transfer, cancellation, pipe accounting and the future's size; and the
+//! ends after a reset: what was in flight is delivered, the close is a FIN,
+//! the linger is bounded, and the kernel behaviour this relies on.
 //!
 //! Topology of every test:
 //!
@@ -13,14 +15,16 @@
 //! The pipe pool is process-wide, so the tests run one at a time (`SERIAL`)
 //! and each checks that no pipe is left in use.
 
+use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use splice::{pool_stats, pump, Direction, End, Mode, Options, Outcome, Side};
+use splice::{pool_stats, pump, pump_until, Direction, End, Mode, Options, Outcome, Side};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 
 /// Every test must finish well within this.
@@ -92,11 +96,16 @@ async fn pair() -> (TcpStream, TcpStream) {
 /// autotuning could otherwise absorb tens of MiB, and the blocking tests
 /// need the buffers to fill up.
 async fn small_pair() -> (TcpStream, TcpStream) {
-    const SIZE: u32 = 64 << 10;
+    fixed_pair(64 << 10).await
+}
+
+/// A connected loopback pair with fixed socket buffers of `size` bytes
+/// (which the kernel doubles, and raises to its minimum).
+async fn fixed_pair(size: u32) -> (TcpStream, TcpStream) {
     let small = || {
         let socket = TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(SIZE).unwrap();
-        socket.set_send_buffer_size(SIZE).unwrap();
+        socket.set_recv_buffer_size(size).unwrap();
+        socket.set_send_buffer_size(size).unwrap();
         socket
     };
     let listener = small();
@@ -137,12 +146,28 @@ async fn small_rig() -> Rig {
     }
 }
 
+/// A connected loopback pair whose connecting end (the router's upstream
+/// socket in these tests) asks for a 1 MiB receive buffer: a response the
+/// upstream wrote can then wait in the router's kernel, not the upstream's.
+async fn roomy_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(1 << 20).unwrap(); // capped by rmem_max
+    let (a, b) = tokio::join!(
+        socket.connect(listener.local_addr().unwrap()),
+        listener.accept()
+    );
+    (a.unwrap(), b.unwrap().0)
+}
+
 fn options(how: How) -> Options {
     Options {
         idle_timeout: Duration::from_secs(30),
         force_copy: how == How::Copy,
         always_splice: how == How::Splice,
         pipe_size: None,
+        // Far above what the tests need, far below LIMIT.
+        linger: Duration::from_secs(10),
     }
 }
 
@@ -228,7 +253,67 @@ async fn talk(mut stream: TcpStream, data: &[u8]) -> Vec<u8> {
 }
 
 fn assert_finished(outcome: &Outcome) {
-    assert!(matches!(outcome.end, End::Finished), "{:?}", outcome.end);
+    assert_eq!(outcome.end, End::Finished, "{:?}", outcome.error);
+    assert_eq!(outcome.end.as_str(), "finished");
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+}
+
+/// The end of a reset by `side`, with its error in the outcome.
+fn assert_reset(outcome: &Outcome, side: Side) {
+    let (end, label) = match side {
+        Side::Client => (End::ClientReset, "client_reset"),
+        Side::Upstream => (End::UpstreamReset, "upstream_reset"),
+    };
+    assert_eq!(outcome.end, end, "{:?}", outcome.error);
+    assert_eq!(outcome.end.as_str(), label);
+    let Some((got, error)) = &outcome.error else {
+        panic!("no error for {:?}", outcome.end)
+    };
+    assert_eq!(*got, side, "{error}");
+    assert!(
+        matches!(
+            error.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::NotConnected
+        ),
+        "{error}"
+    );
+}
+
+/// `(tx_queue, rx_queue)` of a loopback IPv4 socket as `/proc/net/tcp`
+/// shows it: bytes sent and not yet acknowledged, bytes received and not
+/// yet read. `None` where there is no such file.
+fn tcp_queues(local: SocketAddr, peer: SocketAddr) -> Option<(u64, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 5
+            || port(fields[1]) != Some(local.port())
+            || port(fields[2]) != Some(peer.port())
+        {
+            return None;
+        }
+        let (tx, rx) = fields[4].split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
+}
+
+/// Waits until the peer's kernel has acknowledged every byte written to the
+/// socket `local -> peer`: then a reset can no longer drop any of them on
+/// the sending side. Off Linux, waits a moment instead.
+async fn acknowledged(local: SocketAddr, peer: SocketAddr) {
+    if tcp_queues(local, peer).is_none() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        return;
+    }
+    while tcp_queues(local, peer).is_some_and(|(tx, _)| tx > 0) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Pipes a running pump holds while one direction has bytes in flight.
@@ -444,8 +529,9 @@ async fn one_side_blocked(how: How) {
 }
 all_modes!(one_side_blocked, current_thread);
 
-/// A peer that resets its connection ends the pump at once, naming the
-/// right side.
+/// A peer that resets its connection: the other side gets a FIN at once
+/// (nothing was in flight), and once it closes too the pump ends with the
+/// reset, named by side: `client_reset` or `upstream_reset`.
 async fn reset(how: How, side: Side) {
     let mut rig = rig().await;
     let (pump, counts) = spawn_pump(rig.client, rig.upstream, options(how));
@@ -453,32 +539,34 @@ async fn reset(how: How, side: Side) {
     rig.client_peer.write_all(b"hello").await.unwrap();
     let mut got = [0; 5];
     rig.upstream_peer.read_exact(&mut got).await.unwrap();
-    let (victim, survivor) = match side {
+    let (victim, mut survivor) = match side {
         Side::Client => (rig.client_peer, rig.upstream_peer),
         Side::Upstream => (rig.upstream_peer, rig.client_peer),
     };
     victim.set_zero_linger().unwrap();
     let start = Instant::now();
     drop(victim); // sends RST
-    let outcome = pump.await.unwrap();
+    let mut rest = Vec::new();
+    survivor
+        .read_to_end(&mut rest)
+        .await
+        .expect("the survivor gets a FIN, not a reset");
+    assert!(rest.is_empty());
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "slow to notice the reset"
     );
-    match &outcome.end {
-        End::Error { side: got, error } => {
-            assert_eq!(*got, side, "{error}");
-            assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
-        }
-        other => panic!("expected an error, got {other:?}"),
-    }
+    survivor.shutdown().await.unwrap(); // the lingering pump can end
+    let outcome = pump.await.unwrap();
+    assert_reset(&outcome, side);
     assert_eq!(outcome.client_to_upstream, 5);
+    assert_eq!(outcome.upstream_to_client, 0);
+    assert_eq!(outcome.first_eof, None, "a reset is not an EOF");
     counts.check(&outcome);
-    // The pump's sockets were dropped with its task: the survivor sees the
-    // tunnel close.
-    let mut survivor = survivor;
-    let mut sink = Vec::new();
-    let _ = survivor.read_to_end(&mut sink).await;
+    assert!(
+        survivor.take_error().unwrap().is_none(),
+        "survivor was reset"
+    );
 }
 
 async fn reset_by_client(how: How) {
@@ -490,6 +578,300 @@ async fn reset_by_upstream(how: How) {
     reset(how, Side::Upstream).await;
 }
 all_modes!(reset_by_upstream);
+
+/// How the upstream resets after its response.
+#[derive(Clone, Copy, Debug)]
+enum Abort {
+    /// `SO_LINGER` 0, then close.
+    ZeroLinger,
+    /// Close with bytes from the client unread (Linux then sends RST).
+    UnreadData,
+}
+
+/// The case of issue 9: the upstream writes a 1 MiB final response and
+/// resets while the client is still sending and reads slowly. The client
+/// must get the whole response, then a FIN (not a reset); its bytes sent
+/// meanwhile are read and dropped; the end is `upstream_reset`.
+///
+/// The client reads slowly from the start (4 KiB, then a pause), so the
+/// response piles up in the router; the upstream resets as soon as the
+/// router's kernel has acknowledged all its bytes (so none are lost on the
+/// upstream's side, where no router could save them). The test checks
+/// that at that moment the router still held a good part of the response
+/// (received, not yet written to the client: in its pipe or buffer and in
+/// its upstream socket's receive queue), so the delivery is exercised.
+async fn upstream_resets_after_its_response(how: How, abort: Abort) {
+    const LEN: usize = 1 << 20;
+    // Small buffers on the client's side, a large receive buffer on the
+    // router's upstream socket: the response waits in the router.
+    let (mut client_peer, client) = fixed_pair(8 << 10).await;
+    let (upstream, upstream_peer) = roomy_pair().await;
+    let (pump, counts) = spawn_pump(client, upstream, options(how));
+    let response = pattern(7, LEN);
+
+    // Returns how many bytes the router had written to the client when the
+    // upstream reset.
+    let upstream_task = {
+        let response = response.clone();
+        let counts = Arc::clone(&counts);
+        tokio::spawn(async move {
+            let mut peer = upstream_peer;
+            let (local, remote) = (peer.local_addr().unwrap(), peer.peer_addr().unwrap());
+            match abort {
+                Abort::ZeroLinger => {
+                    // A server that reads its client's bytes meanwhile.
+                    let (mut rd, mut wr) = peer.split();
+                    let sink = async {
+                        let mut buf = vec![0; 64 << 10];
+                        while rd.read(&mut buf).await.unwrap_or(0) > 0 {}
+                        std::future::pending::<()>().await;
+                    };
+                    let answer = async {
+                        wr.write_all(&response).await.unwrap();
+                        acknowledged(local, remote).await;
+                    };
+                    tokio::select! {
+                        () = sink => {}
+                        () = answer => {}
+                    }
+                    peer.set_zero_linger().unwrap();
+                }
+                Abort::UnreadData => {
+                    peer.write_all(&response).await.unwrap();
+                    acknowledged(local, remote).await;
+                    peer.readable().await.unwrap(); // the client's bytes, unread
+                }
+            }
+            drop(peer); // RST
+            counts.u2c.load(Ordering::Relaxed)
+        })
+    };
+
+    let stop_writing = Notify::new();
+    let (mut rd, mut wr) = client_peer.split();
+    let writer = async {
+        let chunk = pattern(8, 16 << 10);
+        let mut sent = 0u64;
+        loop {
+            tokio::select! {
+                biased;
+                () = stop_writing.notified() => break,
+                written = wr.write_all(&chunk) => match written {
+                    Ok(()) => sent += chunk.len() as u64,
+                    Err(e) => return Err(format!("client write failed after {sent} bytes: {e}")),
+                },
+            }
+        }
+        wr.shutdown().await.map_err(|e| e.to_string())?;
+        Ok(sent)
+    };
+    let reader = async {
+        let mut got = Vec::with_capacity(LEN);
+        let mut chunk = [0; 4096];
+        loop {
+            let n = rd.read(&mut chunk).await?;
+            if n == 0 {
+                break; // FIN
+            }
+            got.extend_from_slice(&chunk[..n]);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        stop_writing.notify_one();
+        io::Result::Ok(got)
+    };
+    let (sent, got) = tokio::join!(writer, reader);
+    let got = got.expect("the client read a reset, not a FIN");
+    assert!(
+        got == response,
+        "the client got {} bytes of {LEN}{}",
+        got.len(),
+        if got.len() == LEN { ", altered" } else { "" }
+    );
+    let sent = sent.unwrap();
+    let held = LEN as u64 - upstream_task.await.unwrap();
+    eprintln!("held by the router at the reset: {held} bytes");
+    assert!(
+        held >= 32 << 10,
+        "the router held only {held} bytes at the reset: the case was not exercised"
+    );
+    let outcome = pump.await.unwrap();
+    assert_reset(&outcome, Side::Upstream);
+    assert_eq!(outcome.upstream_to_client, LEN as u64);
+    assert!(outcome.client_to_upstream <= sent);
+    counts.check(&outcome);
+    // The router closed after the client's FIN with nothing unread: no
+    // reset reached the client.
+    assert!(
+        client_peer.take_error().unwrap().is_none(),
+        "client was reset"
+    );
+    assert_eq!(client_peer.read(&mut [0; 1]).await.unwrap(), 0);
+}
+
+async fn upstream_zero_linger_after_its_response(how: How) {
+    upstream_resets_after_its_response(how, Abort::ZeroLinger).await;
+}
+all_modes!(upstream_zero_linger_after_its_response);
+
+async fn upstream_closes_unread_after_its_response(how: How) {
+    upstream_resets_after_its_response(how, Abort::UnreadData).await;
+}
+all_modes!(upstream_closes_unread_after_its_response);
+
+/// A client that never closes holds a failed tunnel for the linger only:
+/// it gets its FIN at once, and the pump ends at the deadline with the
+/// reset's label.
+async fn linger_is_bounded(how: How) {
+    const LINGER: Duration = Duration::from_millis(300);
+    let rig = rig().await;
+    let options = Options {
+        linger: LINGER,
+        ..options(how)
+    };
+    let (pump, counts) = spawn_pump(rig.client, rig.upstream, options);
+    let (mut rd, mut wr) = rig.client_peer.into_split();
+    // Sends until the router gives up and closes (then a write fails).
+    let writer = tokio::spawn(async move {
+        let chunk = [1; 4096];
+        while wr.write_all(&chunk).await.is_ok() {}
+    });
+    rig.upstream_peer.set_zero_linger().unwrap();
+    let reset_at = Instant::now();
+    drop(rig.upstream_peer);
+    let mut rest = Vec::new();
+    rd.read_to_end(&mut rest).await.expect("a FIN, not a reset");
+    assert!(rest.is_empty());
+    let outcome = pump.await.unwrap();
+    let took = reset_at.elapsed();
+    assert_reset(&outcome, Side::Upstream);
+    assert!(took >= LINGER, "ended before the linger deadline: {took:?}");
+    assert!(took < LINGER + Duration::from_secs(5), "late: {took:?}");
+    counts.check(&outcome);
+    writer.await.unwrap();
+}
+all_modes!(linger_is_bounded);
+
+/// `linger: 0` ends the pump as soon as a side fails.
+async fn no_linger(how: How) {
+    let rig = rig().await;
+    let options = Options {
+        linger: Duration::ZERO,
+        ..options(how)
+    };
+    let (pump, counts) = spawn_pump(rig.client, rig.upstream, options);
+    rig.client_peer.set_zero_linger().unwrap();
+    drop(rig.client_peer);
+    // The upstream peer stays open and silent: only a linger would wait.
+    let outcome = pump.await.unwrap();
+    assert_reset(&outcome, Side::Client);
+    counts.check(&outcome);
+    drop(rig.upstream_peer);
+}
+all_modes!(no_linger);
+
+/// A `stop` (a drain deadline) during the linger ends it, and the pump
+/// keeps the reset's label, not `stopped`.
+async fn stop_during_linger_keeps_the_reset(how: How) {
+    let rig = rig().await;
+    let stop = Arc::new(Notify::new());
+    let pump = {
+        let stop = Arc::clone(&stop);
+        let options = options(how);
+        let (client, upstream) = (rig.client, rig.upstream);
+        tokio::spawn(async move {
+            let on_bytes = |_: Direction, _: u64| {};
+            let stopped = std::pin::pin!(async move { stop.notified().await });
+            pump_until(&client, &upstream, &options, &on_bytes, stopped).await
+        })
+    };
+    rig.upstream_peer.set_zero_linger().unwrap();
+    drop(rig.upstream_peer);
+    let mut client_peer = rig.client_peer;
+    let mut rest = Vec::new();
+    client_peer.read_to_end(&mut rest).await.unwrap(); // the linger's FIN
+    stop.notify_one(); // the client has not closed: the pump lingers
+    let outcome = pump.await.unwrap();
+    assert_reset(&outcome, Side::Upstream);
+}
+all_modes!(stop_during_linger_keeps_the_reset);
+
+/// What Linux does after a reset, which the linger relies on: the bytes
+/// that reached the socket before the RST stay readable (by `recv` and by
+/// `splice`), then come the error and EOF; a write says `ECONNRESET`, then
+/// `EPIPE`, and the queued bytes are still there after it; `shutdown` says
+/// `ENOTCONN`.
+#[cfg(target_os = "linux")]
+#[test]
+fn kernel_keeps_queued_bytes_readable_after_a_reset() {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    const LEN: usize = 60_000; // fits the default receive window
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for how in ["recv", "splice", "write first"] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let mut b = listener.accept().unwrap().0;
+        a.write_all(&pattern(9, LEN)).unwrap();
+        runtime.block_on(acknowledged(
+            a.local_addr().unwrap(),
+            b.local_addr().unwrap(),
+        ));
+        socket_zero_linger(&a);
+        drop(a); // RST
+                 // Wait until the RST has arrived: a write fails, or a read of
+                 // everything ends in the error.
+        let mut got = 0;
+        if how == "write first" {
+            let first = loop {
+                match b.write(b"x") {
+                    Ok(_) => std::thread::yield_now(),
+                    Err(e) => break e,
+                }
+            };
+            assert_eq!(first.kind(), io::ErrorKind::ConnectionReset, "{how}");
+            let second = b.write(b"x").unwrap_err();
+            assert_eq!(second.kind(), io::ErrorKind::BrokenPipe, "{how}");
+        }
+        let (pipe_read, pipe_write) = rustix::pipe::pipe().unwrap();
+        let error = loop {
+            let read = if how == "splice" {
+                let flags = rustix::pipe::SpliceFlags::empty();
+                rustix::pipe::splice(&b, None, &pipe_write, None, 65536, flags)
+                    .map_err(io::Error::from)
+                    .inspect(|&n| {
+                        let mut sink = vec![0; n];
+                        rustix::io::read(&pipe_read, &mut sink).unwrap();
+                    })
+            } else {
+                b.read(&mut [0; 65536])
+            };
+            match read {
+                Ok(0) => break None,
+                Ok(n) => got += n,
+                Err(e) => break Some(e),
+            }
+        };
+        assert_eq!(got, LEN, "{how}: queued bytes lost");
+        if how == "write first" {
+            assert!(error.is_none(), "{how}: {error:?}"); // the write took it
+        } else {
+            let error = error.expect("the reset");
+            assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{how}");
+        }
+        assert_eq!(b.read(&mut [0; 16]).unwrap(), 0, "{how}: EOF after");
+        let shutdown = b.shutdown(Shutdown::Write).unwrap_err();
+        assert_eq!(shutdown.kind(), io::ErrorKind::NotConnected, "{how}");
+    }
+}
+
+/// `SO_LINGER` 0 on a std socket (close then sends RST).
+#[cfg(target_os = "linux")]
+fn socket_zero_linger(socket: &std::net::TcpStream) {
+    rustix::net::sockopt::set_socket_linger(socket, Some(Duration::ZERO)).unwrap();
+}
 
 /// The idle timeout counts from the last byte, in either direction.
 async fn idle_timeout(how: How) {
@@ -516,7 +898,8 @@ async fn idle_timeout(how: How) {
     }
     let outcome = pump.await.unwrap();
     let (total, since_last) = (start.elapsed(), last_byte.elapsed());
-    assert!(matches!(outcome.end, End::IdleTimeout), "{:?}", outcome.end);
+    assert_eq!(outcome.end, End::IdleTimeout, "{:?}", outcome.error);
+    assert!(outcome.error.is_none());
     assert!(
         total >= Duration::from_millis(500),
         "fired while the tunnel was busy: {total:?}"

@@ -172,7 +172,7 @@ fn judge(
                 n.strip_suffix('.').map(str::to_owned).unwrap_or(n)
             });
             let same_name = h.server_name.as_ref().map(|n| n.as_str()) == theirs_name.as_deref();
-            let same_alpn = h.alpn.as_slice() == alpn.as_deref().unwrap_or_default();
+            let same_alpn = h.alpn.to_vecs().as_slice() == alpn.as_deref().unwrap_or_default();
             if same_name && same_alpn {
                 return Ok(Agreement::Both);
             }
@@ -226,9 +226,11 @@ mod tests {
         let mut no_name = ours();
         no_name.server_name = None;
         let mut other_alpn = ours();
-        other_alpn.alpn.reverse();
+        let mut reversed = other_alpn.alpn.to_vecs();
+        reversed.reverse();
+        other_alpn.alpn = clienthello::Alpn::from_names(reversed.iter().map(Vec::as_slice));
         let mut no_alpn = ours();
-        no_alpn.alpn.clear();
+        no_alpn.alpn = clienthello::Alpn::default();
         for h in [other_name, no_name, other_alpn, no_alpn] {
             let d = judge(theirs.clone(), Ok(Progress::Complete(h))).unwrap_err();
             assert!(d.to_string().starts_with("rustls accepted"), "{d}");
@@ -247,7 +249,7 @@ mod tests {
     fn rustls_name_is_compared_normalised() {
         let theirs = RustlsAnswer::Accepted {
             server_name: Some("API.Cluster-A.Example.COM.".to_owned()),
-            alpn: Some(ours().alpn),
+            alpn: Some(ours().alpn.to_vecs()),
         };
         assert_eq!(
             judge(theirs, Ok(Progress::Complete(ours()))),

@@ -9,7 +9,7 @@ const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 const PP2_TYPE_AUTHORITY: u8 = 0x02;
 
 /// A version-1 (text) header for a TCP connection from `client` to `local`.
-pub(crate) fn v1(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+pub fn v1(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
     let (client, local) = (canonical(client), canonical(local));
     let family = match (client, local) {
         (SocketAddr::V4(_), SocketAddr::V4(_)) => "TCP4",
@@ -28,7 +28,7 @@ pub(crate) fn v1(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
 }
 
 /// A version-2 (binary) header, with the server name as an AUTHORITY TLV.
-pub(crate) fn v2(client: SocketAddr, local: SocketAddr, server_name: Option<&str>) -> Vec<u8> {
+pub fn v2(client: SocketAddr, local: SocketAddr, server_name: Option<&str>) -> Vec<u8> {
     let (client, local) = (canonical(client), canonical(local));
     let mut addrs = Vec::with_capacity(36);
     let family = match (client, local) {
