@@ -106,10 +106,16 @@ fn headers_promising_16_kib_cost_only_what_arrives() {
         s.write_all(&promise).unwrap();
         held.push(s);
         if i % 2000 == 1999 {
-            assert_eq!(reach(addr, &good).unwrap(), "good", "served during the flood");
+            assert_eq!(
+                reach(addr, &good).unwrap(),
+                "good",
+                "served during the flood"
+            );
         }
     }
-    wait_status(&router, "all 8,000 hellos pending", |s| pending(s) >= N as u64);
+    wait_status(&router, "all 8,000 hellos pending", |s| {
+        pending(s) >= N as u64
+    });
     let during = router.rss_kib();
     let grown = during.saturating_sub(before);
     eprintln!(
@@ -123,9 +129,11 @@ fn headers_promising_16_kib_cost_only_what_arrives() {
     assert_eq!(reach(addr, &good).unwrap(), "good", "served while held");
 
     // The hello timeout closes them all; the router stays up.
-    wait_status(&router, "the hello timeout closes every pending hello", |s| {
-        pending(s) == 0
-    });
+    wait_status(
+        &router,
+        "the hello timeout closes every pending hello",
+        |s| pending(s) == 0,
+    );
     let m = router.metrics();
     assert_eq!(
         metric(
@@ -211,10 +219,15 @@ fn per_source_limits_stop_the_greedy_address_only() {
     let other = Ipv4Addr::new(127, 0, 0, 21);
 
     // Three silent connections: the greedy address's pending places.
-    let mut silent: Vec<TcpStream> = (0..3).map(|_| connect_from(greedy, addr).unwrap()).collect();
+    let mut silent: Vec<TcpStream> = (0..3)
+        .map(|_| connect_from(greedy, addr).unwrap())
+        .collect();
     wait_status(&router, "three pending", |s| pending(s) == 3);
     let mut fourth = connect_from(greedy, addr).unwrap();
-    assert!(closed_by_router(&mut fourth), "a fourth pending hello is refused");
+    assert!(
+        closed_by_router(&mut fourth),
+        "a fourth pending hello is refused"
+    );
     let mut served = connect_from(other, addr).unwrap();
     served.write_all(&good).unwrap();
     let mut greeting = [0u8; 5];
@@ -233,7 +246,10 @@ fn per_source_limits_stop_the_greedy_address_only() {
     fourth.read_exact(&mut greeting).unwrap();
     assert_eq!(&greeting, b"good\n", "the fourth connection is allowed");
     let mut fifth = connect_from(greedy, addr).unwrap();
-    assert!(closed_by_router(&mut fifth), "a fifth connection is refused");
+    assert!(
+        closed_by_router(&mut fifth),
+        "a fifth connection is refused"
+    );
     let mut again = connect_from(other, addr).unwrap();
     again.write_all(&good).unwrap();
     again.read_exact(&mut greeting).unwrap();
@@ -349,4 +365,89 @@ routes:
     );
     drop(held);
     drop(warm);
+}
+
+/// A flood of refusals writes at most 100 access log lines a second, then
+/// one summary line with how many were left out; forwarded connections
+/// always get their line.
+#[test]
+fn refusal_log_lines_are_rate_limited_and_forwarded_ones_never() {
+    let _turn = crate::common::light();
+    const FLOOD: usize = 1000;
+    const GOOD: usize = 20;
+    let up = Upstream::start("good", Behaviour::Greet);
+    let router = Router::start(&config(up.addr, ""));
+    let addr = router.addr();
+    let good = HelloBuilder::new("good.test").build();
+    for i in 0..FLOOD {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        if i % (FLOOD / GOOD) == 0 {
+            assert_eq!(reach(addr, &good).unwrap(), "good");
+        }
+    }
+    // Every refusal is counted, written or not.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let count = |m: &str, result| {
+        metric(
+            m,
+            "sniroute_connections_total",
+            &[
+                ("listener", "127.0.0.1:0"),
+                (
+                    "route",
+                    if result == "forwarded" {
+                        "good"
+                    } else {
+                        "none"
+                    },
+                ),
+                ("result", result),
+            ],
+        )
+    };
+    loop {
+        let m = router.metrics();
+        if count(&m, "not_tls") == Some(FLOOD as f64) && count(&m, "forwarded") == Some(GOOD as f64)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all counted:\n{m}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Summaries come once a second: wait until they account for every
+    // refusal that was not written.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (written, suppressed, forwarded) = loop {
+        let logs = router.logs();
+        let lines = |result: &str| {
+            logs.iter()
+                .filter(|l| l["message"] == "connection" && l["result"] == result)
+                .count()
+        };
+        let suppressed: u64 = logs
+            .iter()
+            .filter(|l| l["message"] == "refusal log lines suppressed")
+            .map(|l| l["suppressed"].as_u64().unwrap())
+            .sum();
+        let written = lines("not_tls");
+        if written as u64 + suppressed == FLOOD as u64 {
+            break (written, suppressed, lines("forwarded"));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{written} written + {suppressed} summarised != {FLOOD}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("{written} refusal lines written, {suppressed} suppressed");
+    assert_eq!(forwarded, GOOD, "every forwarded connection has its line");
+    assert!(suppressed > 0, "a flood of {FLOOD} must be limited");
+    let m = router.metrics();
+    assert_eq!(
+        metric(&m, "sniroute_access_log_suppressed_total", &[]),
+        Some(suppressed as f64)
+    );
 }

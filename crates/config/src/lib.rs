@@ -116,16 +116,25 @@ pub struct Timeouts {
     pub idle: Duration,
     /// On SIGTERM, how long open tunnels may go on.
     pub drain: Duration,
+    /// `TCP_USER_TIMEOUT` of client and upstream sockets: data sent and not
+    /// acknowledged for this long ends the connection, so a peer that
+    /// vanished mid-tunnel is noticed in bounded time; at most
+    /// [`MAX_TCP_USER_TIMEOUT`].
+    pub tcp_user_timeout: Duration,
 }
 
+/// Largest accepted `timeouts.tcp_user_timeout`.
+pub const MAX_TCP_USER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 impl Default for Timeouts {
-    /// 5s, 10s, 24h, 30s.
+    /// 5s, 10s, 24h, 30s, 60s.
     fn default() -> Self {
         Self {
             client_hello: Duration::from_secs(5),
             connect: Duration::from_secs(10),
             idle: Duration::from_secs(24 * 3600),
             drain: Duration::from_secs(30),
+            tcp_user_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -81,13 +81,14 @@ impl<'de> Deserialize<'de> for RawListener {
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping of `client_hello`, `connect`, `idle` and `drain` durations"
+    expecting = "a mapping of `client_hello`, `connect`, `idle`, `drain` and `tcp_user_timeout` durations"
 )]
 pub(crate) struct RawTimeouts {
     pub(crate) client_hello: Option<Parsed<NonZeroDuration>>,
     pub(crate) connect: Option<Parsed<NonZeroDuration>>,
     pub(crate) idle: Option<Parsed<NonZeroDuration>>,
     pub(crate) drain: Option<Parsed<NonZeroDuration>>,
+    pub(crate) tcp_user_timeout: Option<Parsed<NonZeroDuration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

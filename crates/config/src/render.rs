@@ -41,11 +41,12 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
     let t = &config.timeouts;
     writeln!(
         out,
-        "timeouts: client_hello {}, connect {}, idle {}, drain {}",
+        "timeouts: client_hello {}, connect {}, idle {}, drain {}, tcp_user_timeout {}",
         format_duration(t.client_hello),
         format_duration(t.connect),
         format_duration(t.idle),
-        format_duration(t.drain)
+        format_duration(t.drain),
+        format_duration(t.tcp_user_timeout)
     )?;
     writeln!(
         out,
@@ -180,7 +181,7 @@ default_route: dev-kubernetes01
             "  0.0.0.0:6443  default route: dev-kubernetes01 (global)",
             "  0.0.0.0:7443  default route: staging (this listener's)",
             "admin: 127.0.0.1:9090",
-            "timeouts: client_hello 1.5s, connect 10s, idle 24h, drain 30s",
+            "timeouts: client_hello 1.5s, connect 10s, idle 24h, drain 30s, tcp_user_timeout 1m",
             "limits: max_connections 50000, max_client_hello_bytes 16384, max_pending_hellos 2048, per source: 256 pending hellos, unlimited connections",
             "forwarding: splice",
             "watch_config: off",

@@ -67,6 +67,7 @@ fn the_spec_example_parses_to_the_expected_values() {
             connect: Duration::from_secs(10),
             idle: Duration::from_secs(86_400),
             drain: Duration::from_secs(30),
+            tcp_user_timeout: Duration::from_secs(60),
         },
         limits: Limits {
             max_connections: 50_000,
@@ -621,6 +622,14 @@ fn bad_configs() -> Vec<Bad> {
             column: 27,
             path: Some("limits.max_client_hello_bytes"),
             fragment: "must be between 512 and 65536",
+        },
+        Bad {
+            what: "tcp_user_timeout too long",
+            yaml: vec![LISTENERS, "timeouts: {tcp_user_timeout: 2d}", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 30,
+            path: Some("timeouts.tcp_user_timeout"),
+            fragment: "at most 24h",
         },
         Bad {
             what: "zero max_pending_hellos_per_source",

@@ -12,7 +12,7 @@ use super::source_map::{At, SourceMap};
 use super::values::{NamePattern, UpstreamAddr, DCOS_APISERVER_PORT};
 use super::{
     Config, ConfigSource, HealthCheck, Host, Limits, ListenerConfig, RouteConfig, Timeouts,
-    MAX_CLIENT_HELLO_BYTES, MIN_CLIENT_HELLO_BYTES,
+    MAX_CLIENT_HELLO_BYTES, MAX_TCP_USER_TIMEOUT, MIN_CLIENT_HELLO_BYTES,
 };
 
 /// Turns problems into [`ConfigError`]s that point into one YAML text.
@@ -187,6 +187,17 @@ impl<'a> Checker<'a> {
                 connect: t.connect.map_or(d.connect, |v| v.0),
                 idle: t.idle.map_or(d.idle, |v| v.0),
                 drain: t.drain.map_or(d.drain, |v| v.0),
+                tcp_user_timeout: match t.tcp_user_timeout.map(|v| v.0) {
+                    None => d.tcp_user_timeout,
+                    Some(v) if v <= MAX_TCP_USER_TIMEOUT => v,
+                    Some(_) => {
+                        return Err(self.at(
+                            &root.key("timeouts").key("tcp_user_timeout"),
+                            At::Value,
+                            "tcp_user_timeout must be at most 24h",
+                        ))
+                    }
+                },
             }
         };
 

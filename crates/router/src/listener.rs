@@ -33,14 +33,14 @@ const BACKLOG: i32 = 4096;
 ///
 /// # Errors
 /// The bind or listen error, e.g. address in use or permission denied.
-pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr, user_timeout: Duration) -> io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    pipeline::tune_socket(&socket)?;
+    pipeline::tune_socket(&socket, user_timeout)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
@@ -85,6 +85,9 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::ZERO;
+    // The TCP_USER_TIMEOUT accepted sockets inherit; set again on the
+    // listening socket when a reload changes it.
+    let mut user_timeout = shared.current().config.timeouts.tcp_user_timeout;
     loop {
         let accepted = tokio::select! {
             _ = stopped.wait_for(|&s| s) => return,
@@ -93,7 +96,16 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::ZERO;
-                admit(stream, peer, &configured, &shared);
+                let generation = shared.current();
+                let wanted = generation.config.timeouts.tcp_user_timeout;
+                if wanted != user_timeout {
+                    user_timeout = wanted;
+                    let _ = pipeline::set_user_timeout(socket2::SockRef::from(&listener), wanted);
+                    // This one was accepted before the change.
+                    #[cfg(target_os = "linux")]
+                    let _ = pipeline::set_user_timeout(socket2::SockRef::from(&stream), wanted);
+                }
+                admit(stream, peer, &configured, &shared, generation);
             }
             Err(e) => {
                 let kind = match e.raw_os_error() {
@@ -139,9 +151,9 @@ fn admit(
     peer: SocketAddr,
     listener: &Arc<pipeline::Listener>,
     shared: &Arc<Shared>,
+    generation: Arc<crate::state::Generation>,
 ) {
     let at = Instant::now();
-    let generation = shared.current();
     let slot = match admission::admit(shared, peer.ip(), &generation.config.limits) {
         Ok(slot) => slot,
         Err(refusal) => {
@@ -151,7 +163,7 @@ fn admit(
     };
     // Linux: inherited from the listening socket (see `bind`).
     #[cfg(not(target_os = "linux"))]
-    pipeline::tune(&stream);
+    pipeline::tune(&stream, generation.config.timeouts.tcp_user_timeout);
     tokio::spawn(pipeline::serve(Accepted {
         stream,
         peer,
@@ -169,20 +181,34 @@ mod tests {
     #[tokio::test]
     async fn accepted_sockets_carry_the_tuned_options() {
         for addr in ["127.0.0.1:0", "[::1]:0"] {
-            let Ok(listener) = bind(addr.parse().unwrap()) else {
+            let Ok(listener) = bind(addr.parse().unwrap(), Duration::from_millis(12_345)) else {
                 assert!(addr.starts_with('['), "IPv4 loopback must bind");
                 continue; // no IPv6 on this machine
             };
             let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             let (accepted, _) = listener.accept().await.unwrap();
             #[cfg(not(target_os = "linux"))]
-            pipeline::tune(&accepted);
+            pipeline::tune(&accepted, Duration::from_millis(12_345));
             let s = socket2::SockRef::from(&accepted);
             assert!(s.tcp_nodelay().unwrap(), "{addr}: TCP_NODELAY");
             assert!(s.keepalive().unwrap(), "{addr}: SO_KEEPALIVE");
             assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
             assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(10));
             assert_eq!(s.tcp_keepalive_retries().unwrap(), 6);
+            #[cfg(target_os = "linux")]
+            assert_eq!(
+                s.tcp_user_timeout().unwrap(),
+                Some(Duration::from_millis(12_345)),
+                "{addr}: TCP_USER_TIMEOUT"
+            );
+            // An upstream socket is tuned after connect, the same way.
+            pipeline::tune_socket(&client, Duration::from_millis(12_345)).unwrap();
+            #[cfg(target_os = "linux")]
+            assert_eq!(
+                socket2::SockRef::from(&client).tcp_user_timeout().unwrap(),
+                Some(Duration::from_millis(12_345)),
+                "{addr}: TCP_USER_TIMEOUT on a connected socket"
+            );
             drop(client);
         }
     }

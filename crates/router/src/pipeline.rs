@@ -354,7 +354,7 @@ async fn open(conn: &Accepted, record: &mut Record) -> Result<Open, Refused> {
     tracing::debug!(upstream = %endpoint.endpoint().label(), connect_us = took.as_micros() as u64, "connected");
     record.upstream = Some(endpoint.endpoint().clone());
     route.connect_seconds.record(took.as_secs_f64());
-    tune(&upstream);
+    tune(&upstream, config.timeouts.tcp_user_timeout);
 
     // An upstream that accepts but does not read cannot hold the
     // connection: the hello (and PROXY header) must be written within the
@@ -631,10 +631,11 @@ async fn linger_close(stream: &TcpStream) {
 }
 
 /// Socket options for both sides: no Nagle delay (the hello and small
-/// kubectl frames go out at once) and keepalive, so a peer that vanished
-/// without a FIN is noticed within minutes instead of at the idle timeout.
-pub(crate) fn tune(stream: &TcpStream) {
-    let _ = tune_socket(socket2::SockRef::from(stream));
+/// kubectl frames go out at once), keepalive, so a peer that vanished
+/// without a FIN is noticed within minutes instead of at the idle timeout,
+/// and `TCP_USER_TIMEOUT` (see [`set_user_timeout`]).
+pub(crate) fn tune(stream: &TcpStream, user_timeout: Duration) {
+    let _ = tune_socket(socket2::SockRef::from(stream), user_timeout);
 }
 
 /// [`tune`] on any socket, e.g. a listening one whose accepted sockets
@@ -642,14 +643,33 @@ pub(crate) fn tune(stream: &TcpStream) {
 ///
 /// # Errors
 /// The first `setsockopt` that fails.
-pub(crate) fn tune_socket<'a>(socket: impl Into<socket2::SockRef<'a>>) -> std::io::Result<()> {
+pub(crate) fn tune_socket<'a>(
+    socket: impl Into<socket2::SockRef<'a>>,
+    user_timeout: Duration,
+) -> std::io::Result<()> {
     let socket = socket.into();
     socket.set_tcp_nodelay(true)?;
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10))
         .with_retries(6);
-    socket.set_tcp_keepalive(&keepalive)
+    socket.set_tcp_keepalive(&keepalive)?;
+    set_user_timeout(socket, user_timeout)
+}
+
+/// `TCP_USER_TIMEOUT` (`timeouts.tcp_user_timeout`): data unacknowledged
+/// for this long ends the connection. Keepalive notices a peer that
+/// vanished while the tunnel was idle; this one notices it while data is in
+/// flight, which keepalive does not probe.
+pub(crate) fn set_user_timeout(
+    socket: socket2::SockRef<'_>,
+    user_timeout: Duration,
+) -> std::io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    socket.set_tcp_user_timeout(Some(user_timeout))?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (socket, user_timeout);
+    Ok(())
 }
 
 fn ms(d: Option<Duration>) -> Option<f64> {

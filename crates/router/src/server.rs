@@ -81,7 +81,8 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
 
     let mut listeners: HashMap<SocketAddr, Running> = HashMap::new();
     for l in &generation.config.listeners {
-        let bound = listener::bind(l.address).map_err(|e| StartError::Bind(l.address, e))?;
+        let bound = listener::bind(l.address, generation.config.timeouts.tcp_user_timeout)
+            .map_err(|e| StartError::Bind(l.address, e))?;
         let running = listener::spawn(bound, l.address, shared.clone());
         tracing::info!(listener = %l.address, local = %running.local, "listening");
         listeners.insert(l.address, running);
@@ -156,7 +157,7 @@ async fn reload(
     let wanted: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
     let mut added = Vec::new();
     for addr in wanted.iter().filter(|a| !listeners.contains_key(a)) {
-        match listener::bind(*addr) {
+        match listener::bind(*addr, config.timeouts.tcp_user_timeout) {
             Ok(l) => added.push((*addr, l)),
             Err(e) => {
                 shared.metrics.reload(ReloadResult::Failure);
