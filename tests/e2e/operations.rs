@@ -771,3 +771,46 @@ fn a_removed_route_leaves_metrics_once_its_last_tunnel_ends() {
         Some(0.0)
     );
 }
+
+/// Config A → B → A with tunnels open on each generation: the third
+/// generation finds A's pool (still used by the first generation's tunnel)
+/// instead of making a second pool for the same upstream, so the
+/// endpoint's connection count (least connections) and health are one.
+#[test]
+fn a_config_that_comes_back_reuses_its_pools() {
+    let _turn = crate::common::light();
+    let x = Upstream::start("x", Behaviour::Echo);
+    let y = Upstream::start("y", Behaviour::Echo);
+    let config = |up: SocketAddr| two_routes(up, None);
+    let router = Router::start(&config(x.addr));
+    let hello = HelloBuilder::new("alpha.test").build();
+    let open = || {
+        let mut t = TcpStream::connect(router.addr()).unwrap();
+        t.write_all(&hello).unwrap();
+        let mut back = vec![0u8; hello.len()];
+        t.read_exact(&mut back).unwrap();
+        t
+    };
+    let active = |addr: SocketAddr| -> u64 {
+        let (_, body) = router.admin_get("/status");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        status["routes"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["address"] == addr.to_string())
+            .map_or(0, |e| e["active_tunnels"].as_u64().unwrap())
+    };
+    let _on_a = open();
+    assert_eq!(router.reload(&config(y.addr))["message"], "config reloaded");
+    let _on_b = open();
+    assert_eq!(active(y.addr), 1);
+    assert_eq!(router.reload(&config(x.addr))["message"], "config reloaded");
+    assert_eq!(
+        active(x.addr),
+        1,
+        "generation 3 sees the tunnel of generation 1: the same pool"
+    );
+    let _on_a_again = open();
+    assert_eq!(active(x.addr), 2);
+}
