@@ -826,13 +826,13 @@ fn kernel_keeps_queued_bytes_readable_after_a_reset() {
         let mut got = 0;
         if how == "write first" {
             let first = loop {
-                match b.write(b"x") {
-                    Ok(_) => std::thread::yield_now(),
+                match b.write_all(b"x") {
+                    Ok(()) => std::thread::yield_now(),
                     Err(e) => break e,
                 }
             };
             assert_eq!(first.kind(), io::ErrorKind::ConnectionReset, "{how}");
-            let second = b.write(b"x").unwrap_err();
+            let second = b.write_all(b"x").unwrap_err();
             assert_eq!(second.kind(), io::ErrorKind::BrokenPipe, "{how}");
         }
         let (pipe_read, pipe_write) = rustix::pipe::pipe().unwrap();
