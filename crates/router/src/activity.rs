@@ -2,9 +2,11 @@
 //! each way, read from the metric handles (nothing is counted twice), and
 //! rates over the last minute from a small ring of samples per route.
 //!
-//! The admin endpoint runs [`sample`] while it serves: every [`INTERVAL`]
-//! it notes the totals of each route of the generation in force, keeping
-//! the last [`SLOTS`] samples, so a page gets a rate as soon as it loads.
+//! The first sample is taken when the process state is made, before any
+//! listener accepts (every count is 0 then); the admin endpoint then runs
+//! [`sample`] while it serves: every [`INTERVAL`] it notes the totals of
+//! each route of the generation in force, keeping the last [`SLOTS`]
+//! samples, so a page gets a rate as soon as it loads.
 //! A rate is the change from the oldest sample kept to now, over the time
 //! between them: 60 to 70 s once the router has run that long, since start
 //! before. Memory is bounded by the routes configured: a route a reload
@@ -110,6 +112,14 @@ fn push(ring: &mut Ring, at: Instant, totals: Totals) {
 }
 
 impl Rates {
+    /// Samples with the first taken now, from `first` (the generation the
+    /// process starts with).
+    pub(crate) fn starting(first: &Generation) -> Self {
+        let rates = Self::default();
+        rates.sample(first, Instant::now());
+        rates
+    }
+
     /// Notes the totals of every route of `generation` at `now`, and
     /// forgets routes it no longer has.
     pub(crate) fn sample(&self, generation: &Generation, now: Instant) {
@@ -154,9 +164,11 @@ impl Rates {
     }
 }
 
-/// Samples every [`INTERVAL`], starting now, until the task is dropped.
+/// Samples every [`INTERVAL`] from now on (the first sample is
+/// [`Rates::starting`]'s), until the task is dropped.
 pub(crate) async fn sample(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(INTERVAL);
+    let start = tokio::time::Instant::now() + INTERVAL;
+    let mut tick = tokio::time::interval_at(start, INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -260,6 +260,7 @@ impl Shared {
         let first = Arc::new(first);
         let metrics = ProcessMetrics::new();
         metrics.generation.set(first.id as i64);
+        let rates = Rates::starting(&first);
         Arc::new(Self {
             generations: Mutex::new(vec![Arc::downgrade(&first)]),
             current: RwLock::new(first),
@@ -274,7 +275,7 @@ impl Shared {
             drain_closed: AtomicU64::new(0),
             metrics,
             recent: Recent::default(),
-            rates: Rates::default(),
+            rates,
         })
     }
 
