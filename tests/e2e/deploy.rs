@@ -1184,9 +1184,9 @@ fn memory_bound_kib(config: &serde_yaml::Value) -> MemoryBound {
     let hello_bytes = key("max_client_hello_bytes", 16_384);
     let pending_cap = key("max_pending_hellos", 2_048).min(connections);
 
-    // The hello buffer grows by doubling up to the limit: its capacity
-    // stays under twice the limit.
-    let hello_buffer = 2 * hello_bytes.div_ceil(1024);
+    // The hello buffer grows with the bytes that arrive, exactly, up to
+    // the limit.
+    let hello_buffer = hello_bytes.div_ceil(1024);
     let socket = SOCKET + RECEIVE_QUEUE + SEND_QUEUE;
     let pending = CONNECTION + hello_buffer + SOCKET + RECEIVE_QUEUE;
     let setup = CONNECTION + hello_buffer + 2 * socket;
@@ -1213,7 +1213,11 @@ fn marathon_mem_covers_the_configured_worst_case() {
         let app = json(&path);
         let name = path.display();
         let (_, config) = embedded_config(&app, &path);
-        for key in ["max_connections", "max_client_hello_bytes"] {
+        for key in [
+            "max_connections",
+            "max_pending_hellos",
+            "max_client_hello_bytes",
+        ] {
             assert!(
                 config["limits"][key].is_u64(),
                 "{name}: set limits.{key} explicitly: mem is sized from it"
@@ -1231,10 +1235,14 @@ fn marathon_mem_covers_the_configured_worst_case() {
         // The docs show the same figures for the shipped settings.
         let connections = config["limits"]["max_connections"].as_u64().unwrap();
         for figure in [
-            format!("*P* = 4 + 2*h* + 4 + 128 = {} KiB", bound.pending),
-            format!("*S* = 4 + 2*h* + 2 × 196 = {} KiB", bound.setup),
+            format!("*P* = 4 + *h* + 4 + 128 = {} KiB", bound.pending),
+            format!("*S* = 4 + *h* + 2 × 196 = {} KiB", bound.setup),
             format!("*T* = 4 + 2 × 66 + 2 × 196 = {} KiB", bound.tunnel),
             format!("`limits.max_connections: {connections}`"),
+            format!(
+                "`max_pending_hellos: {}`",
+                config["limits"]["max_pending_hellos"].as_u64().unwrap()
+            ),
             format!("`mem: {mem_mib}`"),
         ] {
             assert!(
@@ -1260,13 +1268,13 @@ fn marathon_mem_covers_the_configured_worst_case() {
     // The formula itself: a pending-heavy config is bounded by its cap.
     let cfg = |yaml: &str| serde_yaml::from_str::<serde_yaml::Value>(yaml).unwrap();
     let small = memory_bound_kib(&cfg("limits: {max_connections: 10}"));
-    assert_eq!((small.pending, small.setup, small.tunnel), (168, 428, 528));
+    assert_eq!((small.pending, small.setup, small.tunnel), (152, 412, 528));
     assert_eq!(small.total, 32 * 1024 + 10 * 528);
     let big_hellos = memory_bound_kib(&cfg(
         "limits: {max_connections: 10, max_client_hello_bytes: 65536, max_pending_hellos: 4}",
     ));
-    assert_eq!(big_hellos.pending, 4 + 128 + 4 + 128);
-    assert_eq!(big_hellos.setup, 4 + 128 + 392);
+    assert_eq!(big_hellos.pending, 4 + 64 + 4 + 128);
+    assert_eq!(big_hellos.setup, 4 + 64 + 392);
     assert_eq!(
         big_hellos.total,
         32 * 1024 + 10 * big_hellos.setup.max(big_hellos.tunnel)
