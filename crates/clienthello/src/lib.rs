@@ -25,6 +25,8 @@
 //!   the [`Error`] labels;
 //! - `alpn`: [`Alpn`], the ALPN list kept as the extension's own bytes in
 //!   one allocation, with a capped display for logs;
+//! - `raw_sni`: [`raw_server_name`], the server name as sent, best effort,
+//!   for a refused hello's entry on the status page;
 //! - `name`: [`ServerName`], which validates and normalises host names (also
 //!   used by the router for configured names), and its [`NameError`];
 //! - `synth` (cargo feature `synth`, off by default): `HelloBuilder`,

@@ -17,6 +17,14 @@
 //! `source_map`).
 //!
 //! `deploy/sniroute.example.yaml` documents every key.
+//!
+//! Modules: this file holds the validated types and [`Config::load`];
+//! `raw` the serde structs that deny unknown keys; `values` the checked
+//! scalars ([`NamePattern`], [`UpstreamAddr`], [`IpNet`], [`dcos_vip`]);
+//! `duration` the `5s`/`1m30s` durations; `validate` the pass from raw to
+//! validated; `error` and `source_map` the `FILE:LINE:COLUMN` errors;
+//! `render` the routing table as `sniroute check` prints it; `tests` the
+//! unit tests.
 
 mod duration;
 mod error;

@@ -82,7 +82,7 @@ impl Demo {
             client_key: &client_key,
             kubeconfig: &kubeconfig_path,
         };
-        std::fs::write(&kubeconfig_path, kubeconfig(listen, &files))?;
+        std::fs::write(&kubeconfig_path, kubeconfig(listen, &files)?)?;
         let instructions = instructions(listen, admin, &cluster_a, &cluster_b, &files);
 
         Ok(Demo {
@@ -160,32 +160,32 @@ fn shell(path: &Path) -> String {
     }
 }
 
-fn kubeconfig(listen: SocketAddr, files: &Files<'_>) -> String {
-    let server = quoted(&format!("https://{}", client_addr(listen)));
-    let ca = quoted(&files.ca.display().to_string());
-    let mut out = String::from(
-        "# kubeconfig for the sniroute demo (generated)\napiVersion: v1\nkind: Config\nclusters:\n",
-    );
-    for name in ["cluster-a", "cluster-b"] {
-        let _ = write!(
-            out,
-            "  - name: {name}\n    cluster:\n      server: {server}\n      tls-server-name: {name}.demo.test\n      certificate-authority: {ca}\n"
-        );
+/// The demo's kubeconfig, written by the same writer as
+/// `sniroute kubeconfig`: one context per cluster, both through the router
+/// with the cluster's name as `tls-server-name`, the CA and the client
+/// certificate embedded; `cluster-a` is the current context.
+fn kubeconfig(listen: SocketAddr, files: &Files<'_>) -> io::Result<String> {
+    use kubeconfig::{merge, CaChoice, Credentials, KubeconfigRequest};
+    let mut text = String::new();
+    for (i, name) in ["cluster-a", "cluster-b"].into_iter().enumerate() {
+        let request = KubeconfigRequest {
+            route: name.to_owned(),
+            apiserver_url: format!("https://{}", client_addr(listen)),
+            ca: CaChoice::CustomCa(files.ca.to_path_buf()),
+            context_name: None,
+            activate: i == 0,
+            credentials: Credentials::ClientCert {
+                cert: files.client_cert.to_path_buf(),
+                key: files.client_key.to_path_buf(),
+            },
+        };
+        let existing = (!text.is_empty()).then_some(text.as_str());
+        text = merge(existing, &request, Some(&format!("{name}.demo.test")))
+            .map_err(io::Error::other)?;
     }
-    let _ = write!(
-        out,
-        "users:\n  - name: {CLIENT_CN}\n    user:\n      client-certificate: {}\n      client-key: {}\ncontexts:\n",
-        quoted(&files.client_cert.display().to_string()),
-        quoted(&files.client_key.display().to_string()),
-    );
-    for name in ["cluster-a", "cluster-b"] {
-        let _ = write!(
-            out,
-            "  - name: {name}\n    context:\n      cluster: {name}\n      user: {CLIENT_CN}\n"
-        );
-    }
-    out.push_str("current-context: cluster-a\n");
-    out
+    Ok(format!(
+        "# kubeconfig for the sniroute demo (generated)\n{text}"
+    ))
 }
 
 fn instructions(

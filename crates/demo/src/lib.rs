@@ -15,6 +15,9 @@
 //! - [`Demo`]: the two demo clusters, files and router config behind
 //!   `sniroute demo`.
 //!
+//! Modules: `ca` ([`Ca`], [`Identity`]), `upstream` ([`TlsUpstream`] and
+//! its options), `client` ([`https_get`]) and `demo` ([`Demo`]).
+//!
 //! All TLS uses rustls's *ring* provider, passed explicitly to every builder
 //! (no process-wide default is installed or needed).
 //!

@@ -225,7 +225,7 @@ async fn demo_writes_files_and_both_clusters_answer() {
     // The kubeconfig points kubectl at the router with the right names.
     let kubeconfig = std::fs::read_to_string(dir.path().join(demo::KUBECONFIG_FILE)).unwrap();
     assert!(
-        kubeconfig.contains("server: \"https://127.0.0.1:16443\""),
+        kubeconfig.contains("server: https://127.0.0.1:16443"),
         "{kubeconfig}"
     );
     assert!(
