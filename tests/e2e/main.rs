@@ -10,6 +10,7 @@
 //! | [`status_page`] | `/status` and the page after known traffic: counts, rates, endpoint errors, recent refusals; the page in headless Chromium behind a path prefix |
 //! | [`limits`] | memory that follows the bytes, the pending-hello cap, per-source limits, ALPN-heavy hellos |
 //! | [`resilience`] | hostile input, floods, upstream faults, descriptor exhaustion, 5,000 tunnels under reloads |
+//! | [`docs`] | README's crate picture against the manifests |
 //! | [`deploy`] | everything in `deploy/` |
 //!
 //! Tests take turns through [`common::light`] and [`common::heavy`]: heavy
@@ -18,6 +19,7 @@
 
 mod common;
 mod deploy;
+mod docs;
 mod limits;
 mod operations;
 mod resilience;
