@@ -177,10 +177,22 @@ async fn curl_and_openssl_verify_the_clusters_certificate() {
     assert!(text.contains("*.beta.test"), "{text}");
 }
 
-fn kubectl_version(kubeconfig: &Path) -> (bool, String) {
-    let out = Command::new("kubectl")
+/// `kubectl` with everything it writes (discovery cache, HOME) in the
+/// test's own directory: no test reads or writes outside the repository and
+/// its temporary files.
+fn kubectl(kubeconfig: &Path) -> Command {
+    let dir = kubeconfig.parent().unwrap();
+    let mut cmd = Command::new("kubectl");
+    cmd.env("HOME", dir)
+        .arg("--cache-dir")
+        .arg(dir.join("kube-cache"))
         .arg("--kubeconfig")
-        .arg(kubeconfig)
+        .arg(kubeconfig);
+    cmd
+}
+
+fn kubectl_version(kubeconfig: &Path) -> (bool, String) {
+    let out = kubectl(kubeconfig)
         .args(["version", "-o", "json", "--request-timeout=10s"])
         .output()
         .unwrap();
@@ -273,9 +285,7 @@ async fn kubectl_with_a_generated_kubeconfig_and_mtls() {
     let (ok, output) = kubectl_version(&kubeconfig);
     assert!(ok, "{output}");
     // The insecure context has no client certificate: the cluster refuses it.
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
+    let out = kubectl(&kubeconfig)
         .args([
             "--context",
             "alpha-insecure",
