@@ -433,16 +433,168 @@ async fn maintain(pool: Weak<Pool>) {
         None if has_names => DNS_REFRESH,
         None => return,
     };
-    let mut last_dns = Instant::now();
+    // tokio's clock, so tests can pause and advance it.
+    let mut last_dns = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(tick).await;
         let Some(p) = pool.upgrade() else { return };
         if has_names && last_dns.elapsed() >= DNS_REFRESH {
             p.refresh().await;
-            last_dns = Instant::now();
+            last_dns = tokio::time::Instant::now();
         }
         if let Some(hc) = &hc {
             p.check_health(hc).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pool key of the route in `yaml` (one route, named `r`).
+    fn key(route: &str) -> PoolKey {
+        let config = config::Config::from_yaml_str(
+            &format!("listeners: [\"127.0.0.1:0\"]\nroutes:\n  - name: r\n    server_names: [r.test]\n{route}"),
+            "test.yaml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        PoolKey::of(&config.routes[0])
+    }
+
+    fn addrs(list: &[Arc<Endpoint>]) -> Vec<u16> {
+        list.iter().map(|ep| ep.addr.port()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn round_robin_rotates_and_puts_unhealthy_endpoints_last() {
+        let pool = Pool::start(key(
+            "    upstreams: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n    balance: round_robin\n    health_check: false\n",
+        ));
+        assert_eq!(addrs(&pool.candidates()), [1, 2, 3]);
+        assert_eq!(addrs(&pool.candidates()), [2, 3, 1]);
+        assert_eq!(addrs(&pool.candidates()), [3, 1, 2]);
+        pool.endpoints()[1].healthy.store(false, Ordering::Relaxed);
+        assert_eq!(
+            addrs(&pool.candidates()),
+            [1, 3, 2],
+            "unhealthy last, still tried"
+        );
+        assert_eq!(addrs(&pool.candidates()), [3, 1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn least_connections_prefers_the_idle_endpoint() {
+        let pool = Pool::start(key(
+            "    upstreams: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n    health_check: false\n",
+        ));
+        let eps = pool.endpoints();
+        eps[0].active.store(5, Ordering::Relaxed);
+        eps[1].active.store(1, Ordering::Relaxed);
+        eps[2].active.store(3, Ordering::Relaxed);
+        assert_eq!(addrs(&pool.candidates()), [2, 3, 1]);
+        // Equal counts: the rotation decides.
+        eps[0].active.store(0, Ordering::Relaxed);
+        eps[1].active.store(0, Ordering::Relaxed);
+        eps[2].active.store(0, Ordering::Relaxed);
+        let first: Vec<u16> = (0..3).map(|_| pool.candidates()[0].addr.port()).collect();
+        let mut sorted = first.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [1, 2, 3], "each is first once: {first:?}");
+        // An unhealthy idle endpoint comes after a busy healthy one.
+        eps[0].healthy.store(false, Ordering::Relaxed);
+        eps[1].active.store(9, Ordering::Relaxed);
+        eps[2].active.store(9, Ordering::Relaxed);
+        assert_eq!(pool.candidates().last().unwrap().addr.port(), 1);
+    }
+
+    /// Lets the pool's maintenance task run its due check (loopback
+    /// connects complete without the clock moving).
+    async fn settle() {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_thresholds_on_the_check_schedule() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = Pool::start(key(&format!(
+            "    upstreams: [\"{addr}\"]\n    health_check: {{interval: 5s, timeout: 1s, unhealthy_after: 3, healthy_after: 2}}\n"
+        )));
+        settle().await; // the maintenance task starts its schedule
+        let ep = pool.endpoints()[0].clone();
+        let failures = |n| {
+            let ep = ep.clone();
+            move || ep.failures.load(Ordering::Relaxed) == n
+        };
+        assert!(ep.is_healthy(), "healthy until checks say otherwise");
+        drop(listener); // now the port refuses
+        for round in 1..=3u32 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            settle().await;
+            assert!(failures(round)(), "check {round} ran at {}s", 5 * round);
+            assert_eq!(ep.is_healthy(), round < 3, "after {round} failures");
+        }
+        // Back: healthy again after two passing checks, not one.
+        let _listener = std::net::TcpListener::bind(addr).unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        settle().await;
+        assert_eq!(ep.successes.load(Ordering::Relaxed), 1);
+        assert!(!ep.is_healthy(), "one success is not enough");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        settle().await;
+        assert!(ep.is_healthy(), "two successes bring it back");
+        // Nothing runs between ticks.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        settle().await;
+        assert_eq!(ep.successes.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_name_that_stops_resolving_keeps_its_last_addresses() {
+        // A name that never resolves here (RFC 6761 `.invalid`), with the
+        // endpoints a previous lookup had found.
+        let key =
+            key("    upstreams: [\"api.sniroute-test.invalid:6443\"]\n    health_check: false\n");
+        let upstream = key.upstreams[0].clone();
+        let known = vec![
+            Arc::new(Endpoint::new(
+                "127.0.0.1:6443".parse().unwrap(),
+                &upstream,
+                "r",
+            )),
+            Arc::new(Endpoint::new(
+                "127.0.0.2:6443".parse().unwrap(),
+                &upstream,
+                "r",
+            )),
+        ];
+        let pool = Pool {
+            key,
+            endpoints: RwLock::new(Arc::new(known)),
+            next: AtomicUsize::new(0),
+            on_demand: tokio::sync::Mutex::new(None),
+        };
+        pool.refresh().await;
+        let mut kept: Vec<String> = pool
+            .endpoints()
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect();
+        kept.sort();
+        assert_eq!(kept, ["127.0.0.1:6443", "127.0.0.2:6443"]);
+
+        // Without any known address a connect fails at once, naming why.
+        let empty = Pool {
+            key: pool.key.clone(),
+            endpoints: RwLock::new(Arc::new(Vec::new())),
+            next: AtomicUsize::new(0),
+            on_demand: tokio::sync::Mutex::new(None),
+        };
+        let err = empty.connect(Duration::from_secs(1)).await.unwrap_err();
+        assert!(err.attempts.is_empty());
+        assert!(err.to_string().contains("did not resolve"), "{err}");
     }
 }
