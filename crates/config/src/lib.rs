@@ -99,8 +99,60 @@ pub struct Config {
     pub watch_config: bool,
     /// How tunnel bytes are moved.
     pub forwarding: Forwarding,
+    /// Where endpoints are discovered (for `marathon_app` routes).
+    pub discovery: Discovery,
     /// Where this config came from.
     pub source: ConfigSource,
+}
+
+/// Discovery sources; each `None` when not configured.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Discovery {
+    /// Marathon, for `marathon_app` routes.
+    pub marathon: Option<MarathonConfig>,
+}
+
+/// `discovery.marathon`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarathonConfig {
+    /// Plain `http://host[:port][/prefix]` URLs, tried in order.
+    pub urls: Vec<String>,
+    /// Full re-read period (default [`DEFAULT_MARATHON_RESYNC`]).
+    pub resync: Duration,
+    /// `/readyz` answers 503 until the first successful sync (default
+    /// true).
+    pub required: bool,
+}
+
+/// Default `discovery.marathon.resync`: 5 minutes.
+pub const DEFAULT_MARATHON_RESYNC: Duration = Duration::from_secs(300);
+
+/// A route's Marathon app port (`marathon_app`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MarathonApp {
+    /// The app id, absolute, without a trailing slash (`/prod/web`).
+    pub id: String,
+    /// Which of its ports.
+    pub port: MarathonPort,
+}
+
+/// `port_index` or `port_name` of a `marathon_app`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum MarathonPort {
+    /// `port_index`: the position among the app's ports.
+    Index(usize),
+    /// `port_name`: the port of that name in `portDefinitions` or
+    /// `container.portMappings`.
+    Name(String),
+}
+
+impl std::fmt::Display for MarathonApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.port {
+            MarathonPort::Index(i) => write!(f, "Marathon app {}, port index {i}", self.id),
+            MarathonPort::Name(n) => write!(f, "Marathon app {}, port named {n}", self.id),
+        }
+    }
 }
 
 /// One listening address.
@@ -198,8 +250,8 @@ pub struct RouteConfig {
     /// `dcos_service` adds its VIP name last. May be empty for a route that
     /// is only a default.
     pub server_names: Vec<NamePattern>,
-    /// Where to connect (at least one); a `dcos_service` expanded to its
-    /// API server VIP.
+    /// Where to connect (at least one, none for a `marathon_app` route); a
+    /// `dcos_service` expanded to its API server VIP.
     pub upstreams: Vec<UpstreamAddr>,
     /// How an upstream is picked.
     pub balance: Balance,
@@ -212,6 +264,9 @@ pub struct RouteConfig {
     /// The DC/OS service this route was written as, if any
     /// (`dev/kubernetes01`).
     pub dcos_service: Option<String>,
+    /// The Marathon app port whose tasks are this route's endpoints
+    /// (discovered; `upstreams` is then empty).
+    pub marathon_app: Option<MarathonApp>,
 }
 
 /// How an upstream is picked among the healthy ones.

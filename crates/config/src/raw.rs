@@ -34,6 +34,48 @@ pub(crate) struct RawConfig {
     pub(crate) watch_config: Option<bool>,
     #[serde(default)]
     pub(crate) forwarding: Option<Forwarding>,
+    #[serde(default)]
+    pub(crate) discovery: Option<RawDiscovery>,
+}
+
+/// `discovery`: only Marathon so far; any other key (`mesos`) is an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "discovery sources: a mapping with `marathon`"
+)]
+pub(crate) struct RawDiscovery {
+    #[serde(default)]
+    pub(crate) marathon: Option<RawMarathon>,
+}
+
+/// `discovery.marathon`. `auth`, `ca_file` and the label keys are not
+/// implemented yet, so they are unknown keys (errors), never ignored.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "Marathon settings: a mapping with `urls` and optionally `resync` and `required`"
+)]
+pub(crate) struct RawMarathon {
+    pub(crate) urls: NonEmpty<Parsed<MarathonUrl>>,
+    #[serde(default)]
+    pub(crate) resync: Option<Parsed<NonZeroDuration>>,
+    #[serde(default)]
+    pub(crate) required: Option<bool>,
+}
+
+/// A route's `marathon_app`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a Marathon app port: a mapping with `id` and one of `port_name` and `port_index`"
+)]
+pub(crate) struct RawMarathonApp {
+    pub(crate) id: Parsed<MarathonAppId>,
+    #[serde(default)]
+    pub(crate) port_name: Option<String>,
+    #[serde(default)]
+    pub(crate) port_index: Option<Count>,
 }
 
 /// A listener: `"0.0.0.0:6443"` or `{address: ..., default_route: ...}`.
@@ -107,7 +149,7 @@ pub(crate) struct RawLimits {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a route: a mapping with `name`, `server_names` and either `upstreams` or `dcos_service`"
+    expecting = "a route: a mapping with `name`, `server_names` and one of `upstreams`, `dcos_service` and `marathon_app`"
 )]
 pub(crate) struct RawRoute {
     pub(crate) name: Parsed<RouteName>,
@@ -117,6 +159,8 @@ pub(crate) struct RawRoute {
     pub(crate) upstreams: Option<NonEmpty<Parsed<UpstreamAddr>>>,
     #[serde(default)]
     pub(crate) dcos_service: Option<Parsed<DcosService>>,
+    #[serde(default)]
+    pub(crate) marathon_app: Option<RawMarathonApp>,
     #[serde(default)]
     pub(crate) balance: Option<Balance>,
     #[serde(default)]
@@ -360,6 +404,89 @@ impl Scalar for IpNet {
     const EXPECTING: &'static str = "a network such as `10.0.0.0/8`";
     fn parse(s: &str) -> Result<IpNet, ValueError> {
         s.parse()
+    }
+}
+
+/// A Marathon URL: plain `http://host[:port][/prefix]` (https is not
+/// implemented yet: refused, never half-working).
+#[derive(Debug)]
+pub(crate) struct MarathonUrl;
+impl Scalar for MarathonUrl {
+    type Output = String;
+    const EXPECTING: &'static str = "a Marathon URL such as `http://marathon.mesos:8080`";
+    fn parse(s: &str) -> Result<String, ValueError> {
+        let bad = |why: &str| Err(ValueError::new(format!("`{s}`: {why}")));
+        if s.starts_with("https://") {
+            return bad("https is not supported yet; use Marathon's plain http URL, such as `http://marathon.mesos:8080`");
+        }
+        let Some(rest) = s.strip_prefix("http://") else {
+            return bad("expected an http URL such as `http://marathon.mesos:8080`");
+        };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if authority.contains(['@', '?', '#']) || path.contains(['?', '#']) {
+            return bad("a Marathon URL has no user, query or fragment");
+        }
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => match v6.split_once(']') {
+                Some((h, after)) if h.parse::<std::net::Ipv6Addr>().is_ok() => {
+                    (h, after.strip_prefix(':'))
+                }
+                _ => return bad("not a valid IPv6 address in brackets"),
+            },
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            },
+        };
+        if host.is_empty()
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+        {
+            return bad("the host is missing or not a valid name");
+        }
+        if let Some(p) = port {
+            if !matches!(p.parse::<u16>(), Ok(n) if n > 0) {
+                return bad(&format!("`{p}` is not a port"));
+            }
+        }
+        if !path
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '%' | '"' | '<' | '>' | '\\'))
+        {
+            return bad("the path may hold plain characters only");
+        }
+        Ok(s.to_owned())
+    }
+}
+
+/// A Marathon app id: absolute, segments of `a-z`, `0-9`, `-` and `.`;
+/// the output has no trailing slash.
+#[derive(Debug)]
+pub(crate) struct MarathonAppId;
+impl Scalar for MarathonAppId {
+    type Output = String;
+    const EXPECTING: &'static str = "a Marathon app id such as `/prod/web`";
+    fn parse(s: &str) -> Result<String, ValueError> {
+        let trimmed = s.strip_suffix('/').unwrap_or(s);
+        let segments = trimmed.strip_prefix('/').map(|r| r.split('/'));
+        let valid = segments.is_some_and(|mut segs| {
+            segs.all(|seg| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'
+                    })
+            })
+        });
+        if !valid {
+            return Err(ValueError::new(format!(
+                "`{s}` is not a Marathon app id: an absolute path such as `/prod/web`, \
+                 each part made of a-z, 0-9, `-` and `.`"
+            )));
+        }
+        Ok(trimmed.to_owned())
     }
 }
 

@@ -62,6 +62,19 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
             .map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
     )?;
     writeln!(out, "forwarding: {}", config.forwarding.as_str())?;
+    if let Some(m) = &config.discovery.marathon {
+        writeln!(
+            out,
+            "discovery: marathon {} (tried in order), resync {}, {}",
+            m.urls.join(", "),
+            format_duration(m.resync),
+            if m.required {
+                "required: /readyz answers 503 until the first sync"
+            } else {
+                "not required: ready before the first sync"
+            }
+        )?;
+    }
     writeln!(
         out,
         "watch_config: {}",
@@ -116,6 +129,14 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
         writeln!(out, "    wildcards:      {}", list(&wild))?;
         let upstreams: Vec<String> = r.upstreams.iter().map(ToString::to_string).collect();
         match &r.dcos_service {
+            _ if r.marathon_app.is_some() => writeln!(
+                out,
+                "    upstreams:      {} (discovered)",
+                r.marathon_app
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            )?,
             Some(service) => writeln!(
                 out,
                 "    upstreams:      {} (DC/OS service {service})",
@@ -225,6 +246,37 @@ default_route: dev-kubernetes01
         assert!(
             bare.contains("\ndefault route: none (ClientHellos without SNI"),
             "{bare}"
+        );
+        assert!(!bare.contains("discovery"), "{bare}");
+    }
+
+    #[test]
+    fn render_shows_discovery_and_marathon_routes() {
+        let out = render(&config(
+            "listeners: [\"0.0.0.0:6443\"]\n\
+             discovery: {marathon: {urls: [\"http://m1:8080\", \"http://m2:8080/marathon\"], resync: 1m}}\n\
+             routes:\n\
+             - {name: web, server_names: [web.test], marathon_app: {id: /prod/web, port_name: https}}\n\
+             - {name: api, server_names: [api.test], marathon_app: {id: /prod/api/, port_index: 1}}\n",
+        ));
+        assert!(
+            out.contains(
+                "\ndiscovery: marathon http://m1:8080, http://m2:8080/marathon (tried in order), resync 1m, \
+                 required: /readyz answers 503 until the first sync\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "\n    upstreams:      Marathon app /prod/web, port named https (discovered)\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "\n    upstreams:      Marathon app /prod/api, port index 1 (discovered)\n"
+            ),
+            "{out}"
         );
     }
 }

@@ -92,6 +92,7 @@ fn the_spec_example_parses_to_the_expected_values() {
                 proxy_protocol: ProxyProtocol::None,
                 allow_sources: vec![],
                 dcos_service: Some("dev/kubernetes01".into()),
+                marathon_app: None,
             },
             RouteConfig {
                 name: "staging".into(),
@@ -120,11 +121,13 @@ fn the_spec_example_parses_to_the_expected_values() {
                     "2001:db8::/32".parse().unwrap(),
                 ],
                 dcos_service: None,
+                marathon_app: None,
             },
         ],
         default_route: Some("dev-kubernetes01".into()),
         watch_config: false,
         forwarding: Forwarding::Splice,
+        discovery: Discovery::default(),
         source: ConfigSource::File(PathBuf::from("sniroute.yaml")),
     };
     assert_eq!(config, want);
@@ -876,7 +879,7 @@ fn load_reads_files_and_environment_yaml_and_records_the_source() {
         err.to_string(),
         format!(
             "{}:4:5: unknown key `bogus_key`, expected one of `name`, `server_names`, `upstreams`, \
-             `dcos_service`, `balance`, `health_check`, `proxy_protocol`, `allow_sources` (at routes[0].bogus_key)",
+             `dcos_service`, `marathon_app`, `balance`, `health_check`, `proxy_protocol`, `allow_sources` (at routes[0].bogus_key)",
             file.display()
         )
     );
@@ -960,6 +963,13 @@ fn the_deploy_example_loads() {
         "server_names:",
         "upstreams:",
         "dcos_service:",
+        "discovery:",
+        "marathon:",
+        "urls:",
+        "resync:",
+        "required:",
+        "marathon_app:",
+        "port_name:",
         "balance:",
         "health_check:",
         "enabled:",
@@ -980,6 +990,196 @@ fn the_deploy_example_loads() {
             "the example does not show `{key}`"
         );
     }
+}
+
+#[test]
+fn marathon_discovery_and_marathon_app_routes() {
+    let config = parse(
+        r#"listeners: ["127.0.0.1:6443"]
+discovery:
+  marathon:
+    urls: ["http://marathon.mesos:8080", "http://10.0.0.2:8080/marathon/", "http://[fd00::1]"]
+routes:
+  - name: web
+    server_names: [web.example.com]
+    marathon_app: {id: /prod/web/, port_name: https}
+  - name: api
+    server_names: [api.example.com]
+    marathon_app: {id: /api, port_index: 2}
+    health_check: false
+"#,
+    );
+    let m = config.discovery.marathon.clone().unwrap();
+    assert_eq!(
+        m.urls,
+        [
+            "http://marathon.mesos:8080",
+            "http://10.0.0.2:8080/marathon/",
+            "http://[fd00::1]"
+        ]
+    );
+    assert_eq!((m.resync, m.required), (DEFAULT_MARATHON_RESYNC, true));
+    let web = &config.routes[0];
+    assert!(web.upstreams.is_empty());
+    assert_eq!(
+        web.marathon_app,
+        Some(MarathonApp {
+            id: "/prod/web".into(),
+            port: MarathonPort::Name("https".into())
+        })
+    );
+    assert_eq!(web.health_check, Some(HealthCheck::default()));
+    assert_eq!(
+        config.routes[1].marathon_app.as_ref().map(|a| &a.port),
+        Some(&MarathonPort::Index(2))
+    );
+    let other = parse(
+        "listeners: [\"127.0.0.1:6443\"]\ndiscovery: {marathon: {urls: [\"http://m:8080\"], resync: 30s, required: false}}\n\
+         routes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n",
+    );
+    let m = other.discovery.marathon.unwrap();
+    assert_eq!((m.resync, m.required), (Duration::from_secs(30), false));
+    assert_eq!(other.routes[0].marathon_app, None);
+    // No discovery section: none configured.
+    assert_eq!(parse(SPEC_EXAMPLE).discovery, Discovery::default());
+}
+
+#[test]
+fn bad_marathon_settings_are_pointed_at() {
+    const D: &str = "discovery: {marathon: {urls: [\"http://m:8080\"]}}";
+    type Case = (
+        &'static str,
+        &'static str,
+        (usize, usize),
+        &'static str,
+        &'static str,
+    );
+    let cases: &[Case] = &[
+        // (what, yaml after the listeners line, line:column, path, message fragment)
+        (
+            "a marathon_app route without discovery.marathon",
+            "routes:\n  - name: web\n    server_names: [web.test]\n    marathon_app: {id: /web, port_index: 0}",
+            (5, 5),
+            "routes[0].marathon_app",
+            "route `web` takes its endpoints from Marathon, but `discovery.marathon` is not configured",
+        ),
+        (
+            "auth is not implemented yet",
+            "discovery:\n  marathon:\n    urls: [\"http://m:8080\"]\n    auth: {token_file: /t}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (5, 5),
+            "discovery.marathon.auth",
+            "unknown key `auth`, expected one of `urls`, `resync`, `required`",
+        ),
+        (
+            "ca_file is not implemented yet",
+            "discovery: {marathon: {urls: [\"http://m:8080\"], ca_file: /ca.crt}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (2, 49),
+            "discovery.marathon.ca_file",
+            "unknown key `ca_file`",
+        ),
+        (
+            "label_group is not implemented yet",
+            "discovery: {marathon: {urls: [\"http://m:8080\"], label_group: external}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (2, 49),
+            "discovery.marathon.label_group",
+            "unknown key `label_group`",
+        ),
+        (
+            "mesos is not implemented yet",
+            "discovery: {mesos: {urls: [\"http://leader.mesos:5050\"]}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (2, 13),
+            "discovery.mesos",
+            "unknown key `mesos`, expected `marathon`",
+        ),
+        (
+            "an https URL",
+            "discovery: {marathon: {urls: [\"https://leader.mesos/marathon\"]}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (2, 31),
+            "discovery.marathon.urls[0]",
+            "https is not supported yet",
+        ),
+        (
+            "a URL without a scheme",
+            "discovery: {marathon: {urls: [\"marathon.mesos:8080\"]}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (2, 31),
+            "discovery.marathon.urls[0]",
+            "expected an http URL",
+        ),
+        (
+            "no URLs",
+            "discovery: {marathon: {urls: []}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (2, 30),
+            "discovery.marathon.urls",
+            "the list is empty",
+        ),
+        (
+            "both marathon_app and upstreams",
+            "routes:\n  - name: web\n    server_names: [web.test]\n    upstreams: [\"10.0.0.1:1\"]\n    marathon_app: {id: /web, port_index: 0}",
+            (6, 5),
+            "routes[0].marathon_app",
+            "has both `marathon_app` and `upstreams`",
+        ),
+        (
+            "both marathon_app and dcos_service",
+            "routes:\n  - name: web\n    server_names: [web.test]\n    dcos_service: dev/k\n    marathon_app: {id: /web, port_index: 0}",
+            (6, 5),
+            "routes[0].marathon_app",
+            "has both `marathon_app` and `dcos_service`",
+        ),
+        (
+            "a relative app id",
+            "routes:\n  - name: web\n    server_names: [web.test]\n    marathon_app: {id: prod/web, port_index: 0}",
+            (5, 24),
+            "routes[0].marathon_app.id",
+            "is not a Marathon app id",
+        ),
+        (
+            "no port",
+            "routes:\n  - name: web\n    server_names: [web.test]\n    marathon_app: {id: /web}",
+            (5, 19),
+            "routes[0].marathon_app",
+            "which port of the app?",
+        ),
+        (
+            "two ports",
+            "routes:\n  - name: web\n    server_names: [web.test]\n    marathon_app: {id: /web, port_name: https, port_index: 0}",
+            (5, 48),
+            "routes[0].marathon_app.port_index",
+            "not both",
+        ),
+        (
+            "an unknown key in marathon_app",
+            "routes:\n  - name: web\n    server_names: [web.test]\n    marathon_app: {id: /web, port_index: 0, port: 1}",
+            (5, 45),
+            "routes[0].marathon_app.port",
+            "unknown key `port`",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, rest, (line, column), path, fragment) in cases {
+        let with_discovery = !what.contains("without discovery") && rest.starts_with("routes:");
+        let yaml = format!(
+            "listeners: [\"127.0.0.1:6443\"]\n{}{rest}\n",
+            if with_discovery {
+                format!("{D}\n")
+            } else {
+                String::new()
+            }
+        );
+        let err = Config::from_yaml_str(&yaml, "f.yaml").unwrap_err();
+        let (line, column) = if with_discovery {
+            (line + 1, *column)
+        } else {
+            (*line, *column)
+        };
+        let got = (err.line(), err.column(), err.path());
+        if got != (Some(line), Some(column), Some(*path)) || !err.message().contains(fragment) {
+            failures.push(format!(
+                "{what}: {err}\n  want {line}:{column} {path} {fragment:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
 #[test]

@@ -306,6 +306,30 @@ impl<'a> Checker<'a> {
             known(name, path, "the listener's default_route")?;
         }
 
+        let discovery = super::Discovery {
+            marathon: raw
+                .discovery
+                .and_then(|d| d.marathon)
+                .map(|m| super::MarathonConfig {
+                    urls: m.urls.0.into_iter().map(|u| u.0).collect(),
+                    resync: m.resync.map_or(super::DEFAULT_MARATHON_RESYNC, |v| v.0),
+                    required: m.required.unwrap_or(true),
+                }),
+        };
+        if discovery.marathon.is_none() {
+            if let Some(i) = routes.iter().position(|r| r.marathon_app.is_some()) {
+                return Err(self.at(
+                    &routes_path.index(i).key("marathon_app"),
+                    At::Key,
+                    format!(
+                        "route `{}` takes its endpoints from Marathon, but `discovery.marathon` is not configured: \
+                         add `discovery: {{marathon: {{urls: [\"http://marathon.mesos:8080\"]}}}}`",
+                        routes[i].name
+                    ),
+                ));
+            }
+        }
+
         // A route nothing can reach is a mistake worth stopping for.
         for (i, route) in routes.iter().enumerate() {
             let is_default = default_route.as_deref() == Some(route.name.as_str())
@@ -332,6 +356,7 @@ impl<'a> Checker<'a> {
             default_route,
             watch_config: raw.watch_config.unwrap_or(false),
             forwarding: raw.forwarding.unwrap_or_default(),
+            discovery,
             source,
         })
     }
@@ -349,7 +374,32 @@ impl<'a> Checker<'a> {
         let route_name =
             |i: usize| -> &str { earlier.get(i).map_or(name.as_str(), |r| r.name.as_str()) };
 
+        let marathon_app = match r.marathon_app {
+            None => None,
+            Some(app) => {
+                let at = path.key("marathon_app");
+                let other = if r.upstreams.is_some() {
+                    Some("upstreams")
+                } else if r.dcos_service.is_some() {
+                    Some("dcos_service")
+                } else {
+                    None
+                };
+                if let Some(other) = other {
+                    return Err(self.at(
+                        &at,
+                        At::Key,
+                        format!(
+                            "route `{name}` has both `marathon_app` and `{other}`: a route takes exactly one of \
+                             `upstreams`, `dcos_service` and `marathon_app`"
+                        ),
+                    ));
+                }
+                Some(self.marathon_app(app, &at)?)
+            }
+        };
         let (upstreams, dcos) = match (r.upstreams, r.dcos_service) {
+            (None, None) if marathon_app.is_some() => (Vec::new(), None),
             (Some(_), Some(_)) => {
                 return Err(self.at(
                     &path.key("dcos_service"),
@@ -366,7 +416,8 @@ impl<'a> Checker<'a> {
                     At::Value,
                     format!(
                         "route `{name}` has no upstreams: add `upstreams: [\"host:port\", ...]`, \
-                         or `dcos_service: <group>/<name>` for a DC/OS Kubernetes cluster"
+                         or `dcos_service: <group>/<name>` for a DC/OS Kubernetes cluster, \
+                         or `marathon_app: {{id: /prod/web, port_name: https}}` for a Marathon app's tasks"
                     ),
                 ))
             }
@@ -437,7 +488,51 @@ impl<'a> Checker<'a> {
                 .map(|s| s.0.into_iter().map(|n| n.0).collect())
                 .unwrap_or_default(),
             dcos_service: dcos.map(|(service, _)| service),
+            marathon_app,
         })
+    }
+
+    fn marathon_app(
+        &self,
+        raw: super::raw::RawMarathonApp,
+        path: &Path,
+    ) -> Result<super::MarathonApp, ConfigError> {
+        let port = match (raw.port_name, raw.port_index) {
+            (Some(_), Some(_)) => {
+                return Err(self.at(
+                    &path.key("port_index"),
+                    At::Key,
+                    "give one of `port_name` and `port_index`, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(self.at(
+                    path,
+                    At::Value,
+                    "which port of the app? add `port_name: <name in portDefinitions or container.portMappings>` \
+                     or `port_index: <n>`",
+                ))
+            }
+            (Some(name), None) if name.trim().is_empty() => {
+                return Err(self.at(
+                    &path.key("port_name"),
+                    At::Value,
+                    "port_name is empty",
+                ))
+            }
+            (Some(name), None) => super::MarathonPort::Name(name),
+            (None, Some(Count(n))) => match usize::try_from(n) {
+                Ok(i) if i < 65_536 => super::MarathonPort::Index(i),
+                _ => {
+                    return Err(self.at(
+                        &path.key("port_index"),
+                        At::Value,
+                        format!("port_index {n} is too large"),
+                    ))
+                }
+            },
+        };
+        Ok(super::MarathonApp { id: raw.id.0, port })
     }
 
     fn health_check(
