@@ -1,11 +1,19 @@
 //! PROXY protocol headers (HAProxy's spec, versions 1 and 2) that tell an
 //! upstream the client's real address. Version 2 also carries the SNI the
 //! client asked for, as a `PP2_TYPE_AUTHORITY` TLV.
+//!
+//! Modules:
+//! - this one: the writer ([`v1`], [`v2`]), for the headers sniroute sends
+//!   upstream;
+//! - [`read`]: the reader, for the headers a front load balancer sends
+//!   sniroute (pure and incremental: [`read::parse`]).
 
 use std::net::SocketAddr;
 
+pub mod read;
+
 /// The version-2 signature.
-const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+pub(crate) const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 const PP2_TYPE_AUTHORITY: u8 = 0x02;
 
 /// A version-1 (text) header for a TCP connection from `client` to `local`.
