@@ -162,6 +162,26 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// This listener's default route, replacing the global one.
     pub default_route: Option<String>,
+    /// Whether (and from whom) a PROXY protocol header is read before the
+    /// ClientHello (`accept_proxy_protocol`); `None`: never.
+    pub accept_proxy_protocol: Option<AcceptProxyProtocol>,
+}
+
+/// A listener's `accept_proxy_protocol`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcceptProxyProtocol {
+    /// The peers (front load balancers) that may send a header (never
+    /// empty); a header from any other peer is refused unparsed.
+    pub from: Vec<IpNet>,
+    /// `true` (the default): a peer in `from` must send a header.
+    pub required: bool,
+}
+
+impl AcceptProxyProtocol {
+    /// Whether `ip` may send a header (IPv4-mapped peers compared as IPv4).
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.from.iter().any(|net| net.contains(ip))
+    }
 }
 
 /// Timeouts; each is greater than zero.

@@ -88,12 +88,27 @@ pub(crate) enum RawListener {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a listener: a mapping with `address` and optionally `default_route`"
+    expecting = "a listener: a mapping with `address` and optionally `default_route` and `accept_proxy_protocol`"
 )]
 pub(crate) struct RawListenerMap {
     pub(crate) address: Parsed<ListenAddr>,
     #[serde(default)]
     pub(crate) default_route: Option<String>,
+    #[serde(default)]
+    pub(crate) accept_proxy_protocol: Option<RawAcceptProxyProtocol>,
+}
+
+/// A listener's `accept_proxy_protocol`: the peers (load balancers) that
+/// may send a PROXY protocol header, and whether they must.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "PROXY protocol settings: a mapping with `from` (networks) and optionally `required`"
+)]
+pub(crate) struct RawAcceptProxyProtocol {
+    pub(crate) from: NonEmpty<Parsed<IpNet>>,
+    #[serde(default)]
+    pub(crate) required: Option<bool>,
 }
 
 impl<'de> Deserialize<'de> for RawListener {

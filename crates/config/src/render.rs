@@ -33,6 +33,16 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
         };
         let address = l.address.to_string();
         writeln!(out, "  {address:<width$}  default route: {default}")?;
+        if let Some(p) = &l.accept_proxy_protocol {
+            let nets: Vec<String> = p.from.iter().map(ToString::to_string).collect();
+            let must = if p.required { "must" } else { "may" };
+            writeln!(
+                out,
+                "  {:<width$}  PROXY protocol: {} {must} send a header (v1 or v2); other peers may not",
+                "",
+                nets.join(", ")
+            )?;
+        }
     }
     match config.admin {
         Some(a) => writeln!(out, "admin: {a}")?,
@@ -173,6 +183,23 @@ mod tests {
 
     fn config(yaml: &str) -> Config {
         Config::from_yaml_str(yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn render_shows_accept_proxy_protocol() {
+        let out = render(&config(
+            "listeners: [{address: \"0.0.0.0:6443\", accept_proxy_protocol: {from: [10.0.0.0/8, \"::1\"]}},\n\
+             {address: \"0.0.0.0:7443\", accept_proxy_protocol: {from: [10.0.0.0/8], required: false}}]\n\
+             routes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n",
+        ));
+        assert!(
+            out.contains("\n                PROXY protocol: 10.0.0.0/8, ::1/128 must send a header (v1 or v2); other peers may not\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("PROXY protocol: 10.0.0.0/8 may send a header (v1 or v2)"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -55,10 +55,12 @@ fn the_spec_example_parses_to_the_expected_values() {
             ListenerConfig {
                 address: addr("0.0.0.0:6443"),
                 default_route: None,
+                accept_proxy_protocol: None,
             },
             ListenerConfig {
                 address: addr("[::]:6443"),
                 default_route: None,
+                accept_proxy_protocol: None,
             },
         ],
         admin: Some(addr("127.0.0.1:9090")),
@@ -1209,5 +1211,71 @@ fn no_input_makes_it_panic() {
     for text in hostile {
         let err = Config::from_yaml_str(text, "hostile.yaml").unwrap_err();
         assert!(!err.message().is_empty(), "{text:?}");
+    }
+}
+
+#[test]
+fn listeners_accept_proxy_protocol() {
+    let routes = "routes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n";
+    let config = parse(&format!(
+        "listeners:\n  - \"0.0.0.0:6443\"\n  - address: \"0.0.0.0:7443\"\n    accept_proxy_protocol: {{from: [10.0.0.0/8, \"::1\"]}}\n  - address: \"0.0.0.0:8443\"\n    accept_proxy_protocol: {{from: [192.0.2.7], required: false}}\n{routes}"
+    ));
+    let p: Vec<_> = config
+        .listeners
+        .iter()
+        .map(|l| l.accept_proxy_protocol.clone())
+        .collect();
+    assert_eq!(p[0], None);
+    let p1 = p[1].as_ref().unwrap();
+    assert!(p1.required, "required by default");
+    assert_eq!(
+        p1.from,
+        vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
+    );
+    assert!(p1.trusts("10.1.2.3".parse().unwrap()));
+    assert!(p1.trusts("::ffff:10.1.2.3".parse().unwrap()));
+    assert!(!p1.trusts("11.0.0.1".parse().unwrap()));
+    let p2 = p[2].as_ref().unwrap();
+    assert!(!p2.required);
+    assert_eq!(p2.from, vec!["192.0.2.7/32".parse().unwrap()]);
+
+    // Errors: file, line and key.
+    for (yaml, line, path, fragment) in [
+        (
+            "listeners:\n  - address: \"0.0.0.0:6443\"\n    accept_proxy_protocol: {from: []}\n",
+            3,
+            "listeners[0].accept_proxy_protocol.from",
+            "the list is empty",
+        ),
+        (
+            "listeners:\n  - address: \"0.0.0.0:6443\"\n    accept_proxy_protocol: {from: [10.0.0.1/8]}\n",
+            3,
+            "listeners[0].accept_proxy_protocol.from[0]",
+            "did you mean 10.0.0.0/8?",
+        ),
+        (
+            "listeners:\n  - address: \"0.0.0.0:6443\"\n    accept_proxy_protocol: {from: [10.0.0.0/8], required: maybe}\n",
+            3,
+            "listeners[0].accept_proxy_protocol.required",
+            "",
+        ),
+        (
+            "listeners:\n  - address: \"0.0.0.0:6443\"\n    accept_proxy_protocol: {from: [10.0.0.0/8], trusted: true}\n",
+            3,
+            "listeners[0].accept_proxy_protocol.trusted",
+            "unknown key `trusted`",
+        ),
+        (
+            "listeners:\n  - address: \"0.0.0.0:6443\"\n    accept_proxy_protocol: {required: true}\n",
+            3,
+            "listeners[0].accept_proxy_protocol",
+            "from",
+        ),
+    ] {
+        let err = Config::from_yaml_str(&format!("{yaml}{routes}"), "lb.yaml").unwrap_err();
+        assert_eq!(err.file(), "lb.yaml");
+        assert_eq!(err.line(), Some(line), "{err}");
+        assert_eq!(err.path(), Some(path), "{err}");
+        assert!(err.message().contains(fragment), "{err}");
     }
 }

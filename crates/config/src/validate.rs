@@ -11,7 +11,7 @@ use super::raw::{Count, RawConfig, RawHealthCheck, RawListener, RawRoute};
 use super::source_map::{At, SourceMap};
 use super::values::{NamePattern, UpstreamAddr, DCOS_APISERVER_PORT};
 use super::{
-    Config, ConfigSource, HealthCheck, Host, Limits, ListenerConfig, RouteConfig, Timeouts,
+    AcceptProxyProtocol, Config, ConfigSource, HealthCheck, Host, Limits, ListenerConfig, RouteConfig, Timeouts,
     MAX_CLIENT_HELLO_BYTES, MAX_TCP_USER_TIMEOUT, MIN_CLIENT_HELLO_BYTES,
 };
 
@@ -144,9 +144,17 @@ impl<'a> Checker<'a> {
         let mut seen: HashMap<SocketAddr, Path> = HashMap::new();
         for (i, l) in raw.listeners.0.into_iter().enumerate() {
             let item = listeners_path.index(i);
-            let (address, address_path, default_route) = match l {
-                RawListener::Plain(a) => (a, item.clone(), None),
-                RawListener::Full(m) => (m.address.0, item.key("address"), m.default_route),
+            let (address, address_path, default_route, accept_proxy_protocol) = match l {
+                RawListener::Plain(a) => (a, item.clone(), None, None),
+                RawListener::Full(m) => (
+                    m.address.0,
+                    item.key("address"),
+                    m.default_route,
+                    m.accept_proxy_protocol.map(|p| AcceptProxyProtocol {
+                        from: p.from.0.into_iter().map(|n| n.0).collect(),
+                        required: p.required.unwrap_or(true),
+                    }),
+                ),
             };
             if let Some(first) = seen.get(&address) {
                 return Err(self.at(
@@ -165,6 +173,7 @@ impl<'a> Checker<'a> {
             listeners.push(ListenerConfig {
                 address,
                 default_route,
+                accept_proxy_protocol,
             });
         }
 
