@@ -254,6 +254,12 @@ impl Half {
         self.done
     }
 
+    /// The source sent EOF: this direction no longer reads it (what is
+    /// pending may still be on its way).
+    pub(crate) fn source_finished(&self) -> bool {
+        self.eof
+    }
+
     /// The source failed after giving everything it had queued: treat it as
     /// EOF, so what is pending is still written, then the destination is
     /// shut down for writing.

@@ -29,6 +29,17 @@
 //!   direction keeps flowing. Both EOFs end the pump with [`End::Finished`].
 //!   The idle timer is reset lazily: it fires, compares with the time of
 //!   the last transfer and re-arms itself.
+//! - **A half-closed side is still watched.** Once a side has sent EOF,
+//!   nothing reads its socket, and nothing writes to it while the other
+//!   side is silent: a reset there (or a `TCP_USER_TIMEOUT`) would go
+//!   unnoticed until the idle timeout. So until the direction towards it is
+//!   done too, the pump waits for that socket's error readiness
+//!   (`EPOLLERR`, which Linux raises with the error when the connection is
+//!   reset or times out) and then ends as for any reset or error (below).
+//!   Error readiness only: the EOF keeps the socket readable for good, and
+//!   waiting for readability would spin. The wait is a
+//!   `TcpStream::ready(Interest::ERROR)` future (about 140 bytes), boxed
+//!   and made only while a side is half-closed.
 //! - **Resets and errors: deliver, then a lingering close.** A read, write
 //!   or shutdown that fails names the failed side; [`End::from_error`]
 //!   labels it a reset (`ECONNRESET`, `EPIPE`, `ENOTCONN`) or another
@@ -61,7 +72,8 @@
 //!   a direction's first `splice` is refused (`EINVAL`, `ENOSYS`,
 //!   `EOPNOTSUPP`), and when no pipe can be opened (fd exhaustion).
 //! - **Small futures.** No buffer lives inline, so an idle tunnel costs
-//!   the pump future (under 512 bytes, checked by a test) plus the sockets.
+//!   the pump future (under 512 bytes, checked by a test) plus the sockets;
+//!   a half-closed one also its error watch (about 140 bytes, boxed).
 //! - **No `unsafe`.** rustix provides owned-fd wrappers for `pipe2`,
 //!   `splice`, `recv`, `fcntl(F_SETPIPE_SZ)`, `ioctl(FIONREAD)` and
 //!   `shutdown`, and tokio's `TcpStream` lends its fd through `AsFd`; the
@@ -90,6 +102,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -368,7 +381,9 @@ pub fn pool_stats() -> (usize, usize) {
 ///
 /// EOF from one side is passed on as `shutdown(SHUT_WR)` of the other
 /// socket once everything read before it has been written; the other
-/// direction keeps flowing until its own EOF.
+/// direction keeps flowing until its own EOF. A reset or error on the side
+/// that sent EOF is still noticed meanwhile, even while the other side is
+/// silent.
 ///
 /// When a side resets or fails, the bytes already read from it are still
 /// delivered to the other side, followed by a FIN, while what the other
@@ -423,7 +438,8 @@ pub fn pump_until<'a>(
         u2c: Half::new(Direction::UpstreamToClient, mode, options.always_splice),
         first_eof: None,
         last_activity: Instant::now(),
-        failure: None,
+        watched: None,
+        phase: Phase::Open(None),
     };
     async move {
         // The idle timer, and after a failure the linger deadline.
@@ -432,7 +448,7 @@ pub fn pump_until<'a>(
             if stop.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(state.failure_end().unwrap_or(End::Stopped));
             }
-            state.poll(cx, timer.as_mut())
+            state.poll(cx, timer.as_mut(), |socket| socket.ready(Interest::ERROR))
         })
         .await;
         let mode = match (state.c2u.mode(), state.u2c.mode()) {
@@ -444,7 +460,7 @@ pub fn pump_until<'a>(
             upstream_to_client: state.u2c.total(),
             first_eof: state.first_eof,
             end,
-            error: state.failure.take(),
+            error: state.phase.take_failure(),
             mode,
         }
         // `state` drops with the future: pipes and buffers go back or are
@@ -452,8 +468,9 @@ pub fn pump_until<'a>(
     }
 }
 
-/// Both directions, their sockets and the idle clock.
-struct State<'a> {
+/// Both directions, their sockets, the idle clock and the error watch
+/// (`W`: the future of `TcpStream::ready`).
+struct State<'a, W> {
     client: &'a TcpStream,
     upstream: &'a TcpStream,
     options: &'a Options,
@@ -463,23 +480,58 @@ struct State<'a> {
     first_eof: Option<Side>,
     /// When a byte last moved (at first, when the pump was made).
     last_activity: Instant,
-    /// The first reset or error, with its side; once set the pump lingers.
-    failure: Option<(Side, io::Error)>,
+    /// The side whose socket the error watch of [`Phase::Open`] watches,
+    /// if any (see [`State::watch_side`]).
+    watched: Option<Side>,
+    phase: Phase<W>,
 }
 
-impl<'a> State<'a> {
+/// Before and after a failure. One field, as large as the failure alone:
+/// the watch only exists before.
+enum Phase<W> {
+    /// No reset or error yet; `Some` while the error watch is armed: the
+    /// future of `TcpStream::ready(Interest::ERROR)` on the watched side's
+    /// socket. It is some 140 bytes, so it is boxed: only a tunnel with a
+    /// half-closed side pays for it.
+    Open(Option<Pin<Box<W>>>),
+    /// The first reset or error, with its side: the pump lingers.
+    Failed(Side, io::Error),
+}
+
+impl<W> Phase<W> {
+    fn failure(&self) -> Option<(Side, &io::Error)> {
+        match self {
+            Self::Open(_) => None,
+            Self::Failed(side, error) => Some((*side, error)),
+        }
+    }
+
+    fn take_failure(&mut self) -> Option<(Side, io::Error)> {
+        match std::mem::replace(self, Self::Open(None)) {
+            Self::Open(_) => None,
+            Self::Failed(side, error) => Some((side, error)),
+        }
+    }
+}
+
+impl<'a, W: Future<Output = io::Result<tokio::io::Ready>>> State<'a, W> {
     /// The end a failure, if there was one, gives the pump.
     fn failure_end(&self) -> Option<End> {
-        let (side, error) = self.failure.as_ref()?;
-        Some(End::from_error(*side, error))
+        let (side, error) = self.phase.failure()?;
+        Some(End::from_error(side, error))
     }
 
     /// `timer` is the idle timer until a side fails, then the linger
-    /// deadline.
-    fn poll(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<End> {
-        if let Some((failed, error)) = &self.failure {
-            let end = End::from_error(*failed, error);
-            return self.poll_linger(cx, timer, *failed, end);
+    /// deadline; `watch` makes the error watch for a socket.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut timer: Pin<&mut Sleep>,
+        watch: impl Fn(&'a TcpStream) -> W,
+    ) -> Poll<End> {
+        if let Some((failed, error)) = self.phase.failure() {
+            let end = End::from_error(failed, error);
+            return self.poll_linger(cx, timer, failed, end);
         }
         let (client, upstream) = (self.client, self.upstream);
         let mut ctx = self.ctx();
@@ -487,19 +539,7 @@ impl<'a> State<'a> {
         self.first_eof = ctx.first_eof;
         match polled {
             Some(Ok(())) => return Poll::Ready(End::Finished),
-            Some(Err((side, error))) => {
-                let end = End::from_error(side, &error);
-                self.failure = Some((side, error));
-                if self.options.linger.is_zero() {
-                    return Poll::Ready(end);
-                }
-                self.start_linger(side);
-                let deadline = Instant::now()
-                    .checked_add(self.options.linger)
-                    .unwrap_or_else(far_future);
-                timer.as_mut().reset(deadline);
-                return self.poll_linger(cx, timer, side, end);
-            }
+            Some(Err((side, error))) => return self.fail(cx, timer, side, error),
             None => {}
         }
         if ctx.progress {
@@ -516,10 +556,121 @@ impl<'a> State<'a> {
             }
             timer.as_mut().reset(deadline);
         }
+        if let Some((side, error)) = self.poll_watch(cx, watch) {
+            return self.fail(cx, timer, side, error);
+        }
         if ctx.yielded {
             cx.waker().wake_by_ref();
         }
         Poll::Pending
+    }
+
+    /// Arms, moves or drops the error watch as [`State::watch_side`] says,
+    /// and polls it: `Some` with the side and its error once that socket
+    /// failed.
+    fn poll_watch(
+        &mut self,
+        cx: &mut Context<'_>,
+        watch: impl Fn(&'a TcpStream) -> W,
+    ) -> Option<(Side, io::Error)> {
+        let want = self.watch_side();
+        let socket = want.map(|side| self.socket(side));
+        // Twice at most: a spurious error event is cleared, and the watch
+        // armed again.
+        for _ in 0..2 {
+            let Phase::Open(armed) = &mut self.phase else {
+                return None;
+            };
+            if self.watched != want {
+                self.watched = want;
+                *armed = socket.map(|socket| Box::pin(watch(socket)));
+            }
+            let (Some(side), Some(ready)) = (self.watched, armed.as_mut()) else {
+                return None;
+            };
+            let Poll::Ready(ready) = ready.as_mut().poll(cx) else {
+                return None;
+            };
+            (self.watched, *armed) = (None, None);
+            if let Some(error) = self.watched_error(side, ready) {
+                return Some((side, error));
+            }
+        }
+        None
+    }
+
+    /// `side` reset or failed with `error`: the pump ends at once without
+    /// a linger, otherwise it starts lingering, with `timer` as the linger
+    /// deadline.
+    fn fail(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut timer: Pin<&mut Sleep>,
+        side: Side,
+        error: io::Error,
+    ) -> Poll<End> {
+        let end = End::from_error(side, &error);
+        self.watched = None;
+        self.phase = Phase::Failed(side, error); // drops the watch
+        if self.options.linger.is_zero() {
+            return Poll::Ready(end);
+        }
+        self.start_linger(side);
+        let deadline = Instant::now()
+            .checked_add(self.options.linger)
+            .unwrap_or_else(far_future);
+        timer.as_mut().reset(deadline);
+        self.poll_linger(cx, timer, side, end)
+    }
+
+    fn socket(&self, side: Side) -> &'a TcpStream {
+        match side {
+            Side::Client => self.client,
+            Side::Upstream => self.upstream,
+        }
+    }
+
+    /// The side to watch for errors: one whose read direction is finished
+    /// (it sent EOF) while the direction towards it is not. Nothing reads
+    /// that socket any more, and nothing writes to it while the other side
+    /// is silent, so a reset (or a `TCP_USER_TIMEOUT`, or any other error)
+    /// on it would otherwise go unnoticed until the idle timeout. Its EOF
+    /// keeps it readable for good, so the watch waits for error readiness
+    /// (`EPOLLERR`, which Linux raises with the socket's error when the
+    /// connection is reset or times out) only: a healthy half-closed
+    /// tunnel is never woken by it.
+    fn watch_side(&self) -> Option<Side> {
+        if self.c2u.source_finished() && !self.u2c.is_done() {
+            Some(Side::Client)
+        } else if self.u2c.source_finished() && !self.c2u.is_done() {
+            Some(Side::Upstream)
+        } else {
+            None
+        }
+    }
+
+    /// The error behind an error event on the watched `side`'s socket:
+    /// its pending error (`SO_ERROR`: `EPIPE` for a reset after the peer's
+    /// FIN, `ECONNRESET`, `ETIMEDOUT`), or `ENOTCONN` when the connection
+    /// is gone without one. `None` when the connection is still up: the
+    /// event was spurious (an error queue entry), and its readiness is
+    /// cleared so that the watch sleeps again.
+    fn watched_error(&self, side: Side, ready: io::Result<tokio::io::Ready>) -> Option<io::Error> {
+        let socket = self.socket(side);
+        if let Err(error) = ready {
+            return Some(error); // the runtime is shutting down
+        }
+        match socket.take_error() {
+            Ok(Some(error)) | Err(error) => return Some(error),
+            Ok(None) => {}
+        }
+        if let Err(error) = socket.peer_addr() {
+            return Some(error);
+        }
+        let _ = socket.try_io(Interest::ERROR, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
+        None
     }
 
     fn ctx(&self) -> Ctx<'a> {
