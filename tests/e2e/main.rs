@@ -12,6 +12,7 @@
 //! | [`resilience`] | hostile input, floods, upstream faults, descriptor exhaustion, 5,000 tunnels under reloads |
 //! | [`docs`] | README's crate picture against the manifests |
 //! | [`deploy`] | everything in `deploy/` |
+//! | [`marathon`] | Marathon discovery against a fake Marathon: tasks that start, die and fail health checks, a dropped event stream, 503 without a leader and a non-leader's 302, `/readyz` until the first sync |
 //!
 //! Tests take turns through [`common::light`] and [`common::heavy`]: heavy
 //! tests need most of the process's descriptors and time their results, so
@@ -21,6 +22,7 @@ mod common;
 mod deploy;
 mod docs;
 mod limits;
+mod marathon;
 mod operations;
 mod resilience;
 mod routing;

@@ -114,7 +114,13 @@ fn route(path: &str, shared: &Shared) -> (u16, &'static str, String) {
         }
         "/healthz" => (200, "text/plain", "ok\n".to_owned()),
         "/readyz" => {
-            if shared.ready.load(Ordering::Acquire) {
+            if shared.ready.load(Ordering::Acquire) && !shared.discovery_ready() {
+                (
+                    503,
+                    "text/plain",
+                    "waiting for the first discovery sync\n".to_owned(),
+                )
+            } else if shared.ready.load(Ordering::Acquire) {
                 (200, "text/plain", "ready\n".to_owned())
             } else if shared.draining.load(Ordering::Acquire) {
                 (503, "text/plain", "draining\n".to_owned())
@@ -175,6 +181,7 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
                 "name": route.name,
                 "server_names": rc.server_names.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "upstreams": rc.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "discovered_from": rc.marathon_app.as_ref().map(ToString::to_string),
                 "health_checked": route.pool.health_checked(),
                 "endpoints": endpoints,
                 "active_tunnels": route.pool.endpoints().iter().map(|ep| ep.active()).sum::<usize>(),
@@ -210,5 +217,29 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
         "routes": routes,
         "unrouted": unrouted,
         "recent_refusals": shared.recent.to_json(),
+        "discovery": discovery_json(shared),
     })
 }
+
+/// The discovery source's state for `/status` (`null` without one).
+fn discovery_json(shared: &Shared) -> serde_json::Value {
+    let generation = shared.current();
+    let Some(m) = &generation.config.discovery.marathon else {
+        return serde_json::Value::Null;
+    };
+    let d = shared.discovered();
+    json!({
+        "marathon": {
+            "urls": m.urls,
+            "required": m.required,
+            "synced": d.synced,
+            "following": d.following,
+            "last_success": d.last_success.map(crate::recent::rfc3339),
+            "last_error": d.last_error,
+            "syncs": d.syncs,
+            "sync_failures": d.sync_failures,
+            "stream_reconnects": d.stream_reconnects,
+        }
+    })
+}
+

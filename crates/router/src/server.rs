@@ -78,6 +78,8 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     crate::log_limit::limit();
     let log_summaries = tokio::spawn(crate::log_limit::summaries());
     let generation = shared.current();
+    let mut discovery = Discovery::default();
+    discovery.update(&generation.config, &shared);
 
     let mut listeners: HashMap<SocketAddr, Running> = HashMap::new();
     for l in &generation.config.listeners {
@@ -113,7 +115,7 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
                 watched = file_stamp(&source);
-                reload(&source, &shared, &mut listeners).await;
+                reload(&source, &shared, &mut listeners, &mut discovery).await;
             }
             _ = watch_tick.tick() => {
                 if shared.current().config.watch_config {
@@ -121,7 +123,7 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
                     if now != watched {
                         tracing::info!("config file changed: reloading");
                         watched = now;
-                        reload(&source, &shared, &mut listeners).await;
+                        reload(&source, &shared, &mut listeners, &mut discovery).await;
                     }
                 }
             }
@@ -144,6 +146,7 @@ async fn reload(
     source: &ConfigSource,
     shared: &Arc<Shared>,
     listeners: &mut HashMap<SocketAddr, Running>,
+    discovery: &mut Discovery,
 ) {
     let config = match Config::load(source) {
         Ok(c) => c,
@@ -171,6 +174,7 @@ async fn reload(
         tracing::warn!("the admin address changed; it takes effect at the next restart");
     }
     let generation = shared.install(config);
+    discovery.update(&generation.config, shared);
     for (addr, l) in added {
         let running = listener::spawn(l, addr, shared.clone());
         tracing::info!(listener = %addr, local = %running.local, "listening (added by reload)");
@@ -237,6 +241,90 @@ async fn drain(
         closed = shared.drain_closed.load(Ordering::Relaxed),
         "drain time over: remaining tunnels closed"
     );
+}
+
+/// The running discovery source, and the task that feeds what it finds
+/// into the pools (no new config generation: see
+/// [`Shared::apply_discovered`]).
+#[derive(Debug, Default)]
+struct Discovery {
+    marathon: Option<(discovery::Marathon, tokio::task::JoinHandle<()>)>,
+}
+
+impl Discovery {
+    /// Starts, changes or stops the Marathon source to match `config`:
+    /// the same settings keep the running source (only the followed app
+    /// ports change); other settings start a new one.
+    fn update(&mut self, config: &Config, shared: &Arc<Shared>) {
+        let selectors: Vec<discovery::AppSelector> = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let app = r.marathon_app.as_ref()?;
+                Some(discovery::AppSelector {
+                    route: r.name.clone(),
+                    app_id: app.id.clone(),
+                    port: match &app.port {
+                        config::MarathonPort::Index(i) => discovery::PortSelector::Index(*i),
+                        config::MarathonPort::Name(n) => discovery::PortSelector::Name(n.clone()),
+                    },
+                })
+            })
+            .collect();
+        let settings = config.discovery.marathon.as_ref().map(|m| {
+            let urls = m
+                .urls
+                .iter()
+                .filter_map(|u| match discovery::Url::parse(u) {
+                    Ok(url) => Some(url),
+                    Err(e) => {
+                        tracing::error!(url = %u, error = %e, "Marathon URL left out");
+                        None
+                    }
+                })
+                .collect();
+            discovery::MarathonSettings {
+                resync: m.resync,
+                ..discovery::MarathonSettings::new(urls)
+            }
+        });
+        if let (Some((running, _)), Some(settings)) = (&self.marathon, &settings) {
+            if running.settings() == settings {
+                running.set_selectors(selectors);
+                return;
+            }
+        }
+        if let Some((_, feeder)) = self.marathon.take() {
+            feeder.abort();
+            tracing::info!("Marathon discovery stopped (its settings changed)");
+        }
+        let Some(settings) = settings.filter(|s| !s.urls.is_empty()) else {
+            return;
+        };
+        let urls: Vec<String> = settings.urls.iter().map(ToString::to_string).collect();
+        tracing::info!(urls = %urls.join(", "), apps = selectors.len(), "Marathon discovery starting");
+        let marathon = discovery::Marathon::start(settings, selectors);
+        let mut found = marathon.subscribe();
+        let shared = shared.clone();
+        let feeder = tokio::spawn(async move {
+            let mut synced = false;
+            loop {
+                let mut now = found.borrow_and_update().clone();
+                if !now.synced {
+                    // A new source knows nothing yet: stale beats empty.
+                    now.routes = shared.discovered().routes;
+                } else if !synced {
+                    synced = true;
+                    tracing::info!("Marathon discovery: first sync done");
+                }
+                shared.apply_discovered(now);
+                if found.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        self.marathon = Some((marathon, feeder));
+    }
 }
 
 /// What identifies the config file's content for `watch_config`.

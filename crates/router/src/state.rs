@@ -252,6 +252,8 @@ pub(crate) struct Shared {
     pub(crate) recent: Recent,
     /// Per-route samples for the rates the admin endpoint shows.
     pub(crate) rates: Rates,
+    /// What discovery knows now (see [`Shared::apply_discovered`]).
+    discovered: RwLock<discovery::Discovered>,
 }
 
 impl Shared {
@@ -276,7 +278,57 @@ impl Shared {
             metrics,
             recent: Recent::default(),
             rates,
+            discovered: RwLock::new(discovery::Discovered::default()),
         })
+    }
+
+    /// What discovery knows now.
+    pub(crate) fn discovered(&self) -> discovery::Discovered {
+        self.discovered
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether discovery lets the router be ready: no source is
+    /// `required`, or its first sync is done.
+    pub(crate) fn discovery_ready(&self) -> bool {
+        let required = self
+            .current()
+            .config
+            .discovery
+            .marathon
+            .as_ref()
+            .is_some_and(|m| m.required);
+        !required
+            || self
+                .discovered
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .synced
+    }
+
+    /// Puts what discovery found in force: the discovered pools of every
+    /// live generation take their route's endpoints. Under the same lock
+    /// as [`Shared::install`], so a generation being installed cannot miss
+    /// an update. No new generation: the routes and pools stay.
+    pub(crate) fn apply_discovered(&self, found: discovery::Discovered) {
+        let gens = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        *self.discovered.write().unwrap_or_else(|e| e.into_inner()) = found;
+        for g in gens.iter().filter_map(Weak::upgrade) {
+            self.feed(&g);
+        }
+    }
+
+    /// Gives `generation`'s discovered pools their endpoints as known now.
+    fn feed(&self, generation: &Generation) {
+        let found = self.discovered.read().unwrap_or_else(|e| e.into_inner());
+        for route in &generation.routes {
+            if route.pool.discovered().is_some() {
+                let addrs = found.routes.get(&route.name).map_or(&[][..], Vec::as_slice);
+                route.pool.set_discovered(addrs);
+            }
+        }
     }
 
     /// Closes every open tunnel, and any opened from now on (the drain
@@ -314,6 +366,7 @@ impl Shared {
         let live: Vec<Arc<Generation>> = gens.iter().filter_map(Weak::upgrade).collect();
         let next = Arc::new(Generation::build(previous.id + 1, config, &live));
         drop(live);
+        self.feed(&next);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
         gens.push(Arc::downgrade(&next));
         drop(gens);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpStream;
 
 use crate::metrics::{self as m, Counter, Gauge};
-use config::{Balance, HealthCheck, Host, RouteConfig, UpstreamAddr};
+use config::{Balance, HealthCheck, Host, MarathonApp, RouteConfig, UpstreamAddr};
 
 /// How often upstream host names are resolved again.
 pub(crate) const DNS_REFRESH: Duration = Duration::from_secs(30);
@@ -45,7 +45,7 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, upstream: &UpstreamAddr, route: &str) -> Self {
+    fn new(addr: SocketAddr, upstream: String, route: &str) -> Self {
         let label = addr.to_string();
         let labels = [("route", route), ("upstream", label.as_str())];
         let r = m::registry();
@@ -53,7 +53,7 @@ impl Endpoint {
         healthy_gauge.set(1);
         Self {
             addr,
-            upstream: upstream.to_string(),
+            upstream,
             connect_failures: r.counter(&m::UPSTREAM_CONNECT_FAILURES_TOTAL, &labels),
             healthy_gauge,
             last_error: Mutex::new(None),
@@ -118,6 +118,9 @@ pub(crate) struct PoolKey {
     upstreams: Vec<UpstreamAddr>,
     balance: Balance,
     health_check: Option<HealthCheck>,
+    /// The Marathon app port whose tasks are the endpoints (then
+    /// `upstreams` is empty and [`Pool::set_discovered`] sets them).
+    marathon_app: Option<MarathonApp>,
 }
 
 impl PoolKey {
@@ -128,6 +131,7 @@ impl PoolKey {
             upstreams: route.upstreams.clone(),
             balance: route.balance.clone(),
             health_check: route.health_check.clone(),
+            marathon_app: route.marathon_app.clone(),
         }
     }
 }
@@ -157,7 +161,9 @@ pub(crate) struct Unavailable {
 impl std::fmt::Display for Unavailable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.attempts.is_empty() {
-            return f.write_str("no upstream endpoint (names did not resolve)");
+            return f.write_str(
+                "no upstream endpoint (names did not resolve, or discovery found no task)",
+            );
         }
         for (i, (addr, e)) in self.attempts.iter().enumerate() {
             if i > 0 {
@@ -215,7 +221,7 @@ impl Pool {
             .filter_map(|u| match &u.host {
                 Host::Ip(ip) => Some(Arc::new(Endpoint::new(
                     SocketAddr::new(*ip, u.port),
-                    u,
+                    u.to_string(),
                     &key.route,
                 ))),
                 Host::Name(_) => None,
@@ -302,10 +308,44 @@ impl Pool {
                     .iter()
                     .find(|ep| ep.addr == addr)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(addr, u, &self.key.route)));
+                    .unwrap_or_else(|| {
+                        Arc::new(Endpoint::new(addr, u.to_string(), &self.key.route))
+                    });
                 new.push(ep);
             }
         }
+        *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        self.publish_health();
+    }
+
+    /// Whether the endpoints are discovered (a `marathon_app` route).
+    pub(crate) fn discovered(&self) -> Option<&MarathonApp> {
+        self.key.marathon_app.as_ref()
+    }
+
+    /// Puts the discovered `addrs` in force (discovered pools only): an
+    /// endpoint still listed keeps its health state and counters, a new one
+    /// starts healthy, one no longer listed leaves the pool (its tunnels
+    /// stay open, and its metric series go once the last one ends).
+    pub(crate) fn set_discovered(&self, addrs: &[SocketAddr]) {
+        let Some(app) = &self.key.marathon_app else {
+            return;
+        };
+        let old = self.endpoints();
+        if old.len() == addrs.len() && old.iter().zip(addrs).all(|(ep, a)| ep.addr == *a) {
+            return;
+        }
+        let new: Vec<Arc<Endpoint>> = addrs
+            .iter()
+            .map(|&addr| {
+                old.iter()
+                    .find(|ep| ep.addr == addr)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(Endpoint::new(addr, app.to_string(), &self.key.route))
+                    })
+            })
+            .collect();
         *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         self.publish_health();
     }
@@ -562,12 +602,12 @@ mod tests {
         let known = vec![
             Arc::new(Endpoint::new(
                 "127.0.0.1:6443".parse().unwrap(),
-                &upstream,
+                upstream.to_string(),
                 "r",
             )),
             Arc::new(Endpoint::new(
                 "127.0.0.2:6443".parse().unwrap(),
-                &upstream,
+                upstream.to_string(),
                 "r",
             )),
         ];
@@ -596,5 +636,44 @@ mod tests {
         let err = empty.connect(Duration::from_secs(1)).await.unwrap_err();
         assert!(err.attempts.is_empty());
         assert!(err.to_string().contains("did not resolve"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn discovered_endpoints_keep_their_state_while_listed() {
+        let config = config::Config::from_yaml_str(
+            "listeners: [\"127.0.0.1:0\"]\ndiscovery: {marathon: {urls: [\"http://m:8080\"]}}\n\
+             routes: [{name: r, server_names: [r.test], marathon_app: {id: /web, port_index: 0}, health_check: false}]\n",
+            "test.yaml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let pool = Pool::start(PoolKey::of(&config.routes[0]));
+        assert!(pool.discovered().is_some());
+        assert!(pool.endpoints().is_empty(), "nothing before the first sync");
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let c: SocketAddr = "127.0.0.1:3".parse().unwrap();
+        pool.set_discovered(&[a, b]);
+        let first = pool.endpoints();
+        assert_eq!(addrs(&first), [1, 2]);
+        assert_eq!(first[0].upstream, "Marathon app /web, port index 0");
+        first[1].healthy.store(false, Ordering::Relaxed);
+        first[1].active.store(2, Ordering::Relaxed);
+        pool.set_discovered(&[b, c]);
+        let second = pool.endpoints();
+        assert_eq!(addrs(&second), [2, 3]);
+        assert!(
+            Arc::ptr_eq(&first[1], &second[0]),
+            "b stays the same endpoint"
+        );
+        assert!(!second[0].is_healthy() && second[0].active() == 2);
+        assert!(second[1].is_healthy(), "c is new");
+        pool.set_discovered(&[]);
+        assert!(pool.endpoints().is_empty());
+        // A static pool ignores discovered addresses.
+        let fixed = Pool::start(key(
+            "    upstreams: [\"127.0.0.1:9\"]\n    health_check: false\n",
+        ));
+        fixed.set_discovered(&[a]);
+        assert_eq!(addrs(&fixed.endpoints()), [9]);
     }
 }

@@ -1,0 +1,492 @@
+//! Marathon discovery end to end: the real binary follows a fake Marathon.
+//!
+//! [`FakeMarathon`] stands for Marathon's REST API v2 as DC/OS runs it
+//! (`http://marathon.mesos:8080`), speaking its documented JSON and
+//! server-sent events over HTTP/1.1 on loopback:
+//! - `GET /v2/apps?embed=apps.tasks&embed=apps.readiness`: `{"apps": [...]}`
+//!   with `Content-Length`;
+//! - `GET /v2/events` (`Accept: text/event-stream`): a chunked
+//!   `text/event-stream` that starts with `event_stream_attached`, sends a
+//!   comment keep-alive (`:`) before every event, and splits each event's
+//!   JSON over two `data:` lines (multi-line data);
+//! - a non-leader answers API calls from its leader's state (Marathon
+//!   proxies them) but redirects `/v2/events` to the leader with a 302;
+//! - with no leader, every request gets a 503.
+//!
+//! Tests wait for `/status` to show the endpoint set, never for a time.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::raw::{Behaviour, Upstream};
+use crate::common::{reach, Router};
+use clienthello::synth::HelloBuilder;
+
+/// How a fake Marathon answers.
+#[derive(Clone, Debug)]
+enum Role {
+    Leader,
+    /// Proxies API calls to (reads the state of) the leader, redirects
+    /// the event stream there.
+    NonLeader(Arc<Mutex<State>>, SocketAddr),
+    /// No leader elected: 503 to everything.
+    NoLeader,
+}
+
+#[derive(Debug)]
+struct State {
+    role: Role,
+    apps: Value,
+    streams: Vec<TcpStream>,
+    apps_requests: usize,
+    events_requests: usize,
+    /// Requests answered with 503.
+    unavailable: usize,
+}
+
+struct FakeMarathon {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+impl FakeMarathon {
+    fn start(role: Role, apps: Value) -> FakeMarathon {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State {
+            role,
+            apps,
+            streams: Vec::new(),
+            apps_requests: 0,
+            events_requests: 0,
+            unavailable: 0,
+        }));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let state = shared.clone();
+                std::thread::spawn(move || serve(conn, &state));
+            }
+        });
+        FakeMarathon { addr, state }
+    }
+
+    fn leader(apps: Value) -> FakeMarathon {
+        Self::start(Role::Leader, apps)
+    }
+
+    fn non_leader_of(leader: &FakeMarathon) -> FakeMarathon {
+        Self::start(
+            Role::NonLeader(leader.state.clone(), leader.addr),
+            json!({"apps": []}),
+        )
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn set_role(&self, role: Role) {
+        self.state.lock().unwrap().role = role;
+    }
+
+    fn set_apps(&self, apps: Value) {
+        self.state.lock().unwrap().apps = apps;
+    }
+
+    fn counts(&self) -> (usize, usize, usize) {
+        let s = self.state.lock().unwrap();
+        (s.apps_requests, s.events_requests, s.unavailable)
+    }
+
+    /// Sends an event to every open stream: a keep-alive comment, then the
+    /// event with its JSON over two `data:` lines.
+    fn emit(&self, event_type: &str, mut data: Value) {
+        data["eventType"] = json!(event_type);
+        data["timestamp"] = json!("2024-05-01T12:00:00.000Z");
+        let text = data.to_string();
+        let cut = text.find(',').map_or(text.len(), |i| i + 1);
+        let frame = format!(
+            ":\n\nevent: {event_type}\ndata: {}\ndata: {}\n\n",
+            &text[..cut],
+            &text[cut..]
+        );
+        let mut s = self.state.lock().unwrap();
+        s.streams
+            .retain_mut(|stream| write_chunk(stream, frame.as_bytes()).is_ok());
+    }
+
+    /// Closes every open event stream (Marathon restarting, a proxy
+    /// dropping the connection).
+    fn drop_streams(&self) {
+        for s in self.state.lock().unwrap().streams.drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+fn write_chunk(stream: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
+    stream.write_all(format!("{:x}\r\n", data.len()).as_bytes())?;
+    stream.write_all(data)?;
+    stream.write_all(b"\r\n")?;
+    stream.flush()
+}
+
+fn respond(stream: &mut TcpStream, status: &str, headers: &str, body: &str) {
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+fn serve(mut stream: TcpStream, state: &Arc<Mutex<State>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let mut accept = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("accept:") {
+            accept = v.trim().to_owned();
+        }
+    }
+    let target = request_line.split(' ').nth(1).unwrap_or("/").to_owned();
+    let mut s = state.lock().unwrap();
+    let role = s.role.clone();
+    if matches!(role, Role::NoLeader) {
+        s.unavailable += 1;
+        drop(s);
+        return respond(
+            &mut stream,
+            "503 Service Unavailable",
+            "Content-Type: application/json\r\n",
+            r#"{"message":"Could not determine the current leader"}"#,
+        );
+    }
+    if target.starts_with("/v2/apps?") && target.contains("embed=apps.tasks") {
+        s.apps_requests += 1;
+        let apps = match &role {
+            Role::NonLeader(leader, _) => leader.lock().unwrap().apps.to_string(),
+            _ => s.apps.to_string(),
+        };
+        drop(s);
+        return respond(
+            &mut stream,
+            "200 OK",
+            "Content-Type: application/json\r\n",
+            &apps,
+        );
+    }
+    if target.starts_with("/v2/events") {
+        s.events_requests += 1;
+        if let Role::NonLeader(_, leader) = role {
+            drop(s);
+            return respond(
+                &mut stream,
+                "302 Found",
+                &format!("Location: http://{leader}{target}\r\n"),
+                "",
+            );
+        }
+        assert!(
+            accept.contains("text/event-stream"),
+            "the event stream is asked for with Accept: text/event-stream"
+        );
+        assert!(
+            target.contains("event_type=status_update_event"),
+            "{target}"
+        );
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache, no-store, must-revalidate\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if stream.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let attached = "event: event_stream_attached\ndata: {\"remoteAddress\":\"127.0.0.1\",\"eventType\":\"event_stream_attached\",\"timestamp\":\"2024-05-01T12:00:00.000Z\"}\n\n";
+        if write_chunk(&mut stream, attached.as_bytes()).is_ok() {
+            s.streams.push(stream);
+        }
+        return;
+    }
+    drop(s);
+    respond(&mut stream, "404 Not Found", "", "")
+}
+
+/// An app `/prod/web` with host networking, a port named `https` (second),
+/// Marathon health checks, and one task per `(id, port, alive)`.
+fn web_app(tasks: &[(&str, u16, bool)]) -> Value {
+    let tasks: Vec<Value> = tasks
+        .iter()
+        .map(|(id, port, alive)| {
+            json!({
+                "id": format!("prod_web.{id}"),
+                "appId": "/prod/web",
+                "host": "127.0.0.1",
+                "ports": [1, port],
+                "ipAddresses": [{"ipAddress": "127.0.0.1", "protocol": "IPv4"}],
+                "state": "TASK_RUNNING",
+                "startedAt": "2024-05-01T12:00:00.000Z",
+                "stagedAt": "2024-05-01T11:59:58.000Z",
+                "version": "2024-05-01T11:59:50.000Z",
+                "slaveId": "agent-1",
+                "healthCheckResults": [{
+                    "alive": alive,
+                    "consecutiveFailures": if *alive { 0 } else { 3 },
+                    "firstSuccess": "2024-05-01T12:00:05.000Z",
+                    "lastFailure": null,
+                    "lastSuccess": "2024-05-01T12:00:05.000Z",
+                    "taskId": format!("prod_web.{id}"),
+                    "instanceId": format!("prod_web.marathon-{id}")
+                }]
+            })
+        })
+        .collect();
+    json!({"apps": [{
+        "id": "/prod/web",
+        "instances": tasks.len(),
+        "cpus": 0.1,
+        "mem": 64,
+        "networks": [{"mode": "host"}],
+        "container": null,
+        "portDefinitions": [
+            {"port": 10000, "protocol": "tcp", "name": "metrics", "labels": {}},
+            {"port": 10001, "protocol": "tcp", "name": "https", "labels": {}}
+        ],
+        "healthChecks": [{"protocol": "TCP", "portIndex": 1, "gracePeriodSeconds": 30,
+                          "intervalSeconds": 10, "timeoutSeconds": 5, "maxConsecutiveFailures": 3}],
+        "readinessChecks": [],
+        "readinessCheckResults": [],
+        "tasksRunning": tasks.len(),
+        "tasksHealthy": tasks.len(),
+        "tasks": tasks
+    }, {
+        "id": "/other",
+        "instances": 0,
+        "portDefinitions": [{"port": 10002, "protocol": "tcp"}],
+        "tasks": []
+    }]})
+}
+
+fn config(urls: &[String]) -> String {
+    let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    format!(
+        r#"
+listeners: ["127.0.0.1:0"]
+admin: "127.0.0.1:0"
+timeouts: {{client_hello: 2s, connect: 2s}}
+discovery:
+  marathon:
+    urls: [{}]
+routes:
+  - name: web
+    server_names: [web.test]
+    marathon_app: {{id: /prod/web, port_name: https}}
+    health_check: false
+"#,
+        urls.join(", ")
+    )
+}
+
+/// The endpoint addresses `/status` shows for route `web`.
+fn endpoints(router: &Router) -> BTreeSet<SocketAddr> {
+    let (_, body) = router.admin_get("/status");
+    let status: Value = serde_json::from_str(&body).unwrap();
+    status["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "web")
+        .unwrap()["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["address"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Waits until route `web` has exactly `want` as endpoints.
+fn wait_endpoints(router: &Router, want: &[&Upstream]) {
+    let want: BTreeSet<SocketAddr> = want.iter().map(|u| u.addr).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = endpoints(router);
+        if now == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "route web has {now:?}, not {want:?}; /status: {}",
+            router.admin_get("/status").1
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The upstreams reached by `n` connections to `web.test`.
+fn reached(router: &Router, n: usize) -> BTreeSet<String> {
+    let hello = HelloBuilder::new("web.test").build();
+    (0..n)
+        .map(|_| reach(router.addr(), &hello).unwrap())
+        .collect()
+}
+
+#[test]
+fn tasks_come_and_go_with_status_and_health_events() {
+    let _turn = crate::common::light();
+    let (a, b, c) = (
+        Upstream::start("a", Behaviour::Greet),
+        Upstream::start("b", Behaviour::Greet),
+        Upstream::start("c", Behaviour::Greet),
+    );
+    let (pa, pb, pc) = (a.addr.port(), b.addr.port(), c.addr.port());
+    let marathon = FakeMarathon::leader(web_app(&[("a", pa, true), ("b", pb, true)]));
+    let router = Router::start(&config(&[marathon.url()]));
+    wait_endpoints(&router, &[&a, &b]);
+    assert_eq!(router.admin_get("/readyz").0, 200);
+    assert_eq!(
+        reached(&router, 6),
+        BTreeSet::from(["a".to_owned(), "b".to_owned()])
+    );
+
+    // Task b is killed: Marathon drops it from the app and says so.
+    marathon.set_apps(web_app(&[("a", pa, true)]));
+    marathon.emit(
+        "status_update_event",
+        json!({"slaveId": "agent-1", "taskId": "prod_web.b", "taskStatus": "TASK_KILLED",
+               "message": "", "appId": "/prod/web", "host": "127.0.0.1", "ports": [1, pb],
+               "ipAddresses": [], "version": "2024-05-01T11:59:50.000Z"}),
+    );
+    wait_endpoints(&router, &[&a]);
+    assert_eq!(reached(&router, 4), BTreeSet::from(["a".to_owned()]));
+
+    // A new task c starts healthy; a fails its health check.
+    marathon.set_apps(web_app(&[("a", pa, false), ("c", pc, true)]));
+    marathon.emit(
+        "health_status_changed_event",
+        json!({"appId": "/prod/web", "instanceId": "prod_web.marathon-a",
+               "version": "2024-05-01T11:59:50.000Z", "alive": false}),
+    );
+    wait_endpoints(&router, &[&c]);
+    assert_eq!(reached(&router, 4), BTreeSet::from(["c".to_owned()]));
+    // The endpoints that left have left /metrics (no tunnel holds them).
+    let metrics = router.metrics();
+    assert!(
+        !metrics.contains(&format!("upstream=\"{}\"", a.addr)),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("upstream=\"{}\"", c.addr)),
+        "{metrics}"
+    );
+    // An event about another app changes nothing and costs no sync.
+    let (syncs, _, _) = marathon.counts();
+    marathon.emit(
+        "status_update_event",
+        json!({"taskId": "other.x", "taskStatus": "TASK_RUNNING", "appId": "/other"}),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(marathon.counts().0, syncs, "no full sync for /other");
+}
+
+#[test]
+fn a_dropped_event_stream_is_reopened_and_followed_by_a_full_sync() {
+    let _turn = crate::common::light();
+    let (a, b) = (
+        Upstream::start("a", Behaviour::Greet),
+        Upstream::start("b", Behaviour::Greet),
+    );
+    let marathon = FakeMarathon::leader(web_app(&[("a", a.addr.port(), true)]));
+    let router = Router::start(&config(&[marathon.url()]));
+    wait_endpoints(&router, &[&a]);
+    // A change whose event is lost with the stream: only the full sync
+    // after the reconnect can bring it.
+    marathon.set_apps(web_app(&[("b", b.addr.port(), true)]));
+    marathon.drop_streams();
+    wait_endpoints(&router, &[&b]);
+    let (syncs, streams, _) = marathon.counts();
+    assert!(
+        syncs >= 2 && streams >= 2,
+        "syncs {syncs}, streams {streams}"
+    );
+    let (_, body) = router.admin_get("/status");
+    let status: Value = serde_json::from_str(&body).unwrap();
+    let m = &status["discovery"]["marathon"];
+    assert!(m["stream_reconnects"].as_u64().unwrap() >= 1, "{m}");
+    assert_eq!(m["synced"], true);
+    assert_eq!(reached(&router, 2), BTreeSet::from(["b".to_owned()]));
+}
+
+#[test]
+fn no_leader_fails_over_to_the_next_url_and_its_redirect() {
+    let _turn = crate::common::light();
+    let a = Upstream::start("a", Behaviour::Greet);
+    let leader = FakeMarathon::leader(web_app(&[("a", a.addr.port(), true)]));
+    let follower = FakeMarathon::non_leader_of(&leader);
+    let down = FakeMarathon::start(Role::NoLeader, json!({"apps": []}));
+    let router = Router::start(&config(&[down.url(), follower.url()]));
+    wait_endpoints(&router, &[&a]);
+    assert!(down.counts().2 >= 1, "the first URL was tried");
+    let (follower_syncs, follower_streams, _) = follower.counts();
+    assert!(follower_streams >= 1, "the non-leader was asked for events");
+    assert!(follower_syncs >= 1, "and answered the full sync (proxied)");
+    assert!(leader.counts().1 >= 1, "its 302 was followed to the leader");
+    let (_, body) = router.admin_get("/status");
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        status["discovery"]["marathon"]["following"]
+            .as_str()
+            .unwrap()
+            .starts_with(&leader.url()),
+        "{status}"
+    );
+    // Events reach the router through the leader's stream.
+    let b = Upstream::start("b", Behaviour::Greet);
+    leader.set_apps(web_app(&[("b", b.addr.port(), true)]));
+    leader.emit(
+        "deployment_success",
+        json!({"id": "5b0b2d71-0a3e-4f0b-9f8c-1c7d4b5c6d7e", "plan": {"id": "5b0b2d71"}}),
+    );
+    wait_endpoints(&router, &[&b]);
+}
+
+#[test]
+fn readyz_answers_503_until_the_first_sync() {
+    let _turn = crate::common::light();
+    let a = Upstream::start("a", Behaviour::Greet);
+    let marathon = FakeMarathon::start(Role::NoLeader, web_app(&[("a", a.addr.port(), true)]));
+    let router = Router::start(&config(&[marathon.url()]));
+    let (code, body) = router.admin_get("/readyz");
+    assert_eq!(
+        (code, body.as_str()),
+        (503, "waiting for the first discovery sync\n")
+    );
+    // Wait until Marathon has been asked (and refused) before it gets a
+    // leader, so the 503 above is not a race with the first sync.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while marathon.counts().2 == 0 {
+        assert!(Instant::now() < deadline, "Marathon never asked");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(router.admin_get("/readyz").0, 503);
+    assert!(endpoints(&router).is_empty());
+    marathon.set_role(Role::Leader);
+    wait_endpoints(&router, &[&a]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while router.admin_get("/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    router.wait_log(Duration::from_secs(5), |l| {
+        l["message"] == "Marathon discovery: first sync done"
+    });
+}
