@@ -12,6 +12,7 @@
 //! | [`resilience`] | hostile input, floods, upstream faults, descriptor exhaustion, 5,000 tunnels under reloads |
 //! | [`docs`] | README's crate picture against the manifests |
 //! | [`deploy`] | everything in `deploy/` |
+//! | [`proxy_protocol`] | PROXY protocol from a front load balancer (`accept_proxy_protocol`): v1, v2, `LOCAL`, optional headers, `allow_sources`, access log and `/status` by the header's address; missing, stacked, truncated and garbage headers and headers from untrusted peers refused as `bad_proxy_header` |
 //! | [`marathon`] | Marathon discovery against a fake Marathon: tasks that start, die and fail health checks, a dropped event stream, 503 without a leader and a non-leader's 302, `/readyz` until the first sync |
 //!
 //! Tests take turns through [`common::light`] and [`common::heavy`]: heavy
@@ -24,6 +25,7 @@ mod docs;
 mod limits;
 mod marathon;
 mod operations;
+mod proxy_protocol;
 mod resilience;
 mod routing;
 mod status_page;

@@ -14,10 +14,16 @@
 //! A [`Slot`] holds the places of one connection and gives them back when
 //! dropped, however the connection ends; [`Slot::hello_done`] gives back the
 //! pending-hello places as soon as the hello is read.
+//!
+//! A front load balancer that sends the PROXY protocol (a peer in a
+//! listener's `accept_proxy_protocol.from`) carries many clients: its
+//! connections are admitted by [`admit_deferred`], exempt from the
+//! per-source limits, until the header is read; [`Slot::count_source`] then
+//! counts them under the header's address.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use config::Limits;
@@ -76,21 +82,22 @@ impl Sources {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes a connection and a pending-hello place for `source`, or says
-    /// no when either limit is reached.
-    fn admit(&self, source: Source, limits: &Limits) -> bool {
+    /// Takes a connection place, and a pending-hello place when `pending`,
+    /// for `source`, or says no when a limit is reached.
+    fn admit(&self, source: Source, limits: &Limits, pending: bool) -> bool {
         let mut shard = self.shard(source);
         let counts = shard.entry(source).or_default();
         let over_connections = limits
             .max_connections_per_source
             .is_some_and(|max| counts.connections >= max);
-        if over_connections || counts.pending >= limits.max_pending_hellos_per_source {
+        let over_pending = pending && counts.pending >= limits.max_pending_hellos_per_source;
+        if over_connections || over_pending {
             if counts.connections == 0 {
                 shard.remove(&source);
             }
             return false;
         }
-        counts.pending += 1;
+        counts.pending += usize::from(pending);
         counts.connections += 1;
         true
     }
@@ -125,7 +132,10 @@ impl Sources {
 #[derive(Debug)]
 pub(crate) struct Slot {
     shared: Arc<Shared>,
-    source: Source,
+    /// The source counted, once `counted` is set (from the start but for
+    /// [`admit_deferred`]).
+    source: AtomicU64,
+    counted: AtomicBool,
     /// Still holding pending-hello places (global and per source).
     pending: AtomicBool,
 }
@@ -136,12 +146,48 @@ impl Slot {
         &self.shared
     }
 
+    /// The source this connection is counted under, if any.
+    fn counted_source(&self) -> Option<Source> {
+        self.counted
+            .load(Ordering::Acquire)
+            .then(|| Source(self.source.load(Ordering::Acquire)))
+    }
+
+    /// Whether the per-source limits wait for a PROXY header
+    /// ([`admit_deferred`]) and the slot is not counted under a source yet.
+    pub(crate) fn source_deferred(&self) -> bool {
+        !self.counted.load(Ordering::Acquire)
+    }
+
+    /// Counts a slot from [`admit_deferred`] under `ip` (the address in the
+    /// PROXY header), with its pending-hello place if it still holds one.
+    /// Does nothing for a slot counted already.
+    ///
+    /// # Errors
+    /// [`Refusal::Source`] when `ip` is at a per-source limit; the slot
+    /// stays uncounted then.
+    pub(crate) fn count_source(&self, ip: IpAddr, limits: &Limits) -> Result<(), Refusal> {
+        if !self.source_deferred() {
+            return Ok(());
+        }
+        let source = Source::of(ip);
+        let pending = self.pending.load(Ordering::Acquire);
+        if !self.shared.sources.admit(source, limits, pending) {
+            return Err(Refusal::Source);
+        }
+        self.source.store(source.0, Ordering::Release);
+        self.counted.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// The ClientHello is read (or the connection refused before it was):
     /// gives back the pending-hello places. Idempotent.
     pub(crate) fn hello_done(&self) {
         if self.pending.swap(false, Ordering::AcqRel) {
             self.shared.pending_hellos.fetch_sub(1, Ordering::AcqRel);
-            self.shared.sources.release(self.source, true, false);
+            if let Some(source) = self.counted_source() {
+                self.shared.sources.release(source, true, false);
+            }
         }
     }
 }
@@ -152,7 +198,9 @@ impl Drop for Slot {
         if pending {
             self.shared.pending_hellos.fetch_sub(1, Ordering::AcqRel);
         }
-        self.shared.sources.release(self.source, pending, true);
+        if let Some(source) = self.counted_source() {
+            self.shared.sources.release(source, pending, true);
+        }
         self.shared.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -192,6 +240,19 @@ impl Refusal {
 /// # Errors
 /// The first limit that is reached; nothing is counted then.
 pub(crate) fn admit(shared: &Arc<Shared>, ip: IpAddr, limits: &Limits) -> Result<Slot, Refusal> {
+    admit_from(shared, Some(ip), limits)
+}
+
+/// [`admit`] for a peer that will send a PROXY header: counted against
+/// the global limits only, until [`Slot::count_source`].
+///
+/// # Errors
+/// The first global limit that is reached; nothing is counted then.
+pub(crate) fn admit_deferred(shared: &Arc<Shared>, limits: &Limits) -> Result<Slot, Refusal> {
+    admit_from(shared, None, limits)
+}
+
+fn admit_from(shared: &Arc<Shared>, ip: Option<IpAddr>, limits: &Limits) -> Result<Slot, Refusal> {
     let before = shared.connections.fetch_add(1, Ordering::AcqRel);
     if before >= limits.max_connections {
         shared.connections.fetch_sub(1, Ordering::AcqRel);
@@ -206,13 +267,16 @@ pub(crate) fn admit(shared: &Arc<Shared>, ip: IpAddr, limits: &Limits) -> Result
     if pending >= limits.max_pending_hellos {
         return undo(Refusal::PendingHellos);
     }
-    let source = Source::of(ip);
-    if !shared.sources.admit(source, limits) {
-        return undo(Refusal::Source);
+    let source = ip.map(Source::of);
+    if let Some(source) = source {
+        if !shared.sources.admit(source, limits, true) {
+            return undo(Refusal::Source);
+        }
     }
     Ok(Slot {
         shared: shared.clone(),
-        source,
+        source: AtomicU64::new(source.map_or(0, |s| s.0)),
+        counted: AtomicBool::new(source.is_some()),
         pending: AtomicBool::new(true),
     })
 }
@@ -293,5 +357,45 @@ mod tests {
         drop((held, more));
         assert_eq!(pending_hellos(&shared), 1);
         assert_eq!(shared.connections.load(Ordering::Acquire), 1);
+    }
+
+    #[tokio::test]
+    async fn a_load_balancer_is_counted_under_its_clients() {
+        let shared = shared();
+        let lb: IpAddr = "127.0.0.2".parse().unwrap();
+        let c: IpAddr = "192.0.2.9".parse().unwrap();
+        let l = limits(2, Some(3));
+        // The balancer's own connections: no per-source limit.
+        let deferred: Vec<_> = (0..5)
+            .map(|_| admit_deferred(&shared, &l).unwrap())
+            .collect();
+        assert_eq!(shared.sources.len(), 0);
+        assert!(deferred[0].source_deferred());
+        // Headers read: counted under the client's address.
+        deferred[0].count_source(c, &l).unwrap();
+        deferred[0].count_source(c, &l).unwrap(); // counted once
+        deferred[1].count_source(c, &l).unwrap();
+        assert_eq!(
+            deferred[2].count_source(c, &l),
+            Err(Refusal::Source),
+            "2 pending"
+        );
+        deferred[0].hello_done();
+        deferred[2].count_source(c, &l).unwrap();
+        deferred[1].hello_done();
+        deferred[2].hello_done();
+        assert_eq!(
+            deferred[3].count_source(c, &l),
+            Err(Refusal::Source),
+            "3 connections"
+        );
+        deferred[4].count_source(lb, &l).unwrap();
+        assert_eq!(shared.sources.len(), 2);
+        assert!(!deferred[0].source_deferred());
+        drop(deferred);
+        assert_eq!(shared.sources.len(), 0);
+        assert_eq!(pending_hellos(&shared), 0);
+        assert_eq!(shared.connections.load(Ordering::Acquire), 0);
+        let _ = admit(&shared, c, &l).expect("places came back");
     }
 }

@@ -154,7 +154,14 @@ fn admit(
     generation: Arc<crate::state::Generation>,
 ) {
     let at = Instant::now();
-    let slot = match admission::admit(shared, peer.ip(), &generation.config.limits) {
+    // A trusted load balancer's connection is counted per source under the
+    // address in its PROXY header, once read.
+    let limits = &generation.config.limits;
+    let admitted = match pipeline::accept_proxy_protocol(&generation, listener.addr) {
+        Some(p) if p.trusts(peer.ip()) => admission::admit_deferred(shared, limits),
+        _ => admission::admit(shared, peer.ip(), limits),
+    };
+    let slot = match admitted {
         Ok(slot) => slot,
         Err(refusal) => {
             pipeline::refuse_at_accept(stream, peer, listener, &generation, at, refusal);

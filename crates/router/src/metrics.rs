@@ -251,6 +251,10 @@ label_enum! {
         SourceLimit => "source_limit",
         /// The client closed or reset before a complete hello.
         ClientClosed => "client_closed",
+        /// On a listener with `accept_proxy_protocol`: a trusted peer's
+        /// PROXY header missing (when required), malformed, truncated or
+        /// stacked, or a header from a peer outside `from`.
+        BadProxyHeader => "bad_proxy_header",
     }
 }
 

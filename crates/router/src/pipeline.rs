@@ -1,5 +1,6 @@
 //! One connection, top to bottom:
-//! accept → read ClientHello → route → connect → forward hello → splice.
+//! accept → read ClientHello (after a PROXY header, on a listener with
+//! `accept_proxy_protocol`) → route → connect → forward hello → splice.
 //!
 //! Each step is a small function with its own timeout and typed error; the
 //! error decides the `result` label, what the client is told (a TLS alert,
@@ -21,14 +22,16 @@ use crate::metrics::{EndLabel, Outcome};
 use crate::state::{Generation, Route};
 use crate::table::RouteId;
 use crate::upstream::{Endpoint, EndpointGuard, Unavailable};
-use config::ProxyProtocol;
+use config::{AcceptProxyProtocol, ProxyProtocol};
+use proxy_protocol::read as proxy_header;
 
 /// A connection fresh from `accept`.
 #[derive(Debug)]
 pub(crate) struct Accepted {
     /// The client's socket.
     pub(crate) stream: TcpStream,
-    /// The client's address.
+    /// The client's address: the peer's, until a PROXY header from a
+    /// trusted load balancer names the client.
     pub(crate) peer: SocketAddr,
     /// The listener it came from.
     pub(crate) listener: Arc<Listener>,
@@ -77,6 +80,12 @@ enum Refused {
     NoRoute,
     Denied,
     Unavailable(Unavailable),
+    /// A PROXY header that is not one, or not one sniroute takes.
+    ProxyHeader(proxy_header::Error),
+    /// A PROXY header refused for where it is or who sent it, and why.
+    BadProxyHeader(&'static str),
+    /// The address in a PROXY header is at a per-source limit.
+    SourceLimit,
 }
 
 impl Refused {
@@ -90,6 +99,8 @@ impl Refused {
             Self::NoRoute => Outcome::NoRoute,
             Self::Denied => Outcome::Denied,
             Self::Unavailable(_) => Outcome::UpstreamUnavailable,
+            Self::ProxyHeader(_) | Self::BadProxyHeader(_) => Outcome::BadProxyHeader,
+            Self::SourceLimit => Outcome::SourceLimit,
         }
     }
 
@@ -100,7 +111,11 @@ impl Refused {
         const INTERNAL: [u8; 7] = Alert::InternalError.record();
         const DECODE: [u8; 7] = Alert::DecodeError.record();
         match self {
-            Self::HelloTimeout | Self::ClientClosed => None,
+            Self::HelloTimeout
+            | Self::ClientClosed
+            | Self::ProxyHeader(_)
+            | Self::BadProxyHeader(_)
+            | Self::SourceLimit => None,
             Self::BadHello(clienthello::Error::NotTls {
                 looks_like_http: true,
             }) => Some(HTTP_400),
@@ -226,13 +241,13 @@ struct Open {
 /// A plain function returning an `async move` block rather than an `async
 /// fn`: an `async fn` keeps a second copy of its by-value arguments.
 #[allow(clippy::manual_async_fn)]
-pub(crate) fn serve(conn: Accepted) -> impl std::future::Future<Output = ()> + Send {
+pub(crate) fn serve(mut conn: Accepted) -> impl std::future::Future<Output = ()> + Send {
     async move {
         let mut record = Record::default();
         // The set-up reads as one story in a debug log; the span lives in
         // the boxed set-up future, so an open tunnel does not carry it.
         let span = tracing::debug_span!("connection", client = %conn.peer, listener = %conn.listener.label);
-        let opened = Box::pin(open(&conn, &mut record).instrument(span)).await;
+        let opened = Box::pin(open(&mut conn, &mut record).instrument(span)).await;
         let (outcome, end, error) = match &opened {
             Ok(open) => {
                 let end = tunnel(&conn, open).await;
@@ -253,6 +268,13 @@ pub(crate) fn serve(conn: Accepted) -> impl std::future::Future<Output = ()> + S
                 let error = match refused {
                     Refused::BadHello(e) | Refused::BadName(e, _) => Some(e.to_string()),
                     Refused::Unavailable(e) => Some(e.to_string()),
+                    Refused::ProxyHeader(proxy_header::Error::NotProxy) => Some(
+                        "no PROXY protocol header from a peer in accept_proxy_protocol.from (required)"
+                            .to_owned(),
+                    ),
+                    Refused::ProxyHeader(e) => Some(e.to_string()),
+                    Refused::BadProxyHeader(why) => Some((*why).to_owned()),
+                    Refused::SourceLimit => Some(crate::admission::Refusal::Source.reason().to_owned()),
                     _ => None,
                 };
                 (refused.outcome(), None, error)
@@ -302,20 +324,54 @@ pub(crate) fn refuse_at_accept(
     drop(stream);
 }
 
+/// The listener's `accept_proxy_protocol` in `generation`, if any.
+pub(crate) fn accept_proxy_protocol(
+    generation: &Generation,
+    listener: SocketAddr,
+) -> Option<&AcceptProxyProtocol> {
+    generation
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.address == listener)?
+        .accept_proxy_protocol
+        .as_ref()
+}
+
+/// Whether a connection may, must or must not start with a PROXY header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HeaderMode {
+    /// The listener takes no headers: the bytes are the client's.
+    Never,
+    /// The listener takes headers, but not from this peer: one is refused.
+    Refused,
+    /// A trusted load balancer: a header first (`required`: it must).
+    Expected { required: bool },
+}
+
 /// Accept → read ClientHello → route → connect → forward hello; the tunnel
-/// is then ready for the pump.
-async fn open(conn: &Accepted, record: &mut Record) -> Result<Open, Refused> {
-    let generation = &conn.generation;
-    let config = &generation.config;
+/// is then ready for the pump. A PROXY header's client becomes
+/// `conn.peer`.
+async fn open(conn: &mut Accepted, record: &mut Record) -> Result<Open, Refused> {
+    let mode = match accept_proxy_protocol(&conn.generation, conn.listener.addr) {
+        None => HeaderMode::Never,
+        Some(p) if p.trusts(conn.peer.ip()) => HeaderMode::Expected {
+            required: p.required,
+        },
+        Some(_) => HeaderMode::Refused,
+    };
     let read = read_client_hello(
         &conn.stream,
-        &Limits {
-            max_client_hello_bytes: config.limits.max_client_hello_bytes,
-        },
-        config.timeouts.client_hello,
+        &conn.generation.config,
+        mode,
+        &conn.slot,
+        &mut conn.peer,
     )
     .await;
     conn.slot.hello_done();
+    let conn = &*conn;
+    let generation = &conn.generation;
+    let config = &generation.config;
     let (buf, hello) = read?;
     let hello_time = conn.at.elapsed();
     record.hello = hello_time.into();
@@ -400,36 +456,112 @@ const READ_CHUNK: usize = 4096;
 const ALPN_LOG_NAMES: usize = 16;
 const ALPN_LOG_BYTES: usize = 256;
 
-/// Reads until the ClientHello is complete, bounded in time and size.
-/// Returns every byte read (the hello and anything the client pipelined
-/// after it), to be forwarded as is.
+/// Reads until the ClientHello is complete, bounded in time
+/// (`timeouts.client_hello`) and size (`max_client_hello_bytes`), a PROXY
+/// header first when `mode` expects one (it counts against both bounds;
+/// its client address goes to `peer`, and the connection is counted under
+/// it, see [`crate::admission::Slot::count_source`]). Returns every byte
+/// read after the PROXY header (the hello and anything the client
+/// pipelined after it), to be forwarded as is.
 async fn read_client_hello(
     stream: &TcpStream,
-    limits: &Limits,
-    timeout: Duration,
+    config: &config::Config,
+    mode: HeaderMode,
+    slot: &Slot,
+    peer: &mut SocketAddr,
 ) -> Result<(Vec<u8>, ClientHello), Refused> {
+    let max = config.limits.max_client_hello_bytes;
+    let timeout = config.timeouts.client_hello;
+    // Set while a PROXY header has begun but is incomplete: a timeout then
+    // refuses the header.
+    let mut header_partial = false;
     let read = async {
         // The buffer grows with the bytes that arrive, never with what a
         // record header promises: a header announcing 16 KiB and nothing
         // after it costs 5 bytes, not 16 KiB.
         let mut buf = Vec::new();
+        // Where the hello starts: after the PROXY header, once read.
+        let mut start = 0;
+        let mut header_next = matches!(mode, HeaderMode::Expected { .. });
+        let balancer = *peer;
         loop {
-            let at_least = match clienthello::parse(&buf, limits) {
-                Ok(Progress::Complete(hello)) => return Ok((buf, hello)),
-                Ok(Progress::NeedMore { at_least }) => at_least,
-                Err(e @ clienthello::Error::InvalidServerName(_)) => {
-                    let raw = clienthello::raw_server_name(&buf).map(crate::recent::keep_name);
-                    return Err(Refused::BadName(e, raw));
+            let at_least = if header_next {
+                match proxy_header::parse(&buf) {
+                    Ok(proxy_header::Progress::NeedMore { at_least }) => {
+                        header_partial = !buf.is_empty();
+                        at_least
+                    }
+                    Ok(proxy_header::Progress::Complete { header, consumed }) => {
+                        start = consumed;
+                        header_next = false;
+                        header_partial = false;
+                        // LOCAL (a health check), UNKNOWN, AF_UNSPEC: the
+                        // peer is its own client.
+                        if let (proxy_header::Command::Proxy, Some(client)) =
+                            (header.command, header.source)
+                        {
+                            *peer = client;
+                        }
+                        tracing::debug!(client = %peer, "PROXY header");
+                        slot.count_source(peer.ip(), &config.limits)
+                            .map_err(|_| Refused::SourceLimit)?;
+                        continue;
+                    }
+                    Err(proxy_header::Error::NotProxy)
+                        if mode == (HeaderMode::Expected { required: false }) =>
+                    {
+                        header_next = false;
+                        slot.count_source(peer.ip(), &config.limits)
+                            .map_err(|_| Refused::SourceLimit)?;
+                        continue;
+                    }
+                    Err(e) => return Err(Refused::ProxyHeader(e)),
                 }
-                Err(e) => return Err(Refused::BadHello(e)),
+            } else {
+                let limits = Limits {
+                    max_client_hello_bytes: max.saturating_sub(start),
+                };
+                match clienthello::parse(&buf[start..], &limits) {
+                    Ok(Progress::Complete(hello)) => {
+                        buf.drain(..start);
+                        return Ok((buf, hello));
+                    }
+                    Ok(Progress::NeedMore { at_least }) => at_least,
+                    // Not TLS, but a (second) PROXY header.
+                    Err(_)
+                        if mode != HeaderMode::Never
+                            && proxy_header::starts_like_header(&buf[start..]) =>
+                    {
+                        // A refused header names no client: the peer is
+                        // logged.
+                        *peer = balancer;
+                        return Err(Refused::BadProxyHeader(if start > 0 {
+                            "a second PROXY protocol header (stacked)"
+                        } else {
+                            "a PROXY protocol header from a peer outside accept_proxy_protocol.from"
+                        }));
+                    }
+                    Err(e @ clienthello::Error::InvalidServerName(_)) => {
+                        let raw = clienthello::raw_server_name(&buf[start..])
+                            .map(crate::recent::keep_name);
+                        return Err(Refused::BadName(e, raw));
+                    }
+                    Err(e) => return Err(Refused::BadHello(e)),
+                }
             };
             // Read what is needed and what may already be there, but never
-            // past the limit (the parser refuses a hello that needs more).
-            let room = limits.max_client_hello_bytes.saturating_sub(buf.len());
+            // past the limit (the hello parser refuses a hello that needs
+            // more; a PROXY header that needs more is refused here).
+            let room = max.saturating_sub(buf.len());
+            if room == 0 {
+                return Err(Refused::BadProxyHeader(
+                    "a PROXY protocol header longer than max_client_hello_bytes",
+                ));
+            }
             let want = at_least.max(READ_CHUNK).min(room).clamp(1, READ_CHUNK);
             let n = loop {
                 if stream.readable().await.is_err() {
-                    return Err(Refused::ClientClosed);
+                    return Err(closed(header_next, &buf));
                 }
                 // Read into the stack (this block holds no await, so the
                 // chunk is not part of the connection's future), then keep
@@ -444,17 +576,31 @@ async fn read_client_hello(
                         break n;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(_) => return Err(Refused::ClientClosed),
+                    Err(_) => return Err(closed(header_next, &buf)),
                 }
             };
             if n == 0 {
-                return Err(Refused::ClientClosed);
+                return Err(closed(header_next, &buf));
             }
         }
     };
-    tokio::time::timeout(timeout, read)
-        .await
-        .unwrap_or(Err(Refused::HelloTimeout))
+    match tokio::time::timeout(timeout, read).await {
+        Ok(read) => read,
+        Err(_) if header_partial => Err(Refused::BadProxyHeader(
+            "a PROXY protocol header cut short (timeouts.client_hello)",
+        )),
+        Err(_) => Err(Refused::HelloTimeout),
+    }
+}
+
+/// A client gone before its hello: a PROXY header it left incomplete is
+/// refused as such.
+fn closed(header_next: bool, buf: &[u8]) -> Refused {
+    if header_next && !buf.is_empty() {
+        Refused::BadProxyHeader("a PROXY protocol header cut short")
+    } else {
+        Refused::ClientClosed
+    }
 }
 
 fn pick_route<'g>(
@@ -762,8 +908,9 @@ mod tests {
             slot,
             generation,
         };
+        let mut conn = conn;
         let mut record = Record::default();
-        let setup = open(&conn, &mut record);
+        let setup = open(&mut conn, &mut record);
         let size = std::mem::size_of_val(&setup);
         eprintln!("set-up future: {size} bytes");
         assert!(size <= 1024, "the set-up future grew to {size} bytes");
