@@ -56,6 +56,10 @@ fn exchange(from: Ipv4Addr, to: SocketAddr, bytes: &[u8]) -> (SocketAddr, Vec<u8
 /// header from sniroute, `guarded.test` to a greeting one that only
 /// 192.0.2.0/24 may use.
 fn start(required: bool) -> (Router, Upstream, Upstream) {
+    start_with(required, "timeouts: {client_hello: 2s}\n")
+}
+
+fn start_with(required: bool, extra: &str) -> (Router, Upstream, Upstream) {
     let echo = Upstream::start("echo", Behaviour::Echo);
     let guarded = Upstream::start("guarded", Behaviour::Greet);
     let yaml = format!(
@@ -64,11 +68,10 @@ listeners:
   - address: "127.0.0.1:0"
     accept_proxy_protocol: {{from: ["127.0.0.2/32"], required: {required}}}
 admin: "127.0.0.1:0"
-timeouts: {{client_hello: 2s}}
 routes:
   - {{name: echo, server_names: [echo.test], upstreams: ["{}"], proxy_protocol: v1}}
   - {{name: guarded, server_names: [guarded.test], upstreams: ["{}"], allow_sources: ["192.0.2.0/24"]}}
-"#,
+{extra}"#,
         echo.addr, guarded.addr
     );
     (Router::start(&yaml), echo, guarded)
@@ -323,4 +326,69 @@ fn an_optional_header_may_be_left_out() {
     let (_, back) = exchange(TRUSTED, addr, &bytes);
     assert!(back.starts_with(b"PROXY TCP4 203.0.113.5 "));
     assert_eq!(echo.connections(), 2);
+}
+
+/// Whether the router closed `s` within `wait` (EOF or reset); a read
+/// timeout means it is still open.
+fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn per_source_limits_count_the_headers_address() {
+    let _turn = crate::common::light();
+    let (router, _, _) = start_with(
+        true,
+        "limits: {max_pending_hellos_per_source: 2}\ntimeouts: {client_hello: 20s}\n",
+    );
+    let addr = router.addr();
+    // Four pending hellos, all from the balancer, for four clients: no
+    // per-source limit applies to the balancer itself.
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let mut s = connect_from(TRUSTED, addr);
+        s.write_all(&v1(&format!("203.0.113.{}:1000", 10 + i), addr))
+            .unwrap();
+        held.push(s);
+    }
+    // Two more for one client: the second is over its limit.
+    for port in [2001, 2002] {
+        let mut s = connect_from(TRUSTED, addr);
+        s.write_all(&v1(&format!("203.0.113.10:{port}"), addr))
+            .unwrap();
+        held.push(s);
+    }
+    let line = router.wait_log(Duration::from_secs(10), |l| {
+        l["target"] == "sniroute::access" && l["result"] == "source_limit"
+    });
+    // Whichever of the three for 203.0.113.10 was read last.
+    let refused = match line["client"].as_str().unwrap() {
+        "203.0.113.10:1000" => 0,
+        "203.0.113.10:2001" => 4,
+        "203.0.113.10:2002" => 5,
+        other => panic!("{other} refused"),
+    };
+    assert!(closed_within(&mut held[refused], Duration::from_secs(5)));
+    for (i, s) in held.iter_mut().enumerate() {
+        if i != refused {
+            assert!(!closed_within(s, Duration::from_millis(200)), "{i} is open");
+        }
+    }
+    assert_eq!(
+        router
+            .access_logs()
+            .iter()
+            .filter(|l| l["result"] == "source_limit")
+            .count(),
+        1
+    );
 }
