@@ -372,83 +372,171 @@ pub(crate) fn connections_total(text: &str, route: &str, result: &str) -> Option
     )
 }
 
+/// The one plain-TCP upstream double of the suite: it stands for an API
+/// server behind the router, answers what the tests need to tell upstreams
+/// apart, and records what it received. It runs on its own thread with its
+/// own runtime, so sync and async tests use it alike.
 pub(crate) mod raw {
-    use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::io;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    /// What a raw upstream does with each connection.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// What the upstream does with each connection.
     #[derive(Clone, Copy, Debug)]
     pub(crate) enum Behaviour {
         /// Echo every byte back until EOF, then close.
         Echo,
-        /// Reply `name\n` after the first read, then echo.
+        /// Reply `name\n` after the first read (the forwarded ClientHello),
+        /// then echo.
         Greet,
     }
 
-    /// A running raw upstream.
+    /// A running upstream; [`Upstream::stop`] closes its listening socket
+    /// (open connections go on).
     pub(crate) struct Upstream {
         pub(crate) addr: SocketAddr,
-        /// First bytes of each connection (up to 64 KiB).
+        /// First bytes of each connection that sent any (up to 64 KiB).
         pub(crate) received: Arc<Mutex<Vec<Vec<u8>>>>,
+        accepted: Arc<AtomicUsize>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
     }
 
     impl Upstream {
         /// Starts one on 127.0.0.1 with an ephemeral port.
         pub(crate) fn start(name: &'static str, behaviour: Behaviour) -> Upstream {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-            let rec = received.clone();
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    let Ok(stream) = stream else { continue };
-                    let rec = rec.clone();
-                    std::thread::spawn(move || serve(stream, name, behaviour, rec));
-                }
-            });
-            Upstream { addr, received }
+            Self::bind(name, behaviour, "127.0.0.1:0".parse().unwrap()).unwrap()
         }
 
-        /// Connections seen so far.
+        /// Starts one on `addr` (to come back on the port of one stopped).
+        pub(crate) fn bind(
+            name: &'static str,
+            behaviour: Behaviour,
+            addr: SocketAddr,
+        ) -> io::Result<Upstream> {
+            let std_listener = std::net::TcpListener::bind(addr)?;
+            std_listener.set_nonblocking(true)?;
+            let addr = std_listener.local_addr()?;
+            let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+            let accepted = Arc::new(AtomicUsize::new(0));
+            let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+            let (rec, count) = (received.clone(), accepted.clone());
+            let thread = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(std_listener).unwrap();
+                    let mut open = tokio::task::JoinSet::new();
+                    loop {
+                        tokio::select! {
+                            _ = &mut stopped => break,
+                            accepted = listener.accept() => {
+                                let Ok((s, _)) = accepted else {
+                                    // Out of descriptors, say: do not spin.
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                    continue;
+                                };
+                                count.fetch_add(1, Ordering::Relaxed);
+                                open.spawn(serve(s, name, behaviour, rec.clone()));
+                            }
+                            Some(_) = open.join_next(), if !open.is_empty() => {}
+                        }
+                    }
+                    drop(listener);
+                    // Open connections go on until their peers close; then
+                    // the thread ends.
+                    while open.join_next().await.is_some() {}
+                });
+            });
+            Ok(Upstream {
+                addr,
+                received,
+                accepted,
+                stop: Some(stop),
+                thread: Some(thread),
+            })
+        }
+
+        /// Connections that sent something so far.
         pub(crate) fn connections(&self) -> usize {
             self.received.lock().unwrap().len()
         }
+
+        /// Connections accepted so far.
+        pub(crate) fn accepted(&self) -> usize {
+            self.accepted.load(Ordering::Relaxed)
+        }
+
+        /// Closes the listening socket: new connections are refused.
+        pub(crate) fn stop(mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            // Wait until the listening socket is closed.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::net::TcpStream::connect(self.addr).is_ok() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "upstream did not stop"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // The thread ends once its open connections do.
+            drop(self.thread.take());
+        }
     }
 
-    fn serve(mut s: TcpStream, name: &str, behaviour: Behaviour, rec: Arc<Mutex<Vec<Vec<u8>>>>) {
-        let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
-        let idx = {
-            let mut r = rec.lock().unwrap();
-            r.push(Vec::new());
-            r.len() - 1
-        };
+    impl Drop for Upstream {
+        fn drop(&mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+    }
+
+    async fn serve(
+        mut s: TcpStream,
+        name: &str,
+        behaviour: Behaviour,
+        rec: Arc<Mutex<Vec<Vec<u8>>>>,
+    ) {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut idx = None;
         let mut greeted = false;
         loop {
-            let n = match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
+            let n = match tokio::time::timeout(Duration::from_secs(60), s.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) | Err(_) => break,
+                Ok(Ok(n)) => n,
             };
             {
                 let mut r = rec.lock().unwrap();
-                let seen = &mut r[idx];
+                let i = *idx.get_or_insert_with(|| {
+                    r.push(Vec::new());
+                    r.len() - 1
+                });
+                let seen = &mut r[i];
                 let room = (64 * 1024usize).saturating_sub(seen.len());
                 seen.extend_from_slice(&buf[..n.min(room)]);
             }
             if matches!(behaviour, Behaviour::Greet) && !greeted {
                 greeted = true;
-                if s.write_all(format!("{name}\n").as_bytes()).is_err() {
+                if s.write_all(format!("{name}\n").as_bytes()).await.is_err() {
                     break;
                 }
                 continue;
             }
-            if s.write_all(&buf[..n]).is_err() {
+            if s.write_all(&buf[..n]).await.is_err() {
                 break;
             }
         }
-        let _ = s.shutdown(std::net::Shutdown::Write);
+        let _ = s.shutdown().await;
     }
 }
 
@@ -567,86 +655,6 @@ pub(crate) mod pattern {
             }
             pending.extend_from_slice(words.remainder());
         }
-    }
-}
-
-/// An async upstream double: greets each connection with its name after
-/// the first bytes (the forwarded ClientHello), then echoes.
-pub(crate) mod greeter {
-    use std::io;
-    use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-
-    /// A stoppable upstream: answers `name\n` to the first bytes of each
-    /// connection, then echoes. Stopping closes the listening socket (open
-    /// connections stay).
-    pub(crate) struct Greeter {
-        pub(crate) addr: SocketAddr,
-        pub(crate) accepted: Arc<AtomicUsize>,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl Greeter {
-        pub(crate) async fn start(name: &'static str) -> Greeter {
-            Self::bind(name, "127.0.0.1:0".parse().unwrap())
-                .await
-                .unwrap()
-        }
-
-        pub(crate) async fn bind(name: &'static str, addr: SocketAddr) -> io::Result<Greeter> {
-            let listener = TcpListener::bind(addr).await?;
-            let addr = listener.local_addr().unwrap();
-            let accepted = Arc::new(AtomicUsize::new(0));
-            let count = accepted.clone();
-            let task = tokio::spawn(async move {
-                loop {
-                    let Ok((s, _)) = listener.accept().await else {
-                        // Out of descriptors, say: do not spin.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    };
-                    count.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(greet(s, name));
-                }
-            });
-            Ok(Greeter {
-                addr,
-                accepted,
-                task,
-            })
-        }
-
-        /// Closes the listening socket and waits until it is closed.
-        pub(crate) async fn stop(self) {
-            self.task.abort();
-            let _ = self.task.await;
-        }
-    }
-
-    async fn greet(mut s: TcpStream, name: &str) {
-        let mut buf = vec![0u8; 16 * 1024];
-        match s.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        if s.write_all(format!("{name}\n").as_bytes()).await.is_err() {
-            return;
-        }
-        loop {
-            let n = match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if s.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-        }
-        let _ = s.shutdown().await;
     }
 }
 

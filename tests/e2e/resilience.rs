@@ -50,7 +50,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::greeter::Greeter;
+use crate::common::raw::{Behaviour, Upstream};
 use crate::common::{metric, nofile_limits, pattern, raise_nofile_limit, Router};
 use clienthello::synth::HelloBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -104,7 +104,7 @@ async fn wait_fds(router: &Router, baseline: usize, slack: usize, context: &str)
 /// handful for sequential tunnels.
 const FD_SLACK: usize = 6;
 
-/// Connects, sends `hello` and reads the greeting line of a [`Greeter`].
+/// Connects, sends `hello` and reads the greeting line of a greeting upstream.
 async fn reach(addr: SocketAddr, hello: &[u8]) -> io::Result<String> {
     let mut s = TcpStream::connect(addr).await?;
     s.write_all(hello).await?;
@@ -291,7 +291,7 @@ fn handshake_longer_than_record(extra: usize) -> Vec<u8> {
 async fn hostile_input_is_refused_and_counted_without_leaks() {
     let _turn = crate::common::heavy();
     const LIMIT: usize = 65536;
-    let up = Greeter::start("good").await;
+    let up = Upstream::start("good", Behaviour::Greet);
     let router = Router::start(&config(
         "client_hello: 1s, connect: 500ms",
         &format!("max_client_hello_bytes: {LIMIT}"),
@@ -522,7 +522,7 @@ async fn hostile_input_is_refused_and_counted_without_leaks() {
     for (result, n) in &expected {
         assert_eq!(connections(&m, "none", result), *n, "result={result}\n{m}");
     }
-    assert_eq!(up.accepted.load(Ordering::Relaxed) as f64, good_served);
+    assert_eq!(up.accepted() as f64, good_served);
 
     let rss_after = router.rss_kib();
     assert!(
@@ -642,7 +642,7 @@ async fn slowloris(router: &Router, n: usize, timeout: Duration, keep_up: Durati
 async fn slowloris_is_cut_at_the_hello_timeout() {
     let _turn = crate::common::heavy();
     const N: usize = 1000;
-    let up = Greeter::start("good").await;
+    let up = Upstream::start("good", Behaviour::Greet);
     // The attack comes from one address (127.0.0.1): the per-source limit
     // would cut it short (tests/e2e/limits.rs covers that limit).
     let router = Router::start(&config(
@@ -704,7 +704,7 @@ async fn a_flood_over_max_connections_is_shed_and_recovers() {
     let _turn = crate::common::heavy();
     const MAX: usize = 50;
     const EXTRA: usize = 30;
-    let up = Greeter::start("good").await;
+    let up = Upstream::start("good", Behaviour::Greet);
     let router = Router::start(&config(
         "client_hello: 1s, connect: 500ms",
         &format!("max_connections: {MAX}"),
@@ -848,7 +848,7 @@ fn refusing_port() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_an_upstream_refusing_connections() {
     let _turn = crate::common::heavy();
-    let up = Greeter::start("good").await;
+    let up = Upstream::start("good", Behaviour::Greet);
     let dead = refusing_port();
     let router = Router::start(&config(
         "client_hello: 1s, connect: 500ms",
@@ -925,7 +925,7 @@ fn blackhole() -> (socket2::Socket, Vec<std::net::TcpStream>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_an_upstream_that_never_answers() {
     let _turn = crate::common::heavy();
-    let up = Greeter::start("good").await;
+    let up = Upstream::start("good", Behaviour::Greet);
     let (hole, _filling) = blackhole();
     let hole_addr = hole.local_addr().unwrap().as_socket().unwrap();
     let router = Router::start(&config(
@@ -979,7 +979,7 @@ async fn fault_an_upstream_that_never_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_an_upstream_reset_mid_stream() {
     let _turn = crate::common::heavy();
-    let up = Greeter::start("good").await;
+    let up = Upstream::start("good", Behaviour::Greet);
     let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let router = Router::start(&config(
         "client_hello: 1s, connect: 500ms",
@@ -1093,7 +1093,7 @@ async fn fault_upstream_names_that_do_not_resolve() {
     assert!(lookup.is_err(), "{NOWHERE} resolved: {lookup:?}");
     let bound = Duration::from_secs(2) + 2 * lookup_time;
 
-    let up = Greeter::start("good").await;
+    let up = Upstream::start("good", Behaviour::Greet);
     let router = Router::start(&config(
         "client_hello: 1s, connect: 500ms",
         "",
@@ -1152,7 +1152,7 @@ async fn fault_upstream_names_that_do_not_resolve() {
     assert_eq!(connections(&m, "nowhere", "upstream_unavailable"), 3.0);
     for l in route_logs(&router, "nowhere") {
         assert_eq!(
-            l["error"], "no upstream endpoint (names did not resolve)",
+            l["error"], "no upstream endpoint (names did not resolve, or discovery found no task)",
             "{l}"
         );
     }
@@ -1183,8 +1183,8 @@ async fn fault_upstream_names_that_do_not_resolve() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_a_route_down_and_back() {
     let _turn = crate::common::heavy();
-    let good = Greeter::start("good").await;
-    let flappy = Greeter::start("flappy").await;
+    let good = Upstream::start("good", Behaviour::Greet);
+    let flappy = Upstream::start("flappy", Behaviour::Greet);
     let flappy_addr = flappy.addr;
     let router = Router::start(&config(
         "client_hello: 1s, connect: 500ms",
@@ -1224,7 +1224,7 @@ async fn fault_a_route_down_and_back() {
     let fds = router.open_fds();
 
     // Down: marked unhealthy after two failed checks; clients are told.
-    flappy.stop().await;
+    flappy.stop();
     let stopped = Instant::now();
     wait_until("flappy marked down", Duration::from_secs(5), || {
         healthy() == Some(0.0)
@@ -1243,7 +1243,7 @@ async fn fault_a_route_down_and_back() {
     // Back on the same port: healthy again after two good checks.
     let deadline = Instant::now() + Duration::from_secs(5);
     let flappy = loop {
-        match Greeter::bind("flappy", flappy_addr).await {
+        match Upstream::bind("flappy", Behaviour::Greet, flappy_addr) {
             Ok(g) => break g,
             Err(e) => {
                 assert!(
@@ -1265,7 +1265,7 @@ async fn fault_a_route_down_and_back() {
         l["message"] == "upstream is healthy again"
     });
     good_client(addr, "flappy.test", "flappy").await;
-    assert!(flappy.accepted.load(Ordering::Relaxed) >= 1);
+    assert!(flappy.accepted() >= 1);
 
     let m = router.metrics();
     assert_eq!(connections(&m, "flappy", "upstream_unavailable"), 1.0);
@@ -1277,7 +1277,7 @@ async fn fault_a_route_down_and_back() {
 async fn fault_the_router_runs_out_of_file_descriptors() {
     let _turn = crate::common::heavy();
     const IDLE: usize = 100;
-    let up = Greeter::start("good").await;
+    let up = Upstream::start("good", Behaviour::Greet);
     // A long hello timeout: idle connections hold their descriptor. The
     // `checked` route's health checks run every 100 ms and mark the
     // endpoint down after one failure: a check that cannot even open a
@@ -1858,7 +1858,7 @@ async fn soak_tunnels_with_abuse() {
 async fn soak_slowloris() {
     let _turn = crate::common::heavy();
     const N: usize = 2000;
-    let up = Greeter::start("good").await;
+    let up = Upstream::start("good", Behaviour::Greet);
     let router = Router::start_with(
         &config(
             "client_hello: 2s, connect: 500ms",
