@@ -468,27 +468,47 @@ impl Config {
     }
 }
 
+/// Why a config file could not be read (before any YAML is parsed).
+#[derive(Debug)]
+enum ReadError {
+    Io(std::io::Error),
+    Directory,
+    TooLarge,
+    NotUtf8 { valid_up_to: usize },
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "{e}"),
+            Self::Directory => f.write_str("it is a directory"),
+            Self::TooLarge => write!(
+                f,
+                "the file is larger than {} MiB, too large for a config",
+                MAX_CONFIG_BYTES / 1024 / 1024
+            ),
+            Self::NotUtf8 { valid_up_to } => {
+                write!(f, "the file is not valid UTF-8 (at byte {valid_up_to})")
+            }
+        }
+    }
+}
+
 /// Reads a config file as UTF-8, refusing directories and huge files.
-fn read_file(path: &Path) -> Result<String, String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
+fn read_file(path: &Path) -> Result<String, ReadError> {
+    let file = std::fs::File::open(path).map_err(ReadError::Io)?;
+    let meta = file.metadata().map_err(ReadError::Io)?;
     if meta.is_dir() {
-        return Err("it is a directory".to_owned());
+        return Err(ReadError::Directory);
     }
     let mut bytes = Vec::new();
     file.take(MAX_CONFIG_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
+        .map_err(ReadError::Io)?;
     if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(format!(
-            "the file is larger than {} MiB, too large for a config",
-            MAX_CONFIG_BYTES / 1024 / 1024
-        ));
+        return Err(ReadError::TooLarge);
     }
-    String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "the file is not valid UTF-8 (at byte {})",
-            e.utf8_error().valid_up_to()
-        )
+    String::from_utf8(bytes).map_err(|e| ReadError::NotUtf8 {
+        valid_up_to: e.utf8_error().valid_up_to(),
     })
 }
