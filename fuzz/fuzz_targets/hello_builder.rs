@@ -160,7 +160,7 @@ fuzz_target!(|spec: Spec| {
                     panic!("expected a complete hello, got {answer:?}");
                 };
                 assert_eq!(h.server_name, sni);
-                assert_eq!(h.alpn, alpn);
+                assert_eq!(h.alpn.iter().collect::<Vec<_>>(), alpn);
                 assert_eq!(h.supported_versions, versions);
                 assert_eq!(h.ech, spec.ech);
                 assert_eq!(h.legacy_version, 0x0303);

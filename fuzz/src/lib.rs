@@ -1,5 +1,7 @@
 //! Checks shared by the fuzz targets in `fuzz_targets/` and by the seed
-//! corpus generator in `examples/`.
+//! corpus generator in `examples/`. The ClientHello checks are here; the
+//! `config` target's are in [`config_yaml`], the `proxy_header` target's in
+//! [`proxy_header`].
 //!
 //! Each `check_*` function panics, with a message saying which property of
 //! [`clienthello::parse`] broke, when the parser misbehaves; libFuzzer
@@ -19,6 +21,9 @@
 //! ClientHello, so do we, with the same server name and ALPN list) is not
 //! here: the targets call `clienthello_oracle::check`, the oracle that
 //! `crates/clienthello/tests/differential.rs` uses too.
+
+pub mod config_yaml;
+pub mod proxy_header;
 
 use clienthello::{parse, ClientHello, Error, Limits, Progress, ServerName};
 use clienthello_oracle::GENEROUS;

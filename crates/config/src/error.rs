@@ -12,7 +12,9 @@ pub(crate) enum Seg {
 }
 
 /// A path from the document root to a node, shown as
-/// `routes[1].server_names[0]`; the root is the empty path.
+/// `routes[1].server_names[0]` (a key that is empty or holds other than
+/// letters, digits, `_` and `-` in quotes: `routes[0]."a.b"`); the root is
+/// the empty path.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Path(pub(crate) Vec<Seg>);
 
@@ -54,14 +56,43 @@ impl Path {
     pub(crate) fn is_root(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The path as serde_yaml writes it in its messages: keys unquoted.
+    pub(crate) fn serde_yaml_form(&self) -> String {
+        let mut out = String::new();
+        for (i, seg) in self.0.iter().enumerate() {
+            match seg {
+                Seg::Key(k) if i == 0 => out.push_str(k),
+                Seg::Key(k) => {
+                    out.push('.');
+                    out.push_str(k);
+                }
+                Seg::Index(n) => out.push_str(&format!("[{n}]")),
+            }
+        }
+        out
+    }
 }
 
 impl fmt::Display for Path {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, seg) in self.0.iter().enumerate() {
             match seg {
-                Seg::Key(k) if i == 0 => f.write_str(k)?,
-                Seg::Key(k) => write!(f, ".{k}")?,
+                Seg::Key(k) => {
+                    if i > 0 {
+                        f.write_str(".")?;
+                    }
+                    // A key that is empty or could be read as more than one
+                    // step (`a.b`, `a[0]`) is quoted.
+                    let plain = !k.is_empty()
+                        && k.chars()
+                            .all(|c| c.is_alphanumeric() || c == '_' || c == '-');
+                    if plain {
+                        f.write_str(k)?;
+                    } else {
+                        write!(f, "{k:?}")?;
+                    }
+                }
                 Seg::Index(n) => write!(f, "[{n}]")?,
             }
         }

@@ -226,6 +226,164 @@ impl SourceMap {
     }
 }
 
+/// The message of the errors [`locate_by_libyaml`] provokes.
+const FOUND: &str = "found";
+
+/// The position of the node at `path` (or of its key, for [`At::Key`]) as
+/// serde_yaml's parser, libyaml, sees it; when the path leads somewhere the
+/// document does not have, the deepest node found on the way.
+///
+/// The fallback for texts the index cannot read: saphyr-parser follows YAML
+/// 1.2 and libyaml YAML 1.1, so a document one accepts the other may refuse
+/// (a byte order mark inside a comment, a directive without `...` before
+/// it). serde_yaml gives positions only in errors, so this walks the path
+/// with a deserializer that fails, on purpose, at the node it looks for.
+pub(crate) fn locate_by_libyaml(text: &str, path: &Path, at: At) -> Option<Pos> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    let error = serde::de::DeserializeSeed::deserialize(Seek { rest: &path.0, at }, de).err()?;
+    let loc = error.location()?;
+    Some(Pos {
+        line: loc.line(),
+        column: loc.column(),
+    })
+}
+
+/// Where libyaml sees the second document of `text` begin: the position of
+/// its first node, or of the syntax error it ends in.
+pub(crate) fn second_document_by_libyaml(text: &str) -> Option<Pos> {
+    let second = serde_yaml::Deserializer::from_str(text).nth(1)?;
+    let error = serde::de::DeserializeSeed::deserialize(
+        Seek {
+            rest: &[],
+            at: At::Value,
+        },
+        second,
+    )
+    .err()?;
+    let loc = error.location()?;
+    Some(Pos {
+        line: loc.line(),
+        column: loc.column(),
+    })
+}
+
+/// Follows `rest` into a node and fails at its end (see
+/// [`locate_by_libyaml`]): serde_yaml puts the position of the node being
+/// read into an error that a visitor returns.
+struct Seek<'p> {
+    rest: &'p [Seg],
+    at: At,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Seek<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Seek<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(FOUND)
+    }
+
+    // Scalars, and any node where the path ends: the error is the answer.
+    // (The other visit_* methods fail the same way by default.)
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        let Some((Seg::Key(want), rest)) = self.rest.split_first() else {
+            return Err(A::Error::custom(FOUND));
+        };
+        let fail_at_key = rest.is_empty() && self.at == At::Key;
+        while let Some(found) = map.next_key_seed(Key { want, fail_at_key })? {
+            if found {
+                return map.next_value_seed(Seek { rest, at: self.at });
+            }
+            map.next_value::<serde::de::IgnoredAny>()?;
+        }
+        Err(A::Error::custom(FOUND))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        let Some((Seg::Index(want), rest)) = self.rest.split_first() else {
+            return Err(A::Error::custom(FOUND));
+        };
+        for _ in 0..*want {
+            if seq.next_element::<serde::de::IgnoredAny>()?.is_none() {
+                return Err(A::Error::custom(FOUND));
+            }
+        }
+        match seq.next_element_seed(Seek { rest, at: self.at })? {
+            Some(()) => Ok(()),
+            None => Err(A::Error::custom(FOUND)),
+        }
+    }
+}
+
+/// A mapping key: whether it is `want` (failing there for [`At::Key`]).
+struct Key<'k> {
+    want: &'k str,
+    fail_at_key: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Key<'_> {
+    type Value = bool;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Key<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a mapping key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+        match v == self.want {
+            true if self.fail_at_key => Err(E::custom(FOUND)),
+            found => Ok(found),
+        }
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<bool, E> {
+        self.visit_str(&v.to_string())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<bool, E> {
+        self.visit_str(&v.to_string())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<bool, E> {
+        self.visit_str(&v.to_string())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,12 +8,36 @@ use std::net::SocketAddr;
 
 use super::error::{ConfigError, Path};
 use super::raw::{Count, RawConfig, RawHealthCheck, RawListener, RawRoute};
-use super::source_map::{At, SourceMap};
+use super::source_map::{locate_by_libyaml, second_document_by_libyaml, At, Pos, SourceMap};
 use super::values::{NamePattern, UpstreamAddr, DCOS_APISERVER_PORT};
 use super::{
     AcceptProxyProtocol, Config, ConfigSource, HealthCheck, Host, Limits, ListenerConfig, RouteConfig, Timeouts,
     MAX_CLIENT_HELLO_BYTES, MAX_TCP_USER_TIMEOUT, MIN_CLIENT_HELLO_BYTES,
 };
+
+const MORE_THAN_ONE_DOCUMENT: &str =
+    "the text holds more than one YAML document (`---`): a config is one document";
+
+/// The line and column (from 1, columns in characters) of byte `offset` of
+/// `text`, counting lines as libyaml does (YAML 1.1: `\n`, `\r\n`, `\r`,
+/// U+0085, U+2028 and U+2029 end a line); `None` past the end or inside a
+/// character.
+fn position_of_offset(text: &str, offset: usize) -> Option<(usize, usize)> {
+    let before = text.get(..offset)?;
+    let (mut line, mut column) = (1, 1);
+    let mut chars = before.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}' => {
+                line += 1;
+                column = 1;
+            }
+            _ => column += 1,
+        }
+    }
+    Some((line, column))
+}
 
 /// Turns problems into [`ConfigError`]s that point into one YAML text.
 pub(crate) struct Checker<'a> {
@@ -38,19 +62,25 @@ impl<'a> Checker<'a> {
             .as_ref()
     }
 
+    /// The position of the node at `path`: from the index, else (for a
+    /// text the index cannot read) from libyaml.
+    fn locate(&self, path: &Path, at: At) -> Option<Pos> {
+        match self.map() {
+            Some(map) => map.locate(path, at),
+            None => locate_by_libyaml(self.text, path, at),
+        }
+    }
+
     /// An error about the node at `path`.
     fn at(&self, path: &Path, at: At, message: impl Into<String>) -> ConfigError {
-        let pos = self
-            .map()
-            .and_then(|m| m.locate(path, at))
-            .map(|p| p.pair());
+        let pos = self.locate(path, at).map(Pos::pair);
         ConfigError::new(self.file, pos, path, message)
     }
 
     /// Where an earlier node is, for messages that refer to it: `on line
     /// N`, or `at PATH` should its position be unknown.
     fn where_is(&self, path: &Path) -> String {
-        match self.map().and_then(|m| m.locate(path, At::Value)) {
+        match self.locate(path, At::Value) {
             Some(pos) => format!("on line {}", pos.line),
             None => format!("at {path}"),
         }
@@ -63,11 +93,38 @@ impl<'a> Checker<'a> {
         &self,
         error: &serde_path_to_error::Error<serde_yaml::Error>,
     ) -> ConfigError {
-        if self.map().is_some_and(SourceMap::is_empty_document) {
-            return ConfigError::whole_file(
-                self.file,
-                "the configuration is empty: it needs at least `listeners` and `routes`",
-            );
+        // Empty: serde_yaml found no document, or a null one (which it
+        // reads as a mapping without keys) where the index found no content
+        // either. Where the two parsers disagree (an anchor without a node,
+        // tabs that libyaml refuses), serde_yaml's syntax error and its
+        // position are the better answer.
+        let inner_text = error.inner().to_string();
+        let no_document = inner_text.starts_with("EOF while parsing a value");
+        let null = inner_text.starts_with("invalid type: unit value")
+            || inner_text.starts_with("missing field `");
+        let empty = match self.map() {
+            Some(map) => (no_document || null) && map.is_empty_document(),
+            None => no_document,
+        };
+        if empty {
+            // An empty first document followed by another is not an empty
+            // file: serde_yaml stops at the first, so say why.
+            let second = match self.map() {
+                Some(map) => map.second_document(),
+                None => second_document_by_libyaml(self.text),
+            };
+            return match second {
+                None => ConfigError::whole_file(
+                    self.file,
+                    "the configuration is empty: it needs at least `listeners` and `routes`",
+                ),
+                Some(pos) => ConfigError::new(
+                    self.file,
+                    Some(pos.pair()),
+                    &Path::root(),
+                    MORE_THAN_ONE_DOCUMENT,
+                ),
+            };
         }
         let mut path = Path::from_serde(error.path());
         let inner = error.inner();
@@ -82,7 +139,7 @@ impl<'a> Checker<'a> {
         // serde_yaml prefixes its messages with the path it tracks itself,
         // which is the path of the node or of one of its ancestors.
         for len in (1..=path.0.len()).rev() {
-            let prefix = format!("{}: ", Path(path.0[..len].to_vec()));
+            let prefix = format!("{}: ", Path(path.0[..len].to_vec()).serde_yaml_form());
             if let Some(rest) = message.strip_prefix(&prefix) {
                 message = rest.to_owned();
                 break;
@@ -99,6 +156,16 @@ impl<'a> Checker<'a> {
             }
         }
         let mut pos = location.map(|l| (l.line(), l.column()));
+        // libyaml's reader errors (a control character) carry a byte
+        // offset, not a position: serde_yaml says line 1, column 1.
+        if let Some((head, offset)) = message.rsplit_once(" at position ") {
+            if let (Some((1, 1)), Ok(offset)) = (pos, offset.parse::<usize>()) {
+                if let Some(at) = position_of_offset(self.text, offset) {
+                    pos = Some(at);
+                    message = head.to_owned();
+                }
+            }
+        }
         if let Some(key) = message
             .strip_prefix("duplicate key `")
             .and_then(|rest| rest.strip_suffix('`'))
@@ -112,19 +179,15 @@ impl<'a> Checker<'a> {
             path = path.key(&key);
         }
         if pos.is_none() && message.contains("more than one document") {
-            message =
-                "the text holds more than one YAML document (`---`): a config is one document"
-                    .to_owned();
+            message = MORE_THAN_ONE_DOCUMENT.to_owned();
             pos = self
                 .map()
                 .and_then(SourceMap::second_document)
-                .map(|p| p.pair());
+                .map(|p| p.pair())
+                .or_else(|| second_document_by_libyaml(self.text).map(|p| p.pair()));
         }
         if pos.is_none() {
-            pos = self
-                .map()
-                .and_then(|m| m.locate(&path, At::Value))
-                .map(|p| p.pair());
+            pos = self.locate(&path, At::Value).map(Pos::pair);
         }
         ConfigError::new(self.file, pos, &path, message)
     }
@@ -591,5 +654,105 @@ impl<'a> Checker<'a> {
             unhealthy_after: count(map.unhealthy_after, d.unhealthy_after, "unhealthy_after")?,
             healthy_after: count(map.healthy_after, d.healthy_after, "healthy_after")?,
         }))
+    }
+}
+
+/// Errors that the `config` fuzz target (`fuzz/fuzz_targets/config.rs`)
+/// found without a position, with a wrong one, or with the wrong message;
+/// their inputs are seeds in `fuzz/corpus/config/regress-*`.
+#[cfg(test)]
+mod fuzz_findings {
+    use crate::Config;
+
+    /// Line, column, path and message of the error for `text`.
+    fn error(text: &str) -> (usize, usize, Option<String>, String) {
+        let e = Config::from_yaml_str(text, "f.yaml").unwrap_err();
+        let (Some(line), Some(column)) = (e.line(), e.column()) else {
+            panic!("no position: {e:?}");
+        };
+        (
+            line,
+            column,
+            e.path().map(str::to_owned),
+            e.message().to_owned(),
+        )
+    }
+
+    const ROUTE: &str =
+        "routes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n";
+
+    #[test]
+    fn a_control_character_is_pointed_at() {
+        // libyaml gives a byte offset (113 here), serde_yaml line 1 column 1.
+        let text = format!("listeners: [\"0.0.0.0:1\"]\n{ROUTE}admin: \"1.2\u{1}\"\n");
+        let (line, column, _, message) = error(&text);
+        assert_eq!((line, column), (3, 12));
+        assert_eq!(message, "control characters are not allowed");
+        // Lines end where libyaml ends them: also at U+2028.
+        let (line, column, _, _) = error("a: 1\r\n\u{2028}b: \u{7f}\n");
+        assert_eq!((line, column), (3, 4));
+    }
+
+    #[test]
+    fn only_an_empty_text_is_empty() {
+        // saphyr-parser reads an anchor without a node, libyaml refuses it.
+        let (line, column, _, message) = error("&:K");
+        assert_eq!((line, column), (1, 2));
+        assert!(
+            message.starts_with("did not find expected alphabetic"),
+            "{message}"
+        );
+        // An empty document followed by another.
+        let (line, column, path, message) = error(&format!(
+            "---\n...\n---\nlisteners: [\"0.0.0.0:1\"]\n{ROUTE}"
+        ));
+        assert_eq!((line, column, path), (3, 1, None));
+        assert!(message.starts_with("the text holds more than one YAML document"));
+    }
+
+    #[test]
+    fn keys_that_are_not_names_are_quoted_in_paths() {
+        let (_, _, path, message) = error("\"\": 1\n");
+        assert_eq!(path.as_deref(), Some("\"\""));
+        assert!(
+            message.starts_with("unknown key ``, expected one of"),
+            "{message}"
+        );
+        let text = format!("listeners: [\"0.0.0.0:1\"]\n{ROUTE}timeouts: {{a.b: 1}}\n");
+        let (line, column, path, message) = error(&text);
+        assert_eq!((line, column), (3, 12));
+        assert_eq!(path.as_deref(), Some("timeouts.\"a.b\""));
+        // serde_yaml's own copy of the path is still taken off the message.
+        assert!(
+            message.starts_with("unknown key `a.b`, expected one of"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn texts_the_index_cannot_read_are_located_by_libyaml() {
+        // A byte order mark inside a comment: YAML 1.2 (saphyr-parser)
+        // forbids it, libyaml reads it.
+        let text = "listeners: [\"0.0.0.0:1\"]\n# \u{feff}\nroutes:\n  - name: a\n    server_names: [a.test]\n";
+        let (line, column, path, message) = error(text);
+        assert_eq!((line, column, path.as_deref()), (4, 5, Some("routes[0]")));
+        assert!(
+            message.starts_with("route `a` has no upstreams"),
+            "{message}"
+        );
+        let text = format!("listeners: [\"0.0.0.0:1\", \"0.0.0.0:1\"]\n# \u{feff}\n{ROUTE}");
+        let (line, column, path, _) = error(&text);
+        assert_eq!(
+            (line, column, path.as_deref()),
+            (1, 26, Some("listeners[1]"))
+        );
+        // A directive in the middle: libyaml starts a second document there.
+        let text = format!("listeners: [\"0.0.0.0:1\"]\n{ROUTE}%TAG !e! tag:e:\n--\n");
+        let (line, _, _, message) = error(&text);
+        assert!(
+            message.starts_with("the text holds more than one YAML document"),
+            "{message}"
+        );
+        assert_eq!(line, 4);
     }
 }

@@ -120,4 +120,77 @@ mod tests {
         assert_eq!(h[28], PP2_TYPE_AUTHORITY);
         assert_eq!(&h[31..], b"api.example.com");
     }
+
+    // The fuzz target `proxy_header` (fuzz/) checks these and every other
+    // address and name against an independent reader, the `ppp` crate.
+
+    #[test]
+    fn mixed_families_are_unknown_and_unspec() {
+        let c: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let l: SocketAddr = "[2001:db8::2]:6443".parse().unwrap();
+        assert_eq!(v1(c, l), b"PROXY UNKNOWN\r\n");
+        assert_eq!(v1(l, c), b"PROXY UNKNOWN\r\n");
+        // AF_UNSPEC: no address block, the AUTHORITY TLV right after the
+        // fixed header.
+        let h = v2(c, l, Some("a.example"));
+        let mut want = V2_SIGNATURE.to_vec();
+        want.extend_from_slice(&[0x21, 0x00, 0, 12, PP2_TYPE_AUTHORITY, 0, 9]);
+        want.extend_from_slice(b"a.example");
+        assert_eq!(h, want);
+        assert_eq!(v2(c, l, None)[12..], [0x21, 0x00, 0, 0]);
+    }
+
+    #[test]
+    fn v2_tcp6_and_mapped_addresses() {
+        let c: SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
+        let l: SocketAddr = "[2001:db8::2]:6443".parse().unwrap();
+        let h = v2(c, l, None);
+        assert_eq!(h[13], 0x21);
+        assert_eq!(u16::from_be_bytes([h[14], h[15]]), 36);
+        assert_eq!(h.len(), 16 + 36);
+        assert_eq!(
+            h[16..32],
+            "2001:db8::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        );
+        assert_eq!(h[48..52], [0x13, 0x88, 0x19, 0x2b]);
+        // Both ends IPv4-mapped: an AF_INET header.
+        let c: SocketAddr = "[::ffff:192.0.2.1]:5000".parse().unwrap();
+        let l: SocketAddr = "[::ffff:198.51.100.2]:6443".parse().unwrap();
+        let h = v2(c, l, None);
+        assert_eq!(h[13], 0x11);
+        assert_eq!(
+            h[16..28],
+            [192, 0, 2, 1, 198, 51, 100, 2, 0x13, 0x88, 0x19, 0x2b]
+        );
+        // One end mapped, the other IPv4: still AF_INET.
+        assert_eq!(v2(c, "198.51.100.2:6443".parse().unwrap(), None), h);
+    }
+
+    #[test]
+    fn the_longest_server_name_fits() {
+        let name = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
+        assert_eq!(name.len(), 253);
+        let c: SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
+        let h = v2(c, c, Some(&name));
+        assert_eq!(
+            usize::from(u16::from_be_bytes([h[14], h[15]])),
+            36 + 3 + 253
+        );
+        assert_eq!(h[52..55], [PP2_TYPE_AUTHORITY, 0, 253]);
+        assert_eq!(&h[55..], name.as_bytes());
+        // The longest v1 header is within the spec's 107 bytes.
+        let c: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe]:65535"
+            .parse()
+            .unwrap();
+        assert_eq!(v1(c, c).len(), 104);
+    }
 }
