@@ -7,6 +7,7 @@
 //! | [`tunnels`] | half-close, resets, idle timeout, 1 GiB each way, 2,000 concurrent tunnels |
 //! | [`tls_clients`] | rustls, `curl`, `openssl s_client` and `kubectl` through the router |
 //! | [`operations`] | admin endpoint, metrics (`promtool`, a real Prometheus), reload, drain |
+//! | [`admin`] | the admin endpoint's allow list (refused peers get no answer, IPv4-mapped peers, reload), health checks within 1 s under 1,000 idle or dribbling connections, a slow `/metrics` reader not cut by evictions |
 //! | [`status_page`] | `/status` and the page after known traffic: counts, rates, endpoint errors, recent refusals; the page in headless Chromium behind a path prefix |
 //! | [`limits`] | memory that follows the bytes, the pending-hello cap, per-source limits, ALPN-heavy hellos |
 //! | [`resilience`] | hostile input, floods, upstream faults, descriptor exhaustion, 5,000 tunnels under reloads |
@@ -19,6 +20,7 @@
 //! tests need most of the process's descriptors and time their results, so
 //! they run alone.
 
+mod admin;
 mod common;
 mod deploy;
 mod docs;

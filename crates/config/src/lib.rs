@@ -83,8 +83,8 @@ pub const MAX_CLIENT_HELLO_BYTES: usize = 64 * 1024;
 pub struct Config {
     /// Addresses to accept TLS connections on (at least one, no duplicates).
     pub listeners: Vec<ListenerConfig>,
-    /// Address of the admin HTTP endpoint (metrics, health); `None` = off.
-    pub admin: Option<SocketAddr>,
+    /// The admin HTTP endpoint (metrics, health, status); `None` = off.
+    pub admin: Option<AdminConfig>,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Resource limits.
@@ -182,6 +182,61 @@ impl AcceptProxyProtocol {
     pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
         self.from.iter().any(|net| net.contains(ip))
     }
+}
+
+/// The admin HTTP endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// IP and port (port 0: any free port); never a listener's address.
+    pub address: SocketAddr,
+    /// Peers that may connect (never empty); any other peer is closed
+    /// before anything is read, without a response. IPv4-mapped IPv6 peers
+    /// are compared as their IPv4 address. Default:
+    /// [`default_admin_allow_sources`].
+    pub allow_sources: Vec<IpNet>,
+}
+
+impl AdminConfig {
+    /// The endpoint on `address` with the default allow list.
+    pub fn new(address: SocketAddr) -> Self {
+        Self {
+            address,
+            allow_sources: default_admin_allow_sources(),
+        }
+    }
+
+    /// Whether a peer at `ip` may use the endpoint.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        self.allow_sources.iter().any(|net| net.contains(ip))
+    }
+
+    /// Whether `allow_sources` is the default list.
+    pub fn default_allow_list(&self) -> bool {
+        self.allow_sources == default_admin_allow_sources()
+    }
+}
+
+/// The default `admin.allow_sources`: loopback and the private ranges,
+/// which serve Mesos health checks (from the agent's 127.0.0.1), Marathon
+/// readiness checks and an in-cluster Prometheus without configuration,
+/// and refuse the internet: IPv4 `127.0.0.0/8`, `10.0.0.0/8`,
+/// `172.16.0.0/12`, `192.168.0.0/16`, `100.64.0.0/10` (carrier-grade NAT,
+/// which some clouds use inside a VPC); IPv6 `::1/128`, `fc00::/7`.
+pub fn default_admin_allow_sources() -> Vec<IpNet> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let v4 = |a, b, len| IpNet::new(IpAddr::V4(Ipv4Addr::new(a, b, 0, 0)), len);
+    [
+        v4(127, 0, 8),
+        v4(10, 0, 8),
+        v4(172, 16, 12),
+        v4(192, 168, 16),
+        v4(100, 64, 10),
+        IpNet::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
+        IpNet::new(IpAddr::V6(Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0)), 7),
+    ]
+    .into_iter()
+    .map(|net| net.expect("a valid network"))
+    .collect()
 }
 
 /// Timeouts; each is greater than zero.

@@ -22,7 +22,7 @@ use super::{Balance, Forwarding, IpNet, NamePattern, ProxyProtocol, UpstreamAddr
 pub(crate) struct RawConfig {
     pub(crate) listeners: NonEmpty<RawListener>,
     #[serde(default)]
-    pub(crate) admin: Option<Parsed<ListenAddr>>,
+    pub(crate) admin: Option<RawAdmin>,
     #[serde(default)]
     pub(crate) timeouts: Option<RawTimeouts>,
     #[serde(default)]
@@ -129,6 +129,46 @@ impl<'de> Deserialize<'de> for RawListener {
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawListener, A::Error> {
                 RawListenerMap::deserialize(de::value::MapAccessDeserializer::new(map))
                     .map(RawListener::Full)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The admin endpoint: `"127.0.0.1:9190"` or `{address: ..., allow_sources: [...]}`.
+#[derive(Debug)]
+pub(crate) enum RawAdmin {
+    Plain(SocketAddr),
+    Full(RawAdminMap),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "the admin endpoint: a mapping with `address` and optionally `allow_sources`"
+)]
+pub(crate) struct RawAdminMap {
+    pub(crate) address: Parsed<ListenAddr>,
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) allow_sources: Option<NonEmpty<Parsed<IpNet>>>,
+}
+
+impl<'de> Deserialize<'de> for RawAdmin {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawAdmin;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a listen address such as `127.0.0.1:9190`, or a mapping with `address` and `allow_sources`",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawAdmin, E> {
+                parse_listen_addr(v).map(RawAdmin::Plain).map_err(E::custom)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawAdmin, A::Error> {
+                RawAdminMap::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawAdmin::Full)
             }
         }
         d.deserialize_any(V)

@@ -6,9 +6,10 @@ use std::fmt::Write as _;
 use crate::{format_duration, Config};
 
 /// The resolved routing table as `sniroute check` prints it: the source,
-/// listeners with their default routes, admin, timeouts, limits, then each
-/// route with its server names, upstreams (DC/OS services expanded),
-/// balancing, health check, PROXY protocol and allowed sources.
+/// listeners with their default routes, admin with its allowed sources,
+/// timeouts, limits, then each route with its server names, upstreams
+/// (DC/OS services expanded), balancing, health check, PROXY protocol and
+/// allowed sources.
 pub fn render(config: &Config) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail.
@@ -44,8 +45,21 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
             )?;
         }
     }
-    match config.admin {
-        Some(a) => writeln!(out, "admin: {a}")?,
+    match &config.admin {
+        Some(a) => {
+            writeln!(out, "admin: {}", a.address)?;
+            let nets: Vec<String> = a.allow_sources.iter().map(ToString::to_string).collect();
+            let note = if a.default_allow_list() {
+                " (the default: loopback and private networks)"
+            } else {
+                ""
+            };
+            writeln!(
+                out,
+                "  allow sources: {}{note}; other peers are closed unanswered",
+                nets.join(", ")
+            )?;
+        }
         None => writeln!(out, "admin: off")?,
     }
     let t = &config.timeouts;
@@ -229,6 +243,8 @@ default_route: dev-kubernetes01
             "  0.0.0.0:6443  default route: dev-kubernetes01 (global)",
             "  0.0.0.0:7443  default route: staging (this listener's)",
             "admin: 127.0.0.1:9090",
+            "  allow sources: 127.0.0.0/8, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, ::1/128, fc00::/7 \
+             (the default: loopback and private networks); other peers are closed unanswered",
             "timeouts: client_hello 1.5s, connect 10s, idle 24h, drain 30s, tcp_user_timeout 1m",
             "limits: max_connections 50000, max_client_hello_bytes 16384, max_pending_hellos 2048, per source: 256 pending hellos, unlimited connections",
             "forwarding: splice",
@@ -258,6 +274,16 @@ default_route: dev-kubernetes01
             "listeners: [\"[::]:6443\"]\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n",
         ));
         assert!(bare.contains("\nadmin: off\n"), "{bare}");
+        let own = render(&config(
+            "listeners: [\"[::]:6443\"]\nadmin: {address: \"0.0.0.0:9190\", allow_sources: [10.1.0.0/16, \"::1\"]}\n\
+             routes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n",
+        ));
+        assert!(
+            own.contains(
+                "\nadmin: 0.0.0.0:9190\n  allow sources: 10.1.0.0/16, ::1/128; other peers are closed unanswered\n"
+            ),
+            "{own}"
+        );
         assert!(bare.contains("  [::]:6443  default route: none"), "{bare}");
         let mixed = render(&config(
             "listeners: [\"[::]:6443\", \"127.0.0.1:6443\"]\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n",

@@ -63,7 +63,7 @@ fn the_spec_example_parses_to_the_expected_values() {
                 accept_proxy_protocol: None,
             },
         ],
-        admin: Some(addr("127.0.0.1:9090")),
+        admin: Some(AdminConfig::new(addr("127.0.0.1:9090"))),
         timeouts: Timeouts {
             client_hello: Duration::from_secs(5),
             connect: Duration::from_secs(10),
@@ -621,6 +621,70 @@ fn bad_configs() -> Vec<Bad> {
             fragment: "is also a listener",
         },
         Bad {
+            what: "the admin address on a listener, mapping form",
+            yaml: vec![LISTENERS, "admin:", "  address: 0.0.0.0:6443", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 3,
+            column: 12,
+            path: Some("admin.address"),
+            fragment: "the admin address 0.0.0.0:6443 is also a listener",
+        },
+        Bad {
+            what: "an empty admin allow_sources",
+            yaml: vec![LISTENERS, "admin: {address: \"127.0.0.1:9190\", allow_sources: []}", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 51,
+            path: Some("admin.allow_sources"),
+            fragment: "the list is empty",
+        },
+        Bad {
+            what: "admin allow_sources with no value",
+            yaml: vec![LISTENERS, "admin:", "  address: 127.0.0.1:9190", "  allow_sources:", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 4,
+            column: 17,
+            path: Some("admin.allow_sources"),
+            fragment: "the list is empty",
+        },
+        Bad {
+            what: "a bad network in admin allow_sources",
+            yaml: vec![LISTENERS, "admin:", "  address: 127.0.0.1:9190", "  allow_sources: [10.0.0.0/8, 10.0.0.1/8]", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 4,
+            column: 31,
+            path: Some("admin.allow_sources[1]"),
+            fragment: "invalid network `10.0.0.1/8`: 10.0.0.1/8 has host bits set: did you mean 10.0.0.0/8?",
+        },
+        Bad {
+            what: "a host name in admin allow_sources",
+            yaml: vec![LISTENERS, "admin:", "  address: 127.0.0.1:9190", "  allow_sources:", "    - prometheus.marathon.mesos", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 5,
+            column: 7,
+            path: Some("admin.allow_sources[0]"),
+            fragment: "`prometheus.marathon.mesos` is not an IP address",
+        },
+        Bad {
+            what: "an unknown key in admin",
+            yaml: vec![LISTENERS, "admin:", "  address: 127.0.0.1:9190", "  allow: [10.0.0.0/8]", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 4,
+            column: 3,
+            path: Some("admin.allow"),
+            fragment: "unknown key `allow`, expected `address` or `allow_sources`",
+        },
+        Bad {
+            what: "admin without address",
+            yaml: vec![LISTENERS, "admin:", "  allow_sources: [10.0.0.0/8]", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 3,
+            column: 3,
+            path: Some("admin"),
+            fragment: "missing required key `address`",
+        },
+        Bad {
+            what: "a port as admin",
+            yaml: vec![LISTENERS, "admin: 9190", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 8,
+            path: Some("admin"),
+            fragment: "invalid type: integer `9190`, expected a listen address such as `127.0.0.1:9190`, or a mapping",
+        },
+        Bad {
             what: "max_client_hello_bytes out of range",
             yaml: vec![LISTENERS, "limits:", "  max_client_hello_bytes: 100", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
             line: 3,
@@ -773,6 +837,109 @@ fn bad_configs() -> Vec<Bad> {
             fragment: "more than one YAML document",
         },
     ]
+}
+
+#[test]
+fn admin_takes_an_address_or_a_mapping_with_allow_sources() {
+    let routes = "routes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n";
+    let with = |admin: &str| parse(&format!("listeners: [\"0.0.0.0:6443\"]\n{admin}\n{routes}"));
+    let defaults = default_admin_allow_sources();
+    let shown: Vec<String> = defaults.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "127.0.0.0/8",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+            "::1/128",
+            "fc00::/7"
+        ]
+    );
+
+    // The plain form and the mapping without allow_sources: the default list.
+    for admin in [
+        "admin: \"0.0.0.0:9190\"",
+        "admin: {address: \"0.0.0.0:9190\"}",
+        "admin:\n  address: 0.0.0.0:9190",
+    ] {
+        let config = with(admin);
+        let got = config.admin.as_ref().unwrap();
+        assert_eq!(got, &AdminConfig::new(addr("0.0.0.0:9190")), "{admin}");
+        assert!(got.default_allow_list());
+    }
+    let config = with("admin: {address: \"[::]:9190\", allow_sources: [\"127.0.0.2/32\", \"2001:db8::/32\", 10.9.8.7]}");
+    let admin = config.admin.unwrap();
+    assert_eq!(admin.address, addr("[::]:9190"));
+    assert_eq!(
+        admin.allow_sources,
+        vec![
+            "127.0.0.2/32".parse::<IpNet>().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+            "10.9.8.7/32".parse().unwrap()
+        ]
+    );
+    assert!(!admin.default_allow_list());
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert!(admin.allows(ip("127.0.0.2")));
+    assert!(
+        admin.allows(ip("::ffff:127.0.0.2")),
+        "IPv4-mapped peers as IPv4"
+    );
+    assert!(!admin.allows(ip("127.0.0.1")));
+    assert!(admin.allows(ip("2001:db8::1")));
+    assert!(!admin.allows(ip("2001:db9::1")));
+
+    // The default list: loopback and private ranges, not the internet.
+    let default = AdminConfig::new(addr("0.0.0.0:9190"));
+    for allowed in [
+        "127.0.0.1",
+        "127.255.0.9",
+        "10.1.2.3",
+        "172.16.0.1",
+        "172.31.255.255",
+        "192.168.1.1",
+        "100.64.0.1",
+        "100.127.255.255",
+        "::1",
+        "fd00::1",
+        "fc00::1",
+        "::ffff:10.0.0.1",
+        "::ffff:127.0.0.1",
+    ] {
+        assert!(default.allows(ip(allowed)), "{allowed}");
+    }
+    for refused in [
+        "8.8.8.8",
+        "172.32.0.1",
+        "172.15.255.255",
+        "192.169.0.1",
+        "100.128.0.1",
+        "11.0.0.1",
+        "2001:db8::1",
+        "fe80::1",
+        "::ffff:8.8.8.8",
+        "::",
+        "0.0.0.0",
+    ] {
+        assert!(!default.allows(ip(refused)), "{refused}");
+    }
+
+    // The admin address may not be a listener's, in either form.
+    for admin in ["admin: 0.0.0.0:6443", "admin: {address: 0.0.0.0:6443}"] {
+        let err = Config::from_yaml_str(
+            &format!("listeners: [\"0.0.0.0:6443\"]\n{admin}\n{routes}"),
+            "x.yaml",
+        )
+        .unwrap_err();
+        assert!(err.message().contains("is also a listener"), "{err}");
+    }
+    // Port 0 is any free port: never the same as a listener's.
+    let config = parse(&format!(
+        "listeners: [\"127.0.0.1:0\"]\nadmin: {{address: \"127.0.0.1:0\"}}\n{routes}"
+    ));
+    assert_eq!(config.admin.unwrap().address, addr("127.0.0.1:0"));
 }
 
 #[test]

@@ -7,12 +7,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::error::{ConfigError, Path};
-use super::raw::{Count, RawConfig, RawHealthCheck, RawListener, RawRoute};
+use super::raw::{Count, RawAdmin, RawConfig, RawHealthCheck, RawListener, RawRoute};
 use super::source_map::{locate_by_libyaml, second_document_by_libyaml, At, Pos, SourceMap};
 use super::values::{NamePattern, UpstreamAddr, DCOS_APISERVER_PORT};
 use super::{
-    AcceptProxyProtocol, Config, ConfigSource, HealthCheck, Host, Limits, ListenerConfig, RouteConfig, Timeouts,
-    MAX_CLIENT_HELLO_BYTES, MAX_TCP_USER_TIMEOUT, MIN_CLIENT_HELLO_BYTES,
+    AcceptProxyProtocol, AdminConfig, Config, ConfigSource, HealthCheck, Host, Limits,
+    ListenerConfig, RouteConfig, Timeouts, MAX_CLIENT_HELLO_BYTES, MAX_TCP_USER_TIMEOUT,
+    MIN_CLIENT_HELLO_BYTES,
 };
 
 const MORE_THAN_ONE_DOCUMENT: &str =
@@ -240,16 +241,28 @@ impl<'a> Checker<'a> {
             });
         }
 
-        let admin = raw.admin.map(|a| a.0);
-        if let Some(admin) = admin {
-            if admin.port() != 0 && seen.contains_key(&admin) {
+        let admin = match raw.admin {
+            None => None,
+            Some(RawAdmin::Plain(address)) => Some((AdminConfig::new(address), root.key("admin"))),
+            Some(RawAdmin::Full(m)) => {
+                let mut admin = AdminConfig::new(m.address.0);
+                if let Some(nets) = m.allow_sources {
+                    admin.allow_sources = nets.0.into_iter().map(|n| n.0).collect();
+                }
+                Some((admin, root.key("admin").key("address")))
+            }
+        };
+        if let Some((admin, path)) = &admin {
+            let address = admin.address;
+            if address.port() != 0 && seen.contains_key(&address) {
                 return Err(self.at(
-                    &root.key("admin"),
+                    path,
                     At::Value,
-                    format!("the admin address {admin} is also a listener: give it an address of its own"),
+                    format!("the admin address {address} is also a listener: give it an address of its own"),
                 ));
             }
         }
+        let admin = admin.map(|(admin, _)| admin);
 
         let timeouts = {
             let t = raw.timeouts.unwrap_or_default();

@@ -1,101 +1,442 @@
 //! The admin HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/status`
 //! and a small HTML status page at `/`.
 //!
-//! Hand-written HTTP/1.1 for `GET` only: one request per connection, a
-//! bounded request size and read time, `Connection: close`. Nothing secret
-//! is ever shown: routes, server names, upstream addresses, health,
-//! counters, and the last refusals (with the server names clients asked
-//! for, sanitised: see [`crate::recent`]).
+//! Hand-written HTTP/1.1 for `GET` and `HEAD` only: one request per
+//! connection, `Connection: close`; the request reader is
+//! [`crate::admin_request::parse_request`]. Nothing secret is ever shown:
+//! routes, server names, upstream addresses, health, counters, and the
+//! last refusals (with the server names clients asked for, sanitised: see
+//! [`crate::recent`]).
+//!
+//! # Who may connect
+//! A peer outside `admin.allow_sources` (default: loopback and the private
+//! ranges) is closed as soon as it is accepted, before anything is read and
+//! without a response, and counted in `sniroute_admin_refused_total`. The
+//! list is the current config's, so a reload changes it at once.
+//!
+//! # Always answering
+//! The endpoint must answer Marathon's health check even while clients
+//! hold connections open without finishing their requests: a failed health
+//! check makes Marathon kill the task, and every tunnel with it.
+//! - Accepting never waits: there is no permit to take first.
+//! - A connection is *reading* until its request head is complete (at most
+//!   [`READ_TIMEOUT`]), then *answering* (at most [`WRITE_TIMEOUT`]). What
+//!   has arrived is read at accept, so a client that sent its request with
+//!   the handshake (they all do) starts out answering; and the accept loop
+//!   lets the other connections read between two accepts, so a burst of
+//!   accepts cannot evict a request that waits unread in its socket.
+//! - At most [`MAX_OPEN`] connections are open. A new one over the cap
+//!   closes a reading one (`evicted`): the oldest of the source (an IPv4
+//!   address, an IPv6 /64) holding the most, so a flood of idle or
+//!   dribbling connections makes room at its own expense. Answering
+//!   connections are never closed to make room: when all of them answer,
+//!   the new connection is closed instead (`full`), until one finishes.
+//! - The sockets' kernel buffers are fixed ([`SEND_BUFFER`],
+//!   [`RECEIVE_BUFFER`]), which bounds what each connection can pin.
 
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
 
 use crate::activity::{self, Totals};
+use crate::admin_request::{parse_request, Request, MAX_HEAD};
+use crate::admission::Source;
+use crate::metrics::{AdminClosed, AdminMetrics};
 use crate::state::Shared;
+use config::AdminConfig;
 
-/// Largest request head accepted.
-const MAX_REQUEST: usize = 8 * 1024;
-/// Time a client has to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Admin connections served at once; more wait in the accept queue.
-const MAX_CONCURRENT: usize = 64;
+/// Admin connections open at once, reading or answering. A few clients use
+/// the endpoint at a time (the Mesos health check, Marathon's readiness
+/// check, one or two Prometheus servers, an operator's status page), so
+/// 128 leaves room for bursts many times over, while bounding what a flood
+/// pins. A reading connection holds its task and socket (about 8 KiB), at
+/// most [`MAX_HEAD`] bytes of request and its receive queue (16 KiB set,
+/// 32 KiB charged by the kernel): 128 of them, 6 MiB. An answering one
+/// holds its answer, and its send queue too (32 KiB set, 64 KiB charged):
+/// 128 of them, 13 MiB beside their answers (`/metrics` grows by a few KiB
+/// a route).
+pub(crate) const MAX_OPEN: usize = 128;
+/// Time a client has to send its request head. Real clients send it in
+/// one segment right after connecting; this only ends slow or silent ones
+/// that the cap has not evicted first.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time to compute and write an answer once the request is complete: the
+/// default scrape timeout of Prometheus, past which the scrape has failed
+/// on its side anyway.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `SO_SNDBUF` of admin sockets: fixed, so that a client that does not
+/// read cannot make the kernel grow the buffer (autotuning goes to 4 MiB);
+/// on a LAN it still moves tens of MB/s.
+const SEND_BUFFER: usize = 32 * 1024;
+/// `SO_RCVBUF` of admin sockets: a request is under [`MAX_HEAD`]; bytes a
+/// client sends after it are never read, and this bounds them.
+const RECEIVE_BUFFER: usize = 16 * 1024;
+/// Connections the kernel may queue: the accept loop never waits, so this
+/// only takes bursts.
+const BACKLOG: i32 = 1024;
+
+/// Binds the admin endpoint: `SO_REUSEADDR`, fixed buffer sizes (set on
+/// the listening socket, so every accepted socket has them from its first
+/// segment on). An IPv6 address is dual-stack where the system allows,
+/// as before; IPv4 peers then appear as IPv4-mapped addresses, which
+/// `allow_sources` compares as IPv4.
+///
+/// # Errors
+/// The bind or listen error, e.g. address in use or permission denied.
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_send_buffer_size(SEND_BUFFER)?;
+    socket.set_recv_buffer_size(RECEIVE_BUFFER)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
 
 /// Serves the admin endpoint on `listener` until the task is aborted, and
 /// meanwhile samples the per-route totals for the rates `/status` shows.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    tokio::select! {
-        () = activity::sample(shared.clone()) => {}
-        () = accept_loop(listener, shared) => {}
-    }
+/// `admin` is the start-up config's: its allow list applies while the
+/// current config has no `admin` (a reload that removes it takes effect at
+/// the next start). The endpoint's series exist, at 0, once this returns.
+pub(crate) fn spawn(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    admin: AdminConfig,
+) -> tokio::task::JoinHandle<()> {
+    let conns = Arc::new(Conns::new(AdminMetrics::new()));
+    tokio::spawn(async move {
+        tokio::select! {
+            () = activity::sample(shared.clone()) => {}
+            () = accept_loop(listener, shared, admin, conns) => {}
+        }
+    })
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    admin: AdminConfig,
+    conns: Arc<Conns>,
+) {
     loop {
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(30), handle(stream, &shared)).await;
-            drop(permit);
-        });
+        if !allowed(&shared, &admin, peer.ip()) {
+            conns.metrics.refused.increment(1);
+            tracing::debug!(peer = %peer, "admin: peer outside allow_sources, closed");
+            drop(stream);
+            continue;
+        }
+        // What has arrived already: a client sends its request right
+        // after connecting, so it is usually here, and such a connection
+        // starts out answering, out of the flood's reach.
+        let mut head = Vec::new();
+        if let Some(complete) = read_available(&stream, &mut head) {
+            conns.admit(
+                stream,
+                Source::of(peer.ip()),
+                head,
+                complete,
+                shared.clone(),
+            );
+        }
+        // Let the runtime poll its I/O driver, and the connections whose
+        // requests have arrived read them, before the next accept: else a
+        // burst of accepts (up to the task budget) could evict a
+        // connection whose request waits unread in its socket.
+        tokio::task::yield_now().await;
     }
 }
 
-async fn handle(mut stream: TcpStream, shared: &Shared) {
-    let mut buf = Vec::with_capacity(1024);
-    let head = tokio::time::timeout(READ_TIMEOUT, async {
-        loop {
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= MAX_REQUEST {
-                return true;
-            }
-            let mut chunk = [0u8; 1024];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+/// Whether `ip` is in the current config's `admin.allow_sources` (or the
+/// start-up one's, see [`spawn`]).
+fn allowed(shared: &Shared, start: &AdminConfig, ip: IpAddr) -> bool {
+    let generation = shared.current();
+    generation.config.admin.as_ref().unwrap_or(start).allows(ip)
+}
+
+/// The open admin connections.
+#[derive(Debug)]
+struct Conns {
+    inner: Mutex<Inner>,
+    metrics: AdminMetrics,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// The next connection's number: numbers grow with age.
+    next: u64,
+    /// Connections still reading their request, oldest first: the ones a
+    /// new connection may evict. Each has read what had arrived when it
+    /// was accepted.
+    reading: BTreeMap<u64, Reading>,
+    /// How many of `reading` each source has.
+    sources: HashMap<Source, usize>,
+    /// Connections answering: never evicted.
+    answering: usize,
+}
+
+/// A connection still reading its request.
+#[derive(Debug)]
+struct Reading {
+    source: Source,
+    /// Set just after the task is spawned (before the next accept, hence
+    /// before any eviction).
+    task: Option<AbortHandle>,
+}
+
+impl Inner {
+    fn open(&self) -> usize {
+        self.reading.len() + self.answering
+    }
+
+    fn add_reading(&mut self, id: u64, source: Source) {
+        self.reading.insert(id, Reading { source, task: None });
+        *self.sources.entry(source).or_default() += 1;
+    }
+
+    fn remove_reading(&mut self, id: u64) -> Option<Reading> {
+        let reading = self.reading.remove(&id)?;
+        match self.sources.get_mut(&reading.source) {
+            Some(n) if *n > 1 => *n -= 1,
+            _ => {
+                self.sources.remove(&reading.source);
             }
         }
-    })
-    .await;
-    if !matches!(head, Ok(true)) {
+        Some(reading)
+    }
+
+    /// The connection to evict: the oldest reading one among the sources
+    /// (IPv4 addresses, IPv6 /64s) that hold the most reading connections.
+    /// A flood's connections then make room for each other, not at the
+    /// expense of the health check's, which comes from elsewhere (the
+    /// agent's 127.0.0.1) and holds one.
+    fn victim(&self) -> Option<u64> {
+        let most = *self.sources.values().max()?;
+        self.reading
+            .iter()
+            .find(|(_, r)| self.sources.get(&r.source) == Some(&most))
+            .map(|(&id, _)| id)
+    }
+}
+
+impl Conns {
+    fn new(metrics: AdminMetrics) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, inner: &Inner) {
+        self.metrics
+            .open
+            .set((inner.reading.len() + inner.answering) as i64);
+    }
+
+    /// Starts serving `stream` from `source`, whose first bytes are
+    /// `head` (`complete`: a whole or an invalid request head), evicting a
+    /// reading connection ([`Inner::victim`]) when the cap is reached, or
+    /// closing `stream` when every open connection is answering.
+    fn admit(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        source: Source,
+        head: Vec<u8>,
+        complete: bool,
+        shared: Arc<Shared>,
+    ) {
+        let (id, evicted) = {
+            let mut inner = self.lock();
+            let mut evicted = None;
+            if inner.open() >= MAX_OPEN {
+                match inner.victim() {
+                    Some(victim) => evicted = inner.remove_reading(victim),
+                    None => {
+                        drop(inner);
+                        self.metrics.closed(AdminClosed::Full);
+                        return;
+                    }
+                }
+            }
+            let id = inner.next;
+            inner.next += 1;
+            if complete {
+                inner.answering += 1;
+            } else {
+                inner.add_reading(id, source);
+            }
+            self.publish(&inner);
+            (id, evicted)
+        };
+        // Outside the lock: the evicted task's end takes it.
+        if let Some(victim) = evicted {
+            if let Some(task) = victim.task {
+                task.abort();
+            }
+            self.metrics.closed(AdminClosed::Evicted);
+        }
+        let slot = Slot {
+            conns: self.clone(),
+            id,
+            answering: complete,
+        };
+        let task = tokio::spawn(handle(stream, head, shared, slot));
+        if !complete {
+            if let Some(entry) = self.lock().reading.get_mut(&id) {
+                entry.task = Some(task.abort_handle());
+            }
+        }
+    }
+}
+
+/// One connection's place in [`Conns`], given back when its task ends
+/// (finished, timed out or evicted).
+#[derive(Debug)]
+struct Slot {
+    conns: Arc<Conns>,
+    id: u64,
+    answering: bool,
+}
+
+impl Slot {
+    /// Moves the connection to the answering phase, where it is no longer
+    /// evicted; `false` when it was evicted first.
+    fn answer(&mut self) -> bool {
+        if self.answering {
+            return true;
+        }
+        let mut inner = self.conns.lock();
+        if inner.remove_reading(self.id).is_none() {
+            return false;
+        }
+        inner.answering += 1;
+        self.answering = true;
+        true
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut inner = self.conns.lock();
+        if self.answering {
+            inner.answering -= 1;
+        } else {
+            inner.remove_reading(self.id);
+        }
+        self.conns.publish(&inner);
+    }
+}
+
+/// Serves one connection, `head` holding what [`read_available`] read at
+/// accept.
+async fn handle(mut stream: TcpStream, mut head: Vec<u8>, shared: Arc<Shared>, mut slot: Slot) {
+    match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream, &mut head)).await {
+        Err(_) => {
+            slot.conns.metrics.closed(AdminClosed::ReadTimeout);
+            return;
+        }
+        // Closed or reset by the client.
+        Ok(false) => return,
+        Ok(true) => {}
+    }
+    if !slot.answer() {
         return;
     }
-    let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split(' ');
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (status, content_type, body) = if method != "GET" && method != "HEAD" {
-        (405, "text/plain", "only GET is supported\n".to_owned())
-    } else {
-        route(path, shared)
+    let answered = tokio::time::timeout(WRITE_TIMEOUT, answer(&mut stream, &head, &shared)).await;
+    if answered.is_err() {
+        slot.conns.metrics.closed(AdminClosed::WriteTimeout);
+    }
+}
+
+/// Reads what has arrived into `buf`, without waiting: `Some(true)` when
+/// `buf` then holds a complete or an invalid request head, `Some(false)`
+/// when it needs more, `None` when the client has closed or failed.
+fn read_available(stream: &TcpStream, buf: &mut Vec<u8>) -> Option<bool> {
+    let mut chunk = [0u8; 1024];
+    while parse_request(buf) == Request::Incomplete {
+        // Incomplete: fewer than MAX_HEAD bytes so far.
+        let room = (MAX_HEAD - buf.len()).min(chunk.len());
+        match stream.try_read(&mut chunk[..room]) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(false),
+            Err(_) => return None,
+        }
+    }
+    Some(true)
+}
+
+/// Reads until `buf` holds a complete or an invalid request head; `false`
+/// when the client closes first.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 1024];
+    while parse_request(buf) == Request::Incomplete {
+        // Incomplete: fewer than MAX_HEAD bytes so far.
+        let room = (MAX_HEAD - buf.len()).min(chunk.len());
+        match stream.read(&mut chunk[..room]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
+}
+
+/// Answers the request in `head` (complete or invalid) and closes.
+async fn answer(stream: &mut TcpStream, head: &[u8], shared: &Shared) {
+    let (status, content_type, body, send_body) = match parse_request(head) {
+        Request::Complete { method, path, .. } if method == "GET" || method == "HEAD" => {
+            let (status, content_type, body) = route(path, shared);
+            (status, content_type, body, method == "GET")
+        }
+        Request::Complete { .. } => (
+            405,
+            "text/plain",
+            "only GET and HEAD are supported\n".to_owned(),
+            true,
+        ),
+        Request::Invalid(why) => (400, "text/plain", why.message().to_owned(), true),
+        // Not after read_head.
+        Request::Incomplete => (400, "text/plain", "bad request\n".to_owned(), true),
     };
     let reason = match status {
         200 => "OK",
+        400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
         _ => "Service Unavailable",
     };
+    let allow = if status == 405 {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
     let mut response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
-    if method != "HEAD" {
+    if send_body {
         response.extend_from_slice(body.as_bytes());
     }
     let _ = stream.write_all(&response).await;
@@ -243,3 +584,41 @@ fn discovery_json(shared: &Shared) -> serde_json::Value {
     })
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(ip: &str) -> Source {
+        Source::of(ip.parse().unwrap())
+    }
+
+    #[test]
+    fn the_victim_is_the_oldest_of_the_source_holding_the_most() {
+        let mut inner = Inner::default();
+        assert_eq!(inner.victim(), None);
+        let (agent, flood, other) = (source("127.0.0.1"), source("10.0.0.9"), source("10.0.0.7"));
+        inner.add_reading(1, agent);
+        assert_eq!(inner.victim(), Some(1), "the only one");
+        inner.add_reading(2, flood);
+        assert_eq!(inner.victim(), Some(1), "a tie: the oldest");
+        inner.add_reading(3, flood);
+        inner.add_reading(4, other);
+        inner.add_reading(5, flood);
+        assert_eq!(
+            inner.victim(),
+            Some(2),
+            "the flood's oldest, not the agent's"
+        );
+        assert!(inner.remove_reading(2).is_some());
+        assert_eq!(inner.victim(), Some(3));
+        assert!(inner.remove_reading(3).is_some());
+        assert!(inner.remove_reading(5).is_some());
+        assert_eq!(inner.sources.get(&flood), None, "no empty entries");
+        assert_eq!(inner.victim(), Some(1), "a tie again: the oldest");
+        assert!(inner.remove_reading(5).is_none(), "removed twice");
+        // IPv4-mapped peers count as their IPv4 address; IPv6 by /64.
+        assert_eq!(source("::ffff:127.0.0.1"), agent);
+        assert_eq!(source("2001:db8::1"), source("2001:db8::2"));
+        assert_eq!(inner.open(), 2);
+    }
+}

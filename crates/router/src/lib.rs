@@ -21,7 +21,9 @@
 //! - `upstream`: pools of endpoints per route, DNS refresh, health checks,
 //!   balancing and the connect loop.
 //! - `metrics`: every metric, its label sets, and the registry that renders
-//!   `/metrics`; `admin` and `status_page`: the admin endpoint, with
+//!   `/metrics`; `admin` (behind its allow list and a connection cap that
+//!   evicts unfinished requests; its request reader in `admin_request`)
+//!   and `status_page`: the admin endpoint, with
 //!   `recent` (the last refusals, the only place a client's server name is
 //!   kept) and `activity` (per-route counts and rates over the last
 //!   minute).
@@ -33,6 +35,7 @@
 
 mod activity;
 mod admin;
+mod admin_request;
 mod admission;
 mod alert;
 mod inspect;
@@ -49,3 +52,19 @@ mod upstream;
 
 pub use inspect::{inspect_hello, InspectError};
 pub use server::{raise_nofile_limit, run, StartError};
+
+/// Entry points for the cargo-fuzz targets in `fuzz/` (feature `fuzzing`);
+/// not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Reads `bytes` as the start of an admin request and checks what the
+    /// reader promises, panicking where a promise does not hold: see
+    /// `admin_request::check_properties` (complete heads end at the first
+    /// empty line, within 8 KiB, and read the same without what follows;
+    /// every prefix of a valid head is incomplete; invalid stays invalid
+    /// whatever follows; any visible-ASCII path reads back).
+    pub fn admin_request(bytes: &[u8]) {
+        crate::admin_request::check_properties(bytes);
+    }
+}

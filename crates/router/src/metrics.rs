@@ -28,8 +28,8 @@
 //! Label values are bounded: `route` is a configured route name or `none`,
 //! `listener` a configured address, `upstream` a resolved endpoint; the
 //! fixed sets are the `ALL` lists of [`Outcome`], [`EndLabel`],
-//! [`AcceptError`] and [`ReloadResult`]. Never a raw SNI, client address or
-//! anything else a client controls.
+//! [`AcceptError`], [`ReloadResult`] and [`AdminClosed`]. Never a raw SNI,
+//! client address or anything else a client controls.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -175,6 +175,26 @@ pub(crate) const ACCESS_LOG_SUPPRESSED_TOTAL: Family = family(
     "Access log lines of refused connections left out because more than the limit per second came.",
 );
 
+/// Admin connections refused: the peer is outside `admin.allow_sources`.
+pub(crate) const ADMIN_REFUSED_TOTAL: Family = family(
+    "sniroute_admin_refused_total",
+    Kind::Counter,
+    "Admin connections from peers outside admin.allow_sources, closed before anything was read, without a response.",
+);
+/// Admin connections sniroute closed early: `{reason}`, see
+/// [`AdminClosed`].
+pub(crate) const ADMIN_CLOSED_TOTAL: Family = family(
+    "sniroute_admin_closed_total",
+    Kind::Counter,
+    "Admin connections closed by sniroute before a complete answer, by reason.",
+);
+/// Admin connections open now.
+pub(crate) const ADMIN_CONNECTIONS: Family = family(
+    "sniroute_admin_connections",
+    Kind::Gauge,
+    "Admin connections open now: reading a request or writing an answer.",
+);
+
 /// Every family, in the order `/metrics` shows them.
 const FAMILIES: &[&Family] = &[
     &BUILD_INFO,
@@ -194,6 +214,9 @@ const FAMILIES: &[&Family] = &[
     &TUNNELS_ON_OLD_CONFIG,
     &DRAIN_CLOSED_TUNNELS_TOTAL,
     &ACCESS_LOG_SUPPRESSED_TOTAL,
+    &ADMIN_CONNECTIONS,
+    &ADMIN_REFUSED_TOTAL,
+    &ADMIN_CLOSED_TOTAL,
 ];
 
 /// Declares a label enum: its variants, their label values, and `ALL`.
@@ -309,6 +332,24 @@ label_enum! {
         Success => "success",
         /// The new config was refused; the previous one stays.
         Failure => "failure",
+    }
+}
+
+label_enum! {
+    /// Why sniroute closed an admin connection early: the `reason` label
+    /// of [`ADMIN_CLOSED_TOTAL`].
+    AdminClosed {
+        /// Still reading its request when the connection cap was reached:
+        /// it made room for a new one (the oldest of the source holding
+        /// the most).
+        Evicted => "evicted",
+        /// No complete request within the read time.
+        ReadTimeout => "read_timeout",
+        /// The answer not written within the write time.
+        WriteTimeout => "write_timeout",
+        /// The cap reached with every connection answering (none to
+        /// evict): the new connection is closed at once.
+        Full => "full",
     }
 }
 
@@ -596,6 +637,31 @@ impl ProcessMetrics {
     }
 }
 
+/// The admin endpoint's series, made when it starts (so they exist, at 0,
+/// exactly when the endpoint is on).
+#[derive(Debug)]
+pub(crate) struct AdminMetrics {
+    pub(crate) refused: Counter,
+    pub(crate) closed: [Counter; AdminClosed::ALL.len()],
+    pub(crate) open: Gauge,
+}
+
+impl AdminMetrics {
+    pub(crate) fn new() -> Self {
+        let r = registry();
+        Self {
+            refused: r.counter(&ADMIN_REFUSED_TOTAL, &[]),
+            closed: AdminClosed::ALL
+                .map_ref(|c| r.counter(&ADMIN_CLOSED_TOTAL, &[("reason", c.as_str())])),
+            open: r.gauge(&ADMIN_CONNECTIONS, &[]),
+        }
+    }
+
+    pub(crate) fn closed(&self, why: AdminClosed) {
+        self.closed[why.index()].increment(1);
+    }
+}
+
 /// Maps a label list (`ALL`) into a fixed-size array of handles.
 trait MapRef<T> {
     fn map_ref<U, const N: usize>(&self, f: impl FnMut(&T) -> U) -> [U; N];
@@ -625,6 +691,7 @@ mod tests {
         unique(EndLabel::ALL, EndLabel::as_str);
         unique(AcceptError::ALL, AcceptError::as_str);
         unique(ReloadResult::ALL, ReloadResult::as_str);
+        unique(AdminClosed::ALL, AdminClosed::as_str);
         for (i, o) in Outcome::ALL.iter().enumerate() {
             assert_eq!(o.index(), i);
         }

@@ -89,14 +89,19 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
         tracing::info!(listener = %l.address, local = %running.local, "listening");
         listeners.insert(l.address, running);
     }
-    let admin = match generation.config.admin {
-        Some(addr) => {
-            let bound = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| StartError::Bind(addr, e))?;
+    let admin = match &generation.config.admin {
+        Some(admin) => {
+            let addr = admin.address;
+            let bound = crate::admin::bind(addr).map_err(|e| StartError::Bind(addr, e))?;
             let local = bound.local_addr().unwrap_or(addr);
-            tracing::info!(admin = %addr, local = %local, "admin endpoint listening");
-            Some(tokio::spawn(crate::admin::serve(bound, shared.clone())))
+            let allow: Vec<String> = admin
+                .allow_sources
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            tracing::info!(admin = %addr, local = %local, allow_sources = %allow.join(", "),
+                "admin endpoint listening");
+            Some(crate::admin::spawn(bound, shared.clone(), admin.clone()))
         }
         None => None,
     };
@@ -170,7 +175,8 @@ async fn reload(
             }
         }
     }
-    if config.admin != shared.current().config.admin {
+    let admin_address = |c: &Config| c.admin.as_ref().map(|a| a.address);
+    if admin_address(&config) != admin_address(&shared.current().config) {
         tracing::warn!("the admin address changed; it takes effect at the next restart");
     }
     let generation = shared.install(config);
