@@ -88,7 +88,7 @@ pub fn check_error(text: &str, e: &ConfigError) {
         want.push_str(&format!(" (at {path})"));
     }
     assert_eq!(shown, want);
-    if e.message().contains("control characters are not allowed") {
+    if e.message().starts_with("control characters are not allowed") {
         let c = char_at(body, line, column, Breaks::Yaml11);
         assert!(
             c.is_some_and(|c| !yaml11_printable(c)),
