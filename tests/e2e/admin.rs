@@ -67,28 +67,13 @@ fn get_from(from: IpAddr, admin: SocketAddr, path: &str) -> Vec<u8> {
     }
 }
 
-/// Status and body of a response.
-fn parse(response: &[u8]) -> (u16, String) {
-    let text = String::from_utf8_lossy(response);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
 /// `/metrics` fetched from `from`.
 fn metrics_from(from: IpAddr, admin: SocketAddr) -> String {
-    let (status, body) = parse(&get_from(from, admin, "/metrics"));
+    let (status, body) = crate::common::parse_http_response(&get_from(from, admin, "/metrics"));
     assert_eq!(status, 200, "{body}");
     body
 }
@@ -113,9 +98,16 @@ fn only_allowed_peers_get_an_answer() {
     let m = metrics_from(two, admin);
     assert_eq!(refused_total(&m), Some(0.0), "{m}");
     for path in ["/healthz", "/readyz", "/status", "/"] {
-        assert_eq!(parse(&get_from(two, admin, path)).0, 200, "{path}");
+        assert_eq!(
+            crate::common::parse_http_response(&get_from(two, admin, path)).0,
+            200,
+            "{path}"
+        );
     }
-    assert_eq!(parse(&get_from(two, admin, "/healthz")).1, "ok\n");
+    assert_eq!(
+        crate::common::parse_http_response(&get_from(two, admin, "/healthz")).1,
+        "ok\n"
+    );
 
     // 127.0.0.1 gets nothing, not even a status line; each is counted.
     for path in ["/healthz", "/metrics", "/status"] {
@@ -154,13 +146,22 @@ fn only_allowed_peers_get_an_answer() {
     // A reload puts a new list in force at once: here the default one.
     let reloaded = router.reload(&config(up.addr, r#"{address: "127.0.0.1:0"}"#));
     assert_eq!(reloaded["message"], "config reloaded", "{reloaded}");
-    assert_eq!(parse(&get_from(one, admin, "/healthz")).0, 200);
-    assert_eq!(parse(&get_from(two, admin, "/healthz")).0, 200);
+    assert_eq!(
+        crate::common::parse_http_response(&get_from(one, admin, "/healthz")).0,
+        200
+    );
+    assert_eq!(
+        crate::common::parse_http_response(&get_from(two, admin, "/healthz")).0,
+        200
+    );
     let m = metrics_from(one, admin);
     assert_eq!(refused_total(&m), Some(4.0), "{m}");
     router.reload(&only_2);
     assert!(get_from(one, admin, "/healthz").is_empty());
-    assert_eq!(parse(&get_from(two, admin, "/healthz")).0, 200);
+    assert_eq!(
+        crate::common::parse_http_response(&get_from(two, admin, "/healthz")).0,
+        200
+    );
 }
 
 #[test]
@@ -171,7 +172,7 @@ fn the_default_list_serves_loopback() {
     let admin = router.admin.unwrap();
     for from in ["127.0.0.1", "127.0.0.2", "127.1.2.3"] {
         assert_eq!(
-            parse(&get_from(ip(from), admin, "/healthz")),
+            crate::common::parse_http_response(&get_from(ip(from), admin, "/healthz")),
             (200, "ok\n".to_owned()),
             "{from}"
         );
@@ -202,7 +203,10 @@ fn ipv4_mapped_peers_count_as_their_ipv4_address() {
     let port = router.admin.unwrap().port();
     // IPv4 clients reach a dual-stack socket as ::ffff:127.0.0.x.
     let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    assert_eq!(parse(&get_from(ip("127.0.0.2"), v4, "/healthz")).0, 200);
+    assert_eq!(
+        crate::common::parse_http_response(&get_from(ip("127.0.0.2"), v4, "/healthz")).0,
+        200
+    );
     assert!(get_from(ip("127.0.0.1"), v4, "/healthz").is_empty());
     let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
     assert!(get_from(ip("::1"), v6, "/healthz").is_empty());
@@ -284,7 +288,7 @@ fn timed_get(admin: SocketAddr, path: &str) -> (Duration, io::Result<u16>) {
         write!(s, "GET {path} HTTP/1.1\r\nHost: {admin}\r\n\r\n")?;
         let mut out = Vec::new();
         s.read_to_end(&mut out)?;
-        let (status, body) = parse(&out);
+        let (status, body) = crate::common::parse_http_response(&out);
         let length: usize = String::from_utf8_lossy(&out)
             .lines()
             .find_map(|l| l.strip_prefix("Content-Length: "))
@@ -332,7 +336,7 @@ fn wait_metrics(
 ) {
     let deadline = Instant::now() + within;
     loop {
-        let (_, body) = parse(&get_from(from, admin, "/metrics"));
+        let (_, body) = crate::common::parse_http_response(&get_from(from, admin, "/metrics"));
         if ok(&body) {
             return;
         }
@@ -375,7 +379,8 @@ async fn health_checks_answer_within_a_second_under_a_flood() {
         // The flood has filled the endpoint and evicts: from now on each
         // probe competes with it.
         let evicted_before = {
-            let (_, m) = parse(&get_from(probes_from, admin, "/metrics"));
+            let (_, m) =
+                crate::common::parse_http_response(&get_from(probes_from, admin, "/metrics"));
             closed_total(&m, "evicted")
         };
         let full = |m: &str| {
@@ -423,7 +428,7 @@ async fn health_checks_answer_within_a_second_under_a_flood() {
             results.len()
         );
         // Room was made by evicting, never by cutting an answer.
-        let (_, m) = parse(&get_from(probes_from, admin, "/metrics"));
+        let (_, m) = crate::common::parse_http_response(&get_from(probes_from, admin, "/metrics"));
         assert!(
             metric(&m, "sniroute_admin_connections", &[]).unwrap() <= MAX_OPEN as f64,
             "{m}"
@@ -539,6 +544,6 @@ async fn a_slow_metrics_reader_is_not_cut_by_evictions() {
     );
     assert!(body.ends_with('\n') && body.contains("sniroute_admin_closed_total"));
     flood.await.unwrap();
-    let (_, m) = parse(&get_from(watch_from, admin, "/metrics"));
+    let (_, m) = crate::common::parse_http_response(&get_from(watch_from, admin, "/metrics"));
     assert_eq!(closed_total(&m, "write_timeout"), 0.0, "{m}");
 }

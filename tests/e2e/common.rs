@@ -311,7 +311,12 @@ pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     .unwrap();
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).unwrap();
-    let text = String::from_utf8_lossy(&resp).into_owned();
+    parse_http_response(&resp)
+}
+
+/// Status and body of an HTTP/1.1 response (status 0 when there is none).
+pub(crate) fn parse_http_response(response: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(response);
     let status = text
         .split(' ')
         .nth(1)
