@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::raw::{Behaviour, Upstream};
-use crate::common::{reach, Router};
+use crate::common::{metric, reach, Router};
 use clienthello::synth::HelloBuilder;
 
 /// How a fake Marathon answers.
@@ -42,6 +42,8 @@ enum Role {
 struct State {
     role: Role,
     apps: Value,
+    /// Served instead of `apps` when set: a broken answer.
+    apps_text: Option<String>,
     streams: Vec<TcpStream>,
     apps_requests: usize,
     events_requests: usize,
@@ -61,6 +63,7 @@ impl FakeMarathon {
         let state = Arc::new(Mutex::new(State {
             role,
             apps,
+            apps_text: None,
             streams: Vec::new(),
             apps_requests: 0,
             events_requests: 0,
@@ -97,7 +100,14 @@ impl FakeMarathon {
     }
 
     fn set_apps(&self, apps: Value) {
-        self.state.lock().unwrap().apps = apps;
+        let mut s = self.state.lock().unwrap();
+        s.apps = apps;
+        s.apps_text = None;
+    }
+
+    /// Makes the app list answer `text`, taken as is (JSON or not).
+    fn set_apps_text(&self, text: &str) {
+        self.state.lock().unwrap().apps_text = Some(text.to_owned());
     }
 
     fn counts(&self) -> (usize, usize, usize) {
@@ -179,7 +189,7 @@ fn serve(mut stream: TcpStream, state: &Arc<Mutex<State>>) {
         s.apps_requests += 1;
         let apps = match &role {
             Role::NonLeader(leader, _) => leader.lock().unwrap().apps.to_string(),
-            _ => s.apps.to_string(),
+            _ => s.apps_text.clone().unwrap_or_else(|| s.apps.to_string()),
         };
         drop(s);
         return respond(
@@ -489,4 +499,88 @@ fn readyz_answers_503_until_the_first_sync() {
     router.wait_log(Duration::from_secs(5), |l| {
         l["message"] == "Marathon discovery: first sync done"
     });
+}
+
+/// The value of `name{source="marathon", ...}` (or `name{route="web"}`)
+/// on `/metrics`, 0 when absent.
+fn discovery_metric(router: &Router, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric(&router.metrics(), name, labels).unwrap_or(0.0)
+}
+
+#[test]
+fn a_malformed_app_list_keeps_the_last_endpoints_and_is_counted() {
+    let _turn = crate::common::light();
+    let (a, b) = (
+        Upstream::start("a", Behaviour::Greet),
+        Upstream::start("b", Behaviour::Greet),
+    );
+    let marathon = FakeMarathon::leader(web_app(&[("a", a.addr.port(), true)]));
+    let router = Router::start(&config(&[marathon.url()]));
+    wait_endpoints(&router, &[&a]);
+    let source = ("source", "marathon");
+    let syncs = |result| {
+        discovery_metric(
+            &router,
+            "sniroute_discovery_syncs_total",
+            &[source, ("result", result)],
+        )
+    };
+    assert!(syncs("success") >= 1.0);
+    assert_eq!(syncs("failure"), 0.0, "{}", router.metrics());
+    let route = [("route", "web")];
+    assert_eq!(
+        discovery_metric(&router, "sniroute_discovery_endpoints", &route),
+        1.0
+    );
+    let last = discovery_metric(
+        &router,
+        "sniroute_discovery_last_success_timestamp_seconds",
+        &[source],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - 60.0..=now + 1.0).contains(&last), "{last} vs {now}");
+
+    // Marathon answers a truncated app list: the sync fails, is counted
+    // and shown, and the last good endpoints stay.
+    marathon.set_apps_text(r#"{"apps": [{"id": "/prod/web", "tasks": ["#);
+    marathon.emit(
+        "deployment_success",
+        json!({"id": "0c3b4f59-1111-4a6e-8d4e-6f1f0d5e2a10", "plan": {"id": "0c3b4f59"}}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while syncs("failure") < 1.0 {
+        assert!(Instant::now() < deadline, "{}", router.metrics());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, body) = router.admin_get("/status");
+    let status: Value = serde_json::from_str(&body).unwrap();
+    let m = &status["discovery"]["marathon"];
+    assert!(
+        m["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{m}"
+    );
+    assert_eq!(endpoints(&router), BTreeSet::from([a.addr]));
+    assert_eq!(reached(&router, 2), BTreeSet::from(["a".to_owned()]));
+    assert_eq!(
+        discovery_metric(&router, "sniroute_discovery_endpoints", &route),
+        1.0
+    );
+
+    // A good answer again: the new task is followed.
+    marathon.set_apps(web_app(&[
+        ("a", a.addr.port(), true),
+        ("b", b.addr.port(), true),
+    ]));
+    marathon.emit(
+        "deployment_success",
+        json!({"id": "0c3b4f59-2222-4a6e-8d4e-6f1f0d5e2a10", "plan": {"id": "0c3b4f59"}}),
+    );
+    wait_endpoints(&router, &[&a, &b]);
+    assert_eq!(
+        discovery_metric(&router, "sniroute_discovery_endpoints", &route),
+        2.0
+    );
 }

@@ -28,7 +28,8 @@
 //! Label values are bounded: `route` is a configured route name or `none`,
 //! `listener` a configured address, `upstream` a resolved endpoint; the
 //! fixed sets are the `ALL` lists of [`Outcome`], [`EndLabel`],
-//! [`AcceptError`], [`ReloadResult`] and [`AdminClosed`]. Never a raw SNI,
+//! [`AcceptError`], [`ReloadResult`], [`AdminClosed`], [`DiscoverySource`]
+//! and [`SyncResult`]. Never a raw SNI,
 //! client address or anything else a client controls.
 
 use std::collections::BTreeMap;
@@ -195,6 +196,32 @@ pub(crate) const ADMIN_CONNECTIONS: Family = family(
     "Admin connections open now: reading a request or writing an answer.",
 );
 
+/// Full syncs with a discovery source: `{source, result}`, see
+/// [`DiscoverySource`] and [`SyncResult`].
+pub(crate) const DISCOVERY_SYNCS_TOTAL: Family = family(
+    "sniroute_discovery_syncs_total",
+    Kind::Counter,
+    "Full syncs with a discovery source (Marathon, Mesos) by result; a failed one keeps the last good endpoints.",
+);
+/// When a source's last full sync succeeded: `{source}`.
+pub(crate) const DISCOVERY_LAST_SUCCESS_TIMESTAMP_SECONDS: Family = family(
+    "sniroute_discovery_last_success_timestamp_seconds",
+    Kind::Gauge,
+    "Unix time of the discovery source's last successful full sync; 0 before the first.",
+);
+/// Times a source's event stream was opened again: `{source}`.
+pub(crate) const DISCOVERY_STREAM_RECONNECTS_TOTAL: Family = family(
+    "sniroute_discovery_stream_reconnects_total",
+    Kind::Counter,
+    "Times the discovery source's event stream ended or stalled and was opened again.",
+);
+/// Discovered endpoints of a route now: `{route}`.
+pub(crate) const DISCOVERY_ENDPOINTS: Family = family(
+    "sniroute_discovery_endpoints",
+    Kind::Gauge,
+    "Endpoints discovery gives a route now (tasks that count).",
+);
+
 /// Every family, in the order `/metrics` shows them.
 const FAMILIES: &[&Family] = &[
     &BUILD_INFO,
@@ -217,6 +244,10 @@ const FAMILIES: &[&Family] = &[
     &ADMIN_CONNECTIONS,
     &ADMIN_REFUSED_TOTAL,
     &ADMIN_CLOSED_TOTAL,
+    &DISCOVERY_SYNCS_TOTAL,
+    &DISCOVERY_LAST_SUCCESS_TIMESTAMP_SECONDS,
+    &DISCOVERY_STREAM_RECONNECTS_TOTAL,
+    &DISCOVERY_ENDPOINTS,
 ];
 
 /// Declares a label enum: its variants, their label values, and `ALL`.
@@ -230,6 +261,7 @@ macro_rules! label_enum {
 
         impl $name {
             /// Every value, in label order.
+            #[allow(dead_code)] // a set made one series at a time needs it in tests only
             pub(crate) const ALL: &'static [$name] = &[$($name::$variant,)+];
 
             /// The label value.
@@ -278,6 +310,26 @@ label_enum! {
         /// PROXY header missing (when required), malformed, truncated or
         /// stacked, or a header from a peer outside `from`.
         BadProxyHeader => "bad_proxy_header",
+    }
+}
+
+label_enum! {
+    /// A discovery source: the `source` label of the `sniroute_discovery_*`
+    /// series.
+    DiscoverySource {
+        /// Marathon's REST API and event stream.
+        Marathon => "marathon",
+    }
+}
+
+label_enum! {
+    /// How a full sync ended: the `result` label of
+    /// [`DISCOVERY_SYNCS_TOTAL`].
+    SyncResult {
+        /// The source answered and its answer was read.
+        Success => "success",
+        /// Unreachable, an error status, or an answer that does not parse.
+        Failure => "failure",
     }
 }
 
@@ -662,6 +714,56 @@ impl AdminMetrics {
     }
 }
 
+/// A discovery source's series, made when the source starts (so they
+/// exist, at 0, exactly while it runs). The source's own counts (from 0
+/// for each start) are added as they grow, so the series carry across a
+/// restart of the source with new settings.
+#[derive(Debug)]
+pub(crate) struct DiscoveryMetrics {
+    syncs: [Counter; SyncResult::ALL.len()],
+    last_success: Gauge,
+    reconnects: Counter,
+    /// The source's counts already added: syncs by result, reconnects.
+    seen: [u64; 3],
+}
+
+impl DiscoveryMetrics {
+    pub(crate) fn new(source: DiscoverySource) -> Self {
+        let r = registry();
+        let s = ("source", source.as_str());
+        Self {
+            syncs: SyncResult::ALL
+                .map_ref(|e| r.counter(&DISCOVERY_SYNCS_TOTAL, &[s, ("result", e.as_str())])),
+            last_success: r.gauge(&DISCOVERY_LAST_SUCCESS_TIMESTAMP_SECONDS, &[s]),
+            reconnects: r.counter(&DISCOVERY_STREAM_RECONNECTS_TOTAL, &[s]),
+            seen: [0; 3],
+        }
+    }
+
+    /// Brings the series up to what the source reports now.
+    pub(crate) fn record(&mut self, now: &discovery::Discovered) {
+        let counts = [now.syncs, now.sync_failures, now.stream_reconnects];
+        let cells = [
+            &self.syncs[SyncResult::Success.index()],
+            &self.syncs[SyncResult::Failure.index()],
+            &self.reconnects,
+        ];
+        for ((seen, count), cell) in self.seen.iter_mut().zip(counts).zip(cells) {
+            // A count below the one seen means a new source: start over.
+            let added = count.checked_sub(*seen).unwrap_or(count);
+            cell.increment(added);
+            *seen = count;
+        }
+        if let Some(at) = now.last_success {
+            let secs = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.last_success
+                .set(i64::try_from(secs).unwrap_or(i64::MAX));
+        }
+    }
+}
+
 /// Maps a label list (`ALL`) into a fixed-size array of handles.
 trait MapRef<T> {
     fn map_ref<U, const N: usize>(&self, f: impl FnMut(&T) -> U) -> [U; N];
@@ -692,6 +794,8 @@ mod tests {
         unique(AcceptError::ALL, AcceptError::as_str);
         unique(ReloadResult::ALL, ReloadResult::as_str);
         unique(AdminClosed::ALL, AdminClosed::as_str);
+        unique(DiscoverySource::ALL, DiscoverySource::as_str);
+        unique(SyncResult::ALL, SyncResult::as_str);
         for (i, o) in Outcome::ALL.iter().enumerate() {
             assert_eq!(o.index(), i);
         }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::listener::{self, Running};
-use crate::metrics::ReloadResult;
+use crate::metrics::{DiscoveryMetrics, DiscoverySource, ReloadResult};
 use crate::state::{Generation, Shared};
 use config::{Config, ConfigSource};
 
@@ -312,10 +312,12 @@ impl Discovery {
         let marathon = discovery::Marathon::start(settings, selectors);
         let mut found = marathon.subscribe();
         let shared = shared.clone();
+        let mut metrics = DiscoveryMetrics::new(DiscoverySource::Marathon);
         let feeder = tokio::spawn(async move {
             let mut synced = false;
             loop {
                 let mut now = found.borrow_and_update().clone();
+                metrics.record(&now);
                 if !now.synced {
                     // A new source knows nothing yet: stale beats empty.
                     now.routes = shared.discovered().routes;

@@ -145,6 +145,8 @@ pub(crate) struct Pool {
     /// When a connection last triggered a lookup (see [`Pool::connect`]);
     /// held during that lookup so concurrent connections share it.
     on_demand: tokio::sync::Mutex<Option<Instant>>,
+    /// Discovered pools: how many endpoints discovery gives the route.
+    discovered_count: Option<Gauge>,
 }
 
 /// A route whose names have not resolved looks them up again for a
@@ -227,11 +229,15 @@ impl Pool {
                 Host::Name(_) => None,
             })
             .collect();
+        let discovered_count = key.marathon_app.as_ref().map(|_| {
+            m::registry().gauge(&m::DISCOVERY_ENDPOINTS, &[("route", key.route.as_str())])
+        });
         let pool = Arc::new(Self {
             key,
             endpoints: RwLock::new(Arc::new(endpoints)),
             next: AtomicUsize::new(0),
             on_demand: tokio::sync::Mutex::new(None),
+            discovered_count,
         });
         pool.publish_health();
         tokio::spawn(maintain(Arc::downgrade(&pool)));
@@ -331,6 +337,9 @@ impl Pool {
         let Some(app) = &self.key.marathon_app else {
             return;
         };
+        if let Some(count) = &self.discovered_count {
+            count.set(i64::try_from(addrs.len()).unwrap_or(i64::MAX));
+        }
         let old = self.endpoints();
         if old.len() == addrs.len() && old.iter().zip(addrs).all(|(ep, a)| ep.addr == *a) {
             return;
@@ -616,6 +625,7 @@ mod tests {
             endpoints: RwLock::new(Arc::new(known)),
             next: AtomicUsize::new(0),
             on_demand: tokio::sync::Mutex::new(None),
+            discovered_count: None,
         };
         pool.refresh().await;
         let mut kept: Vec<String> = pool
@@ -632,6 +642,7 @@ mod tests {
             endpoints: RwLock::new(Arc::new(Vec::new())),
             next: AtomicUsize::new(0),
             on_demand: tokio::sync::Mutex::new(None),
+            discovered_count: None,
         };
         let err = empty.connect(Duration::from_secs(1)).await.unwrap_err();
         assert!(err.attempts.is_empty());
