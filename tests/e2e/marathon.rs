@@ -132,6 +132,15 @@ impl FakeMarathon {
             .retain_mut(|stream| write_chunk(stream, frame.as_bytes()).is_ok());
     }
 
+    /// Writes `text` raw (a piece of an event) to every open stream, then
+    /// closes them: the connection dropped in the middle of an event.
+    fn cut_streams_after(&self, text: &str) {
+        for mut s in self.state.lock().unwrap().streams.drain(..) {
+            let _ = write_chunk(&mut s, text.as_bytes());
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     /// Closes every open event stream (Marathon restarting, a proxy
     /// dropping the connection).
     fn drop_streams(&self) {
@@ -582,5 +591,85 @@ fn a_malformed_app_list_keeps_the_last_endpoints_and_is_counted() {
     assert_eq!(
         discovery_metric(&router, "sniroute_discovery_endpoints", &route),
         2.0
+    );
+}
+
+#[test]
+fn a_stream_cut_inside_an_event_is_reopened_and_the_half_event_ignored() {
+    let _turn = crate::common::light();
+    let (a, b) = (
+        Upstream::start("a", Behaviour::Greet),
+        Upstream::start("b", Behaviour::Greet),
+    );
+    let marathon = FakeMarathon::leader(web_app(&[("a", a.addr.port(), true)]));
+    let router = Router::start(&config(&[marathon.url()]));
+    wait_endpoints(&router, &[&a]);
+    let (syncs, streams, _) = marathon.counts();
+    // The app changes, and the event saying so is cut after its first
+    // `data:` line, without the blank line that would dispatch it.
+    marathon.set_apps(web_app(&[("b", b.addr.port(), true)]));
+    marathon.cut_streams_after(
+        "event: status_update_event\ndata: {\"appId\": \"/prod/web\", \"taskStatus\":",
+    );
+    wait_endpoints(&router, &[&b]);
+    let (syncs_after, streams_after, _) = marathon.counts();
+    assert!(streams_after > streams, "the stream was opened again");
+    assert!(syncs_after > syncs, "and a full sync brought the change");
+    let reconnects = discovery_metric(
+        &router,
+        "sniroute_discovery_stream_reconnects_total",
+        &[("source", "marathon")],
+    );
+    assert!(reconnects >= 1.0, "{}", router.metrics());
+    assert_eq!(reached(&router, 2), BTreeSet::from(["b".to_owned()]));
+}
+
+#[test]
+fn a_burst_of_a_thousand_events_costs_at_most_three_full_syncs() {
+    let _turn = crate::common::light();
+    let (a, b) = (
+        Upstream::start("a", Behaviour::Greet),
+        Upstream::start("b", Behaviour::Greet),
+    );
+    let marathon = FakeMarathon::leader(web_app(&[("a", a.addr.port(), true)]));
+    let router = Router::start(&config(&[marathon.url()]));
+    wait_endpoints(&router, &[&a]);
+    // Let the start-up's syncs settle: the count stays put for 1.5 s.
+    let mut before = marathon.counts().0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = marathon.counts().0;
+        if now == before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "syncs never settle");
+        before = now;
+    }
+    // A deployment restarts every task: 1,000 relevant events within a
+    // second, the change itself in the middle of the burst.
+    let started = Instant::now();
+    for i in 0..1000 {
+        if i == 500 {
+            marathon.set_apps(web_app(&[("b", b.addr.port(), true)]));
+        }
+        marathon.emit(
+            "status_update_event",
+            json!({"slaveId": "agent-1", "taskId": format!("prod_web.t{i}"),
+                   "taskStatus": if i % 2 == 0 { "TASK_RUNNING" } else { "TASK_KILLED" },
+                   "message": "", "appId": "/prod/web", "host": "127.0.0.1", "ports": [1, 2],
+                   "ipAddresses": [], "version": "2024-05-01T11:59:50.000Z"}),
+        );
+    }
+    let burst = started.elapsed();
+    assert!(burst < Duration::from_secs(1), "the burst took {burst:?}");
+    wait_endpoints(&router, &[&b]);
+    // The debounce allows one sync a second: whatever the burst triggers
+    // has happened 2.5 s after it (a bounded wait for an absence).
+    std::thread::sleep(Duration::from_millis(2500));
+    let syncs = marathon.counts().0 - before;
+    assert!(
+        (1..=3).contains(&syncs),
+        "{syncs} full syncs for a burst of 1,000 events"
     );
 }

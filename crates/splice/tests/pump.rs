@@ -27,8 +27,10 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 
-/// Every test must finish well within this.
-const LIMIT: Duration = Duration::from_secs(20);
+/// Every test must finish well within this (a hang detector). Most take
+/// well under a second; the vanished-upstream test waits for the kernel's
+/// retransmission timer, which can take tens of seconds on a loaded machine.
+const LIMIT: Duration = Duration::from_secs(120);
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
@@ -1316,11 +1318,15 @@ fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> io::Result<T> + Send) -> io
 /// within the socket's `TCP_USER_TIMEOUT` (2 s here, set by the test as the
 /// router sets `timeouts.tcp_user_timeout`): the client gets its FIN, and
 /// the pump ends with `upstream_error` (`ETIMEDOUT`), not at the idle
-/// timeout (30 s here; without the option, TCP retransmits for about 15
+/// timeout (120 s here; without the option, TCP retransmits for about 15
 /// minutes). The kernel checks the timeout when its retransmission timer
 /// fires, counting from the last transmission of the oldest unacknowledged
-/// segment (a tail loss probe resends it about 200 ms in), so the error
-/// comes about 2.45 s after the write; 2 s of slack bounds it. The
+/// segment (a tail loss probe resends it about 200 ms in), so on a quiet
+/// machine the error comes about 2.45 s after the write. The timer's
+/// steps double from the retransmission timeout, which grows with the
+/// round trips measured: on a loaded machine (CI, builds alongside) the
+/// step past 2 s can land at 7 s or 15 s (seen: 7.02 s). So the bound is
+/// far from both the idle timeout and the 15 minutes: under 60 s. The
 /// upstream is across a veth pair in a network namespace of its own, the
 /// pump's socket in another. Skipped, with a message, where network
 /// namespaces cannot be made (not root, no `ip`).
@@ -1357,7 +1363,11 @@ async fn vanished_upstream_times_out(how: How) {
     let upstream = TcpStream::from_std(upstream).unwrap();
     let (mut upstream_peer, _) = listener.accept().await.unwrap();
     let (mut client_peer, client) = pair().await;
-    let (pump, counts) = spawn_pump(client, upstream, options(how));
+    let opts = Options {
+        idle_timeout: Duration::from_secs(120),
+        ..options(how)
+    };
+    let (pump, counts) = spawn_pump(client, upstream, opts);
 
     // The tunnel works across the namespaces.
     client_peer.write_all(b"ping").await.unwrap();
@@ -1372,7 +1382,7 @@ async fn vanished_upstream_times_out(how: How) {
     client_peer.write_all(&[1; 1000]).await.unwrap();
     // The linger's FIN: the upstream failed and nothing was pending.
     let mut rest = Vec::new();
-    tokio::time::timeout(USER_TIMEOUT * 4, client_peer.read_to_end(&mut rest))
+    tokio::time::timeout(Duration::from_secs(90), client_peer.read_to_end(&mut rest))
         .await
         .expect("the vanished upstream went unnoticed")
         .expect("a FIN, not a reset");
@@ -1383,10 +1393,7 @@ async fn vanished_upstream_times_out(how: How) {
         took >= USER_TIMEOUT - Duration::from_millis(100),
         "noticed before the user timeout: {took:?}"
     );
-    assert!(
-        took < USER_TIMEOUT + Duration::from_secs(2),
-        "noticed late: {took:?}"
-    );
+    assert!(took < Duration::from_secs(60), "noticed late: {took:?}");
     client_peer.shutdown().await.unwrap(); // the lingering pump can end
     let outcome = pump.await.unwrap();
     assert_eq!(outcome.end, End::UpstreamError, "{:?}", outcome.error);
