@@ -27,7 +27,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clienthello::synth::HelloBuilder;
+use common::{clock_ticks_per_sec, proc_usage, Usage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
 
 const SINK_NAME: &str = "sink.bench.test";
 const ECHO_NAME: &str = "echo.bench.test";
@@ -389,36 +392,6 @@ async fn serve(
 // ---------------------------------------------------------------------------
 // Processes
 
-/// CPU time (clock ticks), resident memory and open descriptors.
-#[derive(Clone, Copy, Default)]
-struct Usage {
-    cpu_ticks: u64,
-    rss_kib: u64,
-    fds: u64,
-}
-
-fn proc_usage(pid: u32) -> Option<Usage> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    // Fields 14 and 15 (utime, stime) of proc(5); the first after ')' is 3.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count() as u64)
-        .unwrap_or(0);
-    Some(Usage {
-        cpu_ticks: utime + stime,
-        rss_kib,
-        fds,
-    })
-}
-
 /// PIDs whose parent is `pid` (nginx workers).
 fn children_of(pid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -450,15 +423,6 @@ fn signal(pid: u32, name: &str) {
         .arg(pid.to_string())
         .stderr(Stdio::null())
         .status();
-}
-
-fn clock_ticks_per_sec() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// A proxy process we started; stopped by PID when dropped (also while

@@ -420,13 +420,12 @@ fn tasks_come_and_go_with_status_and_health_events() {
 #[test]
 fn a_dropped_event_stream_is_reopened_and_followed_by_a_full_sync() {
     let _turn = crate::common::light();
-    let (a, b) = (
-        Upstream::start("a", Behaviour::Greet),
-        Upstream::start("b", Behaviour::Greet),
-    );
-    let marathon = FakeMarathon::leader(web_app(&[("a", a.addr.port(), true)]));
-    let router = Router::start(&config(&[marathon.url()]));
-    wait_endpoints(&router, &[&a]);
+    let Synced {
+        a: _a,
+        b,
+        marathon,
+        router,
+    } = synced();
     // A change whose event is lost with the stream: only the full sync
     // after the reconnect can bring it.
     marathon.set_apps(web_app(&[("b", b.addr.port(), true)]));
@@ -510,6 +509,31 @@ fn readyz_answers_503_until_the_first_sync() {
     });
 }
 
+/// Two upstreams, a leader Marathon whose app has one task (upstream a),
+/// and a router that follows it, synced.
+struct Synced {
+    a: Upstream,
+    b: Upstream,
+    marathon: FakeMarathon,
+    router: Router,
+}
+
+fn synced() -> Synced {
+    let (a, b) = (
+        Upstream::start("a", Behaviour::Greet),
+        Upstream::start("b", Behaviour::Greet),
+    );
+    let marathon = FakeMarathon::leader(web_app(&[("a", a.addr.port(), true)]));
+    let router = Router::start(&config(&[marathon.url()]));
+    wait_endpoints(&router, &[&a]);
+    Synced {
+        a,
+        b,
+        marathon,
+        router,
+    }
+}
+
 /// The value of `name{source="marathon", ...}` (or `name{route="web"}`)
 /// on `/metrics`, 0 when absent.
 fn discovery_metric(router: &Router, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -519,13 +543,12 @@ fn discovery_metric(router: &Router, name: &str, labels: &[(&str, &str)]) -> f64
 #[test]
 fn a_malformed_app_list_keeps_the_last_endpoints_and_is_counted() {
     let _turn = crate::common::light();
-    let (a, b) = (
-        Upstream::start("a", Behaviour::Greet),
-        Upstream::start("b", Behaviour::Greet),
-    );
-    let marathon = FakeMarathon::leader(web_app(&[("a", a.addr.port(), true)]));
-    let router = Router::start(&config(&[marathon.url()]));
-    wait_endpoints(&router, &[&a]);
+    let Synced {
+        a,
+        b,
+        marathon,
+        router,
+    } = synced();
     let source = ("source", "marathon");
     let syncs = |result| {
         discovery_metric(
@@ -597,13 +620,12 @@ fn a_malformed_app_list_keeps_the_last_endpoints_and_is_counted() {
 #[test]
 fn a_stream_cut_inside_an_event_is_reopened_and_the_half_event_ignored() {
     let _turn = crate::common::light();
-    let (a, b) = (
-        Upstream::start("a", Behaviour::Greet),
-        Upstream::start("b", Behaviour::Greet),
-    );
-    let marathon = FakeMarathon::leader(web_app(&[("a", a.addr.port(), true)]));
-    let router = Router::start(&config(&[marathon.url()]));
-    wait_endpoints(&router, &[&a]);
+    let Synced {
+        a: _a,
+        b,
+        marathon,
+        router,
+    } = synced();
     let (syncs, streams, _) = marathon.counts();
     // The app changes, and the event saying so is cut after its first
     // `data:` line, without the blank line that would dispatch it.
@@ -627,13 +649,12 @@ fn a_stream_cut_inside_an_event_is_reopened_and_the_half_event_ignored() {
 #[test]
 fn a_burst_of_a_thousand_events_costs_at_most_three_full_syncs() {
     let _turn = crate::common::light();
-    let (a, b) = (
-        Upstream::start("a", Behaviour::Greet),
-        Upstream::start("b", Behaviour::Greet),
-    );
-    let marathon = FakeMarathon::leader(web_app(&[("a", a.addr.port(), true)]));
-    let router = Router::start(&config(&[marathon.url()]));
-    wait_endpoints(&router, &[&a]);
+    let Synced {
+        a: _a,
+        b,
+        marathon,
+        router,
+    } = synced();
     // Let the start-up's syncs settle: the count stays put for 1.5 s.
     let mut before = marathon.counts().0;
     let deadline = Instant::now() + Duration::from_secs(20);
