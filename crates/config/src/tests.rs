@@ -1510,7 +1510,14 @@ fn bad_mesos_settings_are_pointed_at() {
     const D: &str = "discovery: {mesos: {urls: [\"http://m:5050\"]}}";
     const M: &str =
         "mesos_tasks: {framework: dev/k, task_name_pattern: kube, port_name: apiserver}";
-    let cases: &[(&str, String, (usize, usize), &str, &str)] = &[
+    type Case = (
+        &'static str,
+        String,
+        (usize, usize),
+        &'static str,
+        &'static str,
+    );
+    let cases: &[Case] = &[
         // (what, yaml after the listeners line, line:column, path, message fragment)
         (
             "a mesos_tasks route without discovery.mesos",
