@@ -217,8 +217,9 @@ impl Worker {
             Ok(table) => {
                 tracing::debug!(mesos = %url, tasks = table.tasks(), "Mesos full sync done");
                 self.table = Some(table);
-                self.synced();
+                // Endpoints first: once `synced` shows, they are in place.
                 self.publish().await;
+                self.synced();
                 Ok(())
             }
             Err(e) => {
@@ -269,6 +270,7 @@ impl Worker {
                             last_record = Instant::now();
                         }
                         let mut changed = false;
+                        let mut snapshot = false;
                         for record in &records {
                             let applied = match &mut self.table {
                                 Some(t) if subscribed => t.apply(record),
@@ -293,23 +295,29 @@ impl Worker {
                                             .saturating_mul(MISSED_HEARTBEATS)
                                             .clamp(MIN_STALL, MAX_STALL);
                                     }
-                                    self.synced();
+                                    snapshot = true;
                                     changed = true;
                                 }
                                 Ok(Applied::Changed) => changed = true,
                                 Ok(Applied::Heartbeat | Applied::Ignored) => {}
                                 Err(e) => {
                                     let e = format!("an event is not what Mesos sends: {e}");
-                                    self.failed(url, &e);
                                     if changed {
                                         self.publish().await;
                                     }
+                                    if snapshot {
+                                        self.synced();
+                                    }
+                                    self.failed(url, &e);
                                     return End::Lost(e);
                                 }
                             }
                         }
                         if changed {
                             self.publish().await;
+                        }
+                        if snapshot {
+                            self.synced();
                         }
                     }
                 },

@@ -288,7 +288,12 @@ fn feeder(
                 now.routes = shared.discovered(source).routes;
             } else if !synced {
                 synced = true;
-                tracing::info!(source = ?source, "discovery: first sync done");
+                match source {
+                    DiscoverySource::Marathon => {
+                        tracing::info!("Marathon discovery: first sync done");
+                    }
+                    DiscoverySource::Mesos => tracing::info!("Mesos discovery: first sync done"),
+                }
             }
             shared.apply_discovered(source, now);
             if found.changed().await.is_err() {
