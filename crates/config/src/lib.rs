@@ -99,7 +99,8 @@ pub struct Config {
     pub watch_config: bool,
     /// How tunnel bytes are moved.
     pub forwarding: Forwarding,
-    /// Where endpoints are discovered (for `marathon_app` routes).
+    /// Where endpoints are discovered (for `marathon_app` and
+    /// `mesos_tasks` routes).
     pub discovery: Discovery,
     /// Where this config came from.
     pub source: ConfigSource,
@@ -110,6 +111,46 @@ pub struct Config {
 pub struct Discovery {
     /// Marathon, for `marathon_app` routes.
     pub marathon: Option<MarathonConfig>,
+    /// The Mesos master, for `mesos_tasks` routes.
+    pub mesos: Option<MesosConfig>,
+}
+
+/// `discovery.mesos`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MesosConfig {
+    /// Plain `http://host[:port][/prefix]` URLs of masters, tried in order.
+    pub urls: Vec<String>,
+    /// Period of full re-reads (the event stream is opened again; default
+    /// [`DEFAULT_MESOS_RESYNC`]).
+    pub resync: Duration,
+    /// `/readyz` answers 503 until the first successful sync (default
+    /// true).
+    pub required: bool,
+}
+
+/// Default `discovery.mesos.resync`: 5 minutes.
+pub const DEFAULT_MESOS_RESYNC: Duration = Duration::from_secs(300);
+
+/// A route's Mesos tasks (`mesos_tasks`), chosen as Edge-LB pools chose
+/// their backends.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MesosTasks {
+    /// The framework's name (`dev/kubernetes01`).
+    pub framework: String,
+    /// A regular expression searched in task names (checked to compile).
+    pub task_name_pattern: String,
+    /// The port's name in the tasks' `discovery.ports`.
+    pub port_name: String,
+}
+
+impl std::fmt::Display for MesosTasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Mesos tasks of framework {} matching `{}`, port named {}",
+            self.framework, self.task_name_pattern, self.port_name
+        )
+    }
 }
 
 /// `discovery.marathon`.
@@ -325,7 +366,8 @@ pub struct RouteConfig {
     /// `dcos_service` adds its VIP name last. May be empty for a route that
     /// is only a default.
     pub server_names: Vec<NamePattern>,
-    /// Where to connect (at least one, none for a `marathon_app` route); a
+    /// Where to connect (at least one, none for a `marathon_app` or
+    /// `mesos_tasks` route); a
     /// `dcos_service` expanded to its API server VIP.
     pub upstreams: Vec<UpstreamAddr>,
     /// How an upstream is picked.
@@ -342,6 +384,9 @@ pub struct RouteConfig {
     /// The Marathon app port whose tasks are this route's endpoints
     /// (discovered; `upstreams` is then empty).
     pub marathon_app: Option<MarathonApp>,
+    /// The Mesos tasks that are this route's endpoints (discovered;
+    /// `upstreams` is then empty).
+    pub mesos_tasks: Option<MesosTasks>,
 }
 
 /// How an upstream is picked among the healthy ones.

@@ -38,15 +38,44 @@ pub(crate) struct RawConfig {
     pub(crate) discovery: Option<RawDiscovery>,
 }
 
-/// `discovery`: only Marathon so far; any other key (`mesos`) is an error.
+/// `discovery`: Marathon and the Mesos master.
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "discovery sources: a mapping with `marathon`"
+    expecting = "discovery sources: a mapping with `marathon` and/or `mesos`"
 )]
 pub(crate) struct RawDiscovery {
     #[serde(default)]
     pub(crate) marathon: Option<RawMarathon>,
+    #[serde(default)]
+    pub(crate) mesos: Option<RawMesos>,
+}
+
+/// `discovery.mesos`. `auth` and `ca_file` are not implemented yet, so
+/// they are unknown keys (errors), never ignored.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "Mesos master settings: a mapping with `urls` and optionally `resync` and `required`"
+)]
+pub(crate) struct RawMesos {
+    pub(crate) urls: NonEmpty<Parsed<MesosUrl>>,
+    #[serde(default)]
+    pub(crate) resync: Option<Parsed<NonZeroDuration>>,
+    #[serde(default)]
+    pub(crate) required: Option<bool>,
+}
+
+/// A route's `mesos_tasks` (an Edge-LB pool's backend selector).
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "Mesos tasks: a mapping with `framework`, `task_name_pattern` and `port_name`"
+)]
+pub(crate) struct RawMesosTasks {
+    pub(crate) framework: Parsed<FrameworkName>,
+    pub(crate) task_name_pattern: Parsed<TaskNamePattern>,
+    pub(crate) port_name: Parsed<PortName>,
 }
 
 /// `discovery.marathon`. `auth`, `ca_file` and the label keys are not
@@ -204,7 +233,7 @@ pub(crate) struct RawLimits {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a route: a mapping with `name`, `server_names` and one of `upstreams`, `dcos_service` and `marathon_app`"
+    expecting = "a route: a mapping with `name`, `server_names` and one of `upstreams`, `dcos_service`, `marathon_app` and `mesos_tasks`"
 )]
 pub(crate) struct RawRoute {
     pub(crate) name: Parsed<RouteName>,
@@ -216,6 +245,8 @@ pub(crate) struct RawRoute {
     pub(crate) dcos_service: Option<Parsed<DcosService>>,
     #[serde(default)]
     pub(crate) marathon_app: Option<RawMarathonApp>,
+    #[serde(default)]
+    pub(crate) mesos_tasks: Option<RawMesosTasks>,
     #[serde(default)]
     pub(crate) balance: Option<Balance>,
     #[serde(default)]
@@ -470,46 +501,122 @@ impl Scalar for MarathonUrl {
     type Output = String;
     const EXPECTING: &'static str = "a Marathon URL such as `http://marathon.mesos:8080`";
     fn parse(s: &str) -> Result<String, ValueError> {
-        let bad = |why: &str| Err(ValueError::new(format!("`{s}`: {why}")));
-        if s.starts_with("https://") {
-            return bad("https is not supported yet; use Marathon's plain http URL, such as `http://marathon.mesos:8080`");
-        }
-        let Some(rest) = s.strip_prefix("http://") else {
-            return bad("expected an http URL such as `http://marathon.mesos:8080`");
-        };
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        if authority.contains(['@', '?', '#']) || path.contains(['?', '#']) {
-            return bad("a Marathon URL has no user, query or fragment");
-        }
-        let (host, port) = match authority.strip_prefix('[') {
-            Some(v6) => match v6.split_once(']') {
-                Some((h, after)) if h.parse::<std::net::Ipv6Addr>().is_ok() => {
-                    (h, after.strip_prefix(':'))
-                }
-                _ => return bad("not a valid IPv6 address in brackets"),
-            },
-            None => match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            },
-        };
-        if host.is_empty()
-            || !host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
-        {
-            return bad("the host is missing or not a valid name");
-        }
-        if let Some(p) = port {
-            if !matches!(p.parse::<u16>(), Ok(n) if n > 0) {
-                return bad(&format!("`{p}` is not a port"));
+        http_url(s, "Marathon", "http://marathon.mesos:8080")
+    }
+}
+
+/// A Mesos master URL: plain `http://host[:port][/prefix]`, as
+/// [`MarathonUrl`].
+#[derive(Debug)]
+pub(crate) struct MesosUrl;
+impl Scalar for MesosUrl {
+    type Output = String;
+    const EXPECTING: &'static str = "a Mesos master URL such as `http://leader.mesos:5050`";
+    fn parse(s: &str) -> Result<String, ValueError> {
+        http_url(s, "Mesos", "http://leader.mesos:5050")
+    }
+}
+
+/// A plain `http://host[:port][/prefix]` URL of `product`.
+fn http_url(s: &str, product: &str, example: &str) -> Result<String, ValueError> {
+    let bad = |why: &str| Err(ValueError::new(format!("`{s}`: {why}")));
+    if s.starts_with("https://") {
+        return bad(&format!(
+            "https is not supported yet; use {product}'s plain http URL, such as `{example}`"
+        ));
+    }
+    let Some(rest) = s.strip_prefix("http://") else {
+        return bad(&format!("expected an http URL such as `{example}`"));
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if authority.contains(['@', '?', '#']) || path.contains(['?', '#']) {
+        return bad(&format!("a {product} URL has no user, query or fragment"));
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, after)) if h.parse::<std::net::Ipv6Addr>().is_ok() => {
+                (h, after.strip_prefix(':'))
             }
-        }
-        if !path
+            _ => return bad("not a valid IPv6 address in brackets"),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty()
+        || !host
             .chars()
-            .all(|c| c.is_ascii_graphic() && !matches!(c, '%' | '"' | '<' | '>' | '\\'))
-        {
-            return bad("the path may hold plain characters only");
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+    {
+        return bad("the host is missing or not a valid name");
+    }
+    if let Some(p) = port {
+        if !matches!(p.parse::<u16>(), Ok(n) if n > 0) {
+            return bad(&format!("`{p}` is not a port"));
+        }
+    }
+    if !path
+        .chars()
+        .all(|c| c.is_ascii_graphic() && !matches!(c, '%' | '"' | '<' | '>' | '\\'))
+    {
+        return bad("the path may hold plain characters only");
+    }
+    Ok(s.to_owned())
+}
+
+/// A Mesos framework's name (`dev/kubernetes01`): not empty, no control
+/// characters.
+#[derive(Debug)]
+pub(crate) struct FrameworkName;
+impl Scalar for FrameworkName {
+    type Output = String;
+    const EXPECTING: &'static str = "a Mesos framework name such as `dev/kubernetes01`";
+    fn parse(s: &str) -> Result<String, ValueError> {
+        if s.trim().is_empty() || s.chars().any(char::is_control) {
+            return Err(ValueError::new(format!(
+                "`{}` is not a framework name: give it as Mesos shows it, such as `dev/kubernetes01`",
+                s.escape_debug()
+            )));
+        }
+        Ok(s.to_owned())
+    }
+}
+
+/// A regular expression searched in Mesos task names.
+#[derive(Debug)]
+pub(crate) struct TaskNamePattern;
+impl Scalar for TaskNamePattern {
+    type Output = String;
+    const EXPECTING: &'static str =
+        "a regular expression searched in task names, such as `kube-control-plane`";
+    fn parse(s: &str) -> Result<String, ValueError> {
+        regex::RegexBuilder::new(s)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| {
+                let detail = match e {
+                    regex::Error::Syntax(m) => m.lines().last().unwrap_or_default().to_owned(),
+                    other => other.to_string(),
+                };
+                ValueError::new(format!(
+                    "`{}` is not a regular expression: {detail}",
+                    s.escape_debug()
+                ))
+            })?;
+        Ok(s.to_owned())
+    }
+}
+
+/// A port's name in a Mesos task's `discovery.ports`.
+#[derive(Debug)]
+pub(crate) struct PortName;
+impl Scalar for PortName {
+    type Output = String;
+    const EXPECTING: &'static str = "a port name such as `apiserver`";
+    fn parse(s: &str) -> Result<String, ValueError> {
+        if s.trim().is_empty() || s.chars().any(char::is_control) {
+            return Err(ValueError::new("port_name is empty"));
         }
         Ok(s.to_owned())
     }

@@ -99,6 +99,19 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
             }
         )?;
     }
+    if let Some(m) = &config.discovery.mesos {
+        writeln!(
+            out,
+            "discovery: mesos {} (tried in order), resync {}, {}",
+            m.urls.join(", "),
+            format_duration(m.resync),
+            if m.required {
+                "required: /readyz answers 503 until the first sync"
+            } else {
+                "not required: ready before the first sync"
+            }
+        )?;
+    }
     writeln!(
         out,
         "watch_config: {}",
@@ -153,6 +166,14 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
         writeln!(out, "    wildcards:      {}", list(&wild))?;
         let upstreams: Vec<String> = r.upstreams.iter().map(ToString::to_string).collect();
         match &r.dcos_service {
+            _ if r.mesos_tasks.is_some() => writeln!(
+                out,
+                "    upstreams:      {} (discovered)",
+                r.mesos_tasks
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            )?,
             _ if r.marathon_app.is_some() => writeln!(
                 out,
                 "    upstreams:      {} (discovered)",
@@ -328,6 +349,29 @@ default_route: dev-kubernetes01
         assert!(
             out.contains(
                 "\n    upstreams:      Marathon app /prod/api, port index 1 (discovered)\n"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn render_shows_mesos_discovery_and_routes() {
+        let out = render(&config(
+            "listeners: [\"0.0.0.0:6443\"]\n\
+             discovery: {mesos: {urls: [\"http://leader.mesos:5050\"], required: false}}\n\
+             routes:\n\
+             - {name: k, server_names: [k.test], mesos_tasks: {framework: dev/kubernetes01, task_name_pattern: kube-control-plane, port_name: apiserver}}\n",
+        ));
+        assert!(
+            out.contains(
+                "\ndiscovery: mesos http://leader.mesos:5050 (tried in order), resync 5m, \
+                 not required: ready before the first sync\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "\n    upstreams:      Mesos tasks of framework dev/kubernetes01 matching `kube-control-plane`, port named apiserver (discovered)\n"
             ),
             "{out}"
         );

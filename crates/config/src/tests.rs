@@ -95,6 +95,7 @@ fn the_spec_example_parses_to_the_expected_values() {
                 allow_sources: vec![],
                 dcos_service: Some("dev/kubernetes01".into()),
                 marathon_app: None,
+                mesos_tasks: None,
             },
             RouteConfig {
                 name: "staging".into(),
@@ -124,6 +125,7 @@ fn the_spec_example_parses_to_the_expected_values() {
                 ],
                 dcos_service: None,
                 marathon_app: None,
+                mesos_tasks: None,
             },
         ],
         default_route: Some("dev-kubernetes01".into()),
@@ -1048,7 +1050,7 @@ fn load_reads_files_and_environment_yaml_and_records_the_source() {
         err.to_string(),
         format!(
             "{}:4:5: unknown key `bogus_key`, expected one of `name`, `server_names`, `upstreams`, \
-             `dcos_service`, `marathon_app`, `balance`, `health_check`, `proxy_protocol`, `allow_sources` (at routes[0].bogus_key)",
+             `dcos_service`, `marathon_app`, `mesos_tasks`, `balance`, `health_check`, `proxy_protocol`, `allow_sources` (at routes[0].bogus_key)",
             file.display()
         )
     );
@@ -1139,6 +1141,10 @@ fn the_deploy_example_loads() {
         "required:",
         "marathon_app:",
         "port_name:",
+        "mesos:",
+        "mesos_tasks:",
+        "framework:",
+        "task_name_pattern:",
         "balance:",
         "health_check:",
         "enabled:",
@@ -1254,11 +1260,11 @@ fn bad_marathon_settings_are_pointed_at() {
             "unknown key `label_group`",
         ),
         (
-            "mesos is not implemented yet",
-            "discovery: {mesos: {urls: [\"http://leader.mesos:5050\"]}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            "an unknown discovery source",
+            "discovery: {consul: {urls: [\"http://consul:8500\"]}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
             (2, 13),
-            "discovery.mesos",
-            "unknown key `mesos`, expected `marathon`",
+            "discovery.consul",
+            "unknown key `consul`, expected `marathon` or `mesos`",
         ),
         (
             "an https URL",
@@ -1445,4 +1451,189 @@ fn listeners_accept_proxy_protocol() {
         assert_eq!(err.path(), Some(path), "{err}");
         assert!(err.message().contains(fragment), "{err}");
     }
+}
+
+#[test]
+fn mesos_discovery_and_mesos_tasks_routes() {
+    let config = parse(
+        r#"listeners: ["127.0.0.1:6443"]
+discovery:
+  mesos:
+    urls: ["http://leader.mesos:5050", "http://10.0.0.2:5050"]
+    resync: 2m
+routes:
+  - name: dev-kubernetes01
+    server_names: [devkubernetes01.example.com]
+    mesos_tasks: {framework: dev/kubernetes01, task_name_pattern: "^kube-control-plane-[0-9]+-instance$", port_name: apiserver}
+"#,
+    );
+    let m = config.discovery.mesos.clone().unwrap();
+    assert_eq!(
+        m,
+        MesosConfig {
+            urls: vec![
+                "http://leader.mesos:5050".into(),
+                "http://10.0.0.2:5050".into()
+            ],
+            resync: Duration::from_secs(120),
+            required: true,
+        }
+    );
+    assert_eq!(config.discovery.marathon, None);
+    let r = &config.routes[0];
+    assert!(r.upstreams.is_empty());
+    assert_eq!(r.marathon_app, None);
+    assert_eq!(
+        r.mesos_tasks,
+        Some(MesosTasks {
+            framework: "dev/kubernetes01".into(),
+            task_name_pattern: "^kube-control-plane-[0-9]+-instance$".into(),
+            port_name: "apiserver".into(),
+        })
+    );
+    assert_eq!(
+        r.mesos_tasks.as_ref().unwrap().to_string(),
+        "Mesos tasks of framework dev/kubernetes01 matching `^kube-control-plane-[0-9]+-instance$`, port named apiserver"
+    );
+    let other = parse(
+        "listeners: [\"127.0.0.1:6443\"]\n\
+         discovery: {mesos: {urls: [\"http://m:5050\"], required: false}, marathon: {urls: [\"http://m:8080\"]}}\n\
+         routes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n",
+    );
+    let m = other.discovery.mesos.unwrap();
+    assert_eq!((m.resync, m.required), (DEFAULT_MESOS_RESYNC, false));
+    assert!(other.discovery.marathon.is_some());
+}
+
+#[test]
+fn bad_mesos_settings_are_pointed_at() {
+    const D: &str = "discovery: {mesos: {urls: [\"http://m:5050\"]}}";
+    const M: &str =
+        "mesos_tasks: {framework: dev/k, task_name_pattern: kube, port_name: apiserver}";
+    type Case = (
+        &'static str,
+        String,
+        (usize, usize),
+        &'static str,
+        &'static str,
+    );
+    let cases: &[Case] = &[
+        // (what, yaml after the listeners line, line:column, path, message fragment)
+        (
+            "a mesos_tasks route without discovery.mesos",
+            format!("routes:\n  - name: k\n    server_names: [k.test]\n    {M}"),
+            (5, 5),
+            "routes[0].mesos_tasks",
+            "route `k` takes its endpoints from Mesos tasks, but `discovery.mesos` is not configured",
+        ),
+        (
+            "auth is not implemented yet",
+            "discovery:\n  mesos:\n    urls: [\"http://m:5050\"]\n    auth: {token_file: /t}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]".into(),
+            (5, 5),
+            "discovery.mesos.auth",
+            "unknown key `auth`, expected one of `urls`, `resync`, `required`",
+        ),
+        (
+            "an https URL",
+            "discovery: {mesos: {urls: [\"https://leader.mesos/mesos\"]}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]".into(),
+            (2, 28),
+            "discovery.mesos.urls[0]",
+            "https is not supported yet; use Mesos's plain http URL, such as `http://leader.mesos:5050`",
+        ),
+        (
+            "no URLs",
+            "discovery: {mesos: {urls: []}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]".into(),
+            (2, 27),
+            "discovery.mesos.urls",
+            "the list is empty",
+        ),
+        (
+            "a zero resync",
+            "discovery: {mesos: {urls: [\"http://m:5050\"], resync: 0s}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]".into(),
+            (2, 54),
+            "discovery.mesos.resync",
+            "this duration must be greater than zero",
+        ),
+        (
+            "both mesos_tasks and upstreams",
+            format!("routes:\n  - name: k\n    server_names: [k.test]\n    upstreams: [\"10.0.0.1:1\"]\n    {M}"),
+            (6, 5),
+            "routes[0].mesos_tasks",
+            "has both `mesos_tasks` and `upstreams`: a route takes exactly one of `upstreams`, `dcos_service`, `marathon_app` and `mesos_tasks`",
+        ),
+        (
+            "both mesos_tasks and dcos_service",
+            format!("routes:\n  - name: k\n    server_names: [k.test]\n    dcos_service: dev/k\n    {M}"),
+            (6, 5),
+            "routes[0].mesos_tasks",
+            "has both `mesos_tasks` and `dcos_service`",
+        ),
+        (
+            "both mesos_tasks and marathon_app",
+            format!("routes:\n  - name: k\n    server_names: [k.test]\n    marathon_app: {{id: /k, port_index: 0}}\n    {M}"),
+            (6, 5),
+            "routes[0].mesos_tasks",
+            "has both `mesos_tasks` and `marathon_app`",
+        ),
+        (
+            "a bad regular expression",
+            "routes:\n  - name: k\n    server_names: [k.test]\n    mesos_tasks: {framework: dev/k, task_name_pattern: \"kube-(\", port_name: apiserver}".into(),
+            (5, 56),
+            "routes[0].mesos_tasks.task_name_pattern",
+            "`kube-(` is not a regular expression: error: unclosed group",
+        ),
+        (
+            "no port name",
+            "routes:\n  - name: k\n    server_names: [k.test]\n    mesos_tasks: {framework: dev/k, task_name_pattern: kube}".into(),
+            (5, 18),
+            "routes[0].mesos_tasks",
+            "missing required key `port_name`",
+        ),
+        (
+            "an empty framework",
+            "routes:\n  - name: k\n    server_names: [k.test]\n    mesos_tasks: {framework: \"\", task_name_pattern: kube, port_name: apiserver}".into(),
+            (5, 30),
+            "routes[0].mesos_tasks.framework",
+            "is not a framework name",
+        ),
+        (
+            "an empty port name",
+            "routes:\n  - name: k\n    server_names: [k.test]\n    mesos_tasks: {framework: dev/k, task_name_pattern: kube, port_name: \" \"}".into(),
+            (5, 73),
+            "routes[0].mesos_tasks.port_name",
+            "port_name is empty",
+        ),
+        (
+            "an unknown key in mesos_tasks",
+            "routes:\n  - name: k\n    server_names: [k.test]\n    mesos_tasks: {framework: dev/k, task_name_pattern: kube, port_name: a, portName: b}".into(),
+            (5, 76),
+            "routes[0].mesos_tasks.portName",
+            "unknown key `portName`",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, rest, (line, column), path, fragment) in cases {
+        let with_discovery = !what.contains("without discovery") && rest.starts_with("routes:");
+        let yaml = format!(
+            "listeners: [\"127.0.0.1:6443\"]\n{}{rest}\n",
+            if with_discovery {
+                format!("{D}\n")
+            } else {
+                String::new()
+            }
+        );
+        let err = Config::from_yaml_str(&yaml, "f.yaml").unwrap_err();
+        let (line, column) = if with_discovery {
+            (line + 1, *column)
+        } else {
+            (*line, *column)
+        };
+        let got = (err.line(), err.column(), err.path());
+        if got != (Some(line), Some(column), Some(*path)) || !err.message().contains(fragment) {
+            failures.push(format!(
+                "{what}: {err}\n  want {line}:{column} {path} {fragment:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }

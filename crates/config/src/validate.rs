@@ -391,16 +391,32 @@ impl<'a> Checker<'a> {
             known(name, path, "the listener's default_route")?;
         }
 
+        let raw_discovery = raw.discovery.unwrap_or_default();
         let discovery = super::Discovery {
-            marathon: raw
-                .discovery
-                .and_then(|d| d.marathon)
-                .map(|m| super::MarathonConfig {
-                    urls: m.urls.0.into_iter().map(|u| u.0).collect(),
-                    resync: m.resync.map_or(super::DEFAULT_MARATHON_RESYNC, |v| v.0),
-                    required: m.required.unwrap_or(true),
-                }),
+            marathon: raw_discovery.marathon.map(|m| super::MarathonConfig {
+                urls: m.urls.0.into_iter().map(|u| u.0).collect(),
+                resync: m.resync.map_or(super::DEFAULT_MARATHON_RESYNC, |v| v.0),
+                required: m.required.unwrap_or(true),
+            }),
+            mesos: raw_discovery.mesos.map(|m| super::MesosConfig {
+                urls: m.urls.0.into_iter().map(|u| u.0).collect(),
+                resync: m.resync.map_or(super::DEFAULT_MESOS_RESYNC, |v| v.0),
+                required: m.required.unwrap_or(true),
+            }),
         };
+        if discovery.mesos.is_none() {
+            if let Some(i) = routes.iter().position(|r| r.mesos_tasks.is_some()) {
+                return Err(self.at(
+                    &routes_path.index(i).key("mesos_tasks"),
+                    At::Key,
+                    format!(
+                        "route `{}` takes its endpoints from Mesos tasks, but `discovery.mesos` is not configured: \
+                         add `discovery: {{mesos: {{urls: [\"http://leader.mesos:5050\"]}}}}`",
+                        routes[i].name
+                    ),
+                ));
+            }
+        }
         if discovery.marathon.is_none() {
             if let Some(i) = routes.iter().position(|r| r.marathon_app.is_some()) {
                 return Err(self.at(
@@ -459,32 +475,57 @@ impl<'a> Checker<'a> {
         let route_name =
             |i: usize| -> &str { earlier.get(i).map_or(name.as_str(), |r| r.name.as_str()) };
 
+        let (has_upstreams, has_dcos, has_marathon) = (
+            r.upstreams.is_some(),
+            r.dcos_service.is_some(),
+            r.marathon_app.is_some(),
+        );
+        let other = |discovered: &str| -> Option<&'static str> {
+            if has_upstreams {
+                Some("upstreams")
+            } else if has_dcos {
+                Some("dcos_service")
+            } else if has_marathon && discovered != "marathon_app" {
+                Some("marathon_app")
+            } else {
+                None
+            }
+        };
+        let both = |discovered: &str, other: &str| {
+            self.at(
+                &path.key(discovered),
+                At::Key,
+                format!(
+                    "route `{name}` has both `{discovered}` and `{other}`: a route takes exactly one of \
+                     `upstreams`, `dcos_service`, `marathon_app` and `mesos_tasks`"
+                ),
+            )
+        };
+        let mesos_tasks = match r.mesos_tasks {
+            None => None,
+            Some(tasks) => {
+                if let Some(other) = other("mesos_tasks") {
+                    return Err(both("mesos_tasks", other));
+                }
+                Some(super::MesosTasks {
+                    framework: tasks.framework.0,
+                    task_name_pattern: tasks.task_name_pattern.0,
+                    port_name: tasks.port_name.0,
+                })
+            }
+        };
         let marathon_app = match r.marathon_app {
             None => None,
             Some(app) => {
                 let at = path.key("marathon_app");
-                let other = if r.upstreams.is_some() {
-                    Some("upstreams")
-                } else if r.dcos_service.is_some() {
-                    Some("dcos_service")
-                } else {
-                    None
-                };
-                if let Some(other) = other {
-                    return Err(self.at(
-                        &at,
-                        At::Key,
-                        format!(
-                            "route `{name}` has both `marathon_app` and `{other}`: a route takes exactly one of \
-                             `upstreams`, `dcos_service` and `marathon_app`"
-                        ),
-                    ));
+                if let Some(other) = other("marathon_app") {
+                    return Err(both("marathon_app", other));
                 }
                 Some(self.marathon_app(app, &at)?)
             }
         };
         let (upstreams, dcos) = match (r.upstreams, r.dcos_service) {
-            (None, None) if marathon_app.is_some() => (Vec::new(), None),
+            (None, None) if marathon_app.is_some() || mesos_tasks.is_some() => (Vec::new(), None),
             (Some(_), Some(_)) => {
                 return Err(self.at(
                     &path.key("dcos_service"),
@@ -502,7 +543,8 @@ impl<'a> Checker<'a> {
                     format!(
                         "route `{name}` has no upstreams: add `upstreams: [\"host:port\", ...]`, \
                          or `dcos_service: <group>/<name>` for a DC/OS Kubernetes cluster, \
-                         or `marathon_app: {{id: /prod/web, port_name: https}}` for a Marathon app's tasks"
+                         or `marathon_app: {{id: /prod/web, port_name: https}}` for a Marathon app's tasks, \
+                         or `mesos_tasks: {{framework: dev/kubernetes01, task_name_pattern: kube-control-plane, port_name: apiserver}}` for Mesos tasks"
                     ),
                 ))
             }
@@ -574,6 +616,7 @@ impl<'a> Checker<'a> {
                 .unwrap_or_default(),
             dcos_service: dcos.map(|(service, _)| service),
             marathon_app,
+            mesos_tasks,
         })
     }
 

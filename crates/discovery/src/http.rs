@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 client over tokio: `GET` only, one request per
+//! A small HTTP/1.1 client over tokio: `GET`, and `POST` with a small body
+//! (Mesos' operator API), one request per
 //! connection (`Connection: close`), bodies framed by `Content-Length`,
 //! chunked transfer coding or the end of the connection, every size and
 //! wait bounded. [`get`] reads a whole body; [`open`] hands the body out as
@@ -373,19 +374,21 @@ impl Response {
     }
 }
 
-/// Sends `GET path` (under `url`'s prefix) to `url`'s server and reads the
-/// response head within `timeout`.
+/// Sends `method path` (under `url`'s prefix) with `body` (none for
+/// `GET`) to `url`'s server and reads the response head within `timeout`.
 pub(crate) async fn open(
+    method: &str,
     url: &Url,
     path: &str,
     headers: &[(&str, &str)],
+    body: &[u8],
     timeout: Duration,
 ) -> Result<Response, Error> {
     let attempt = async {
         let mut stream = TcpStream::connect((url.host.as_str(), url.port)).await?;
         let _ = stream.set_nodelay(true);
         let mut req = format!(
-            "GET {}{path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: sniroute/{}\r\nConnection: close\r\n",
+            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: sniroute/{}\r\nConnection: close\r\n",
             url.prefix,
             url.authority(),
             env!("CARGO_PKG_VERSION")
@@ -393,8 +396,13 @@ pub(crate) async fn open(
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
+        if method != "GET" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
         req.push_str("\r\n");
-        stream.write_all(req.as_bytes()).await?;
+        let mut req = req.into_bytes();
+        req.extend_from_slice(body);
+        stream.write_all(&req).await?;
         let mut buf = Vec::with_capacity(4096);
         let mut chunk = [0u8; 4096];
         let end = loop {

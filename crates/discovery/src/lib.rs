@@ -1,12 +1,14 @@
-//! Endpoints discovered from Marathon for sniroute's routes.
+//! Endpoints discovered from Marathon and Mesos for sniroute's routes.
 //!
-//! The router asks for app ports ([`AppSelector`]: a route name, a Marathon
-//! app id, a port index or name) and reads back, per route name, the
-//! current list of endpoint addresses ([`Discovered`], through a
-//! `tokio::sync::watch` receiver), with a flag saying whether the first
-//! full sync is done. Nothing else crosses: balancing, health checks and
-//! metrics stay the router's. This crate does not know the router or its
-//! config.
+//! The router asks a source for app ports ([`AppSelector`]: a route name, a
+//! Marathon app id, a port index or name) or for Mesos tasks
+//! ([`TaskSelector`]: a route name, a framework name, a task-name pattern,
+//! a port name) and reads back, per route name, the current list of
+//! endpoint addresses ([`Discovered`], through a `tokio::sync::watch`
+//! receiver), with a flag saying whether the first full sync is done. Each
+//! source ([`Marathon`], [`Mesos`]) runs on its own. Nothing else crosses:
+//! balancing, health checks and metrics stay the router's. This crate does
+//! not know the router or its config.
 //!
 //! Modules:
 //! - `marathon`: the source's task: full syncs
@@ -17,6 +19,14 @@
 //!   without a leader, and failover along the URLs in order;
 //! - `apps`: the app list's JSON into endpoints (which tasks count, host,
 //!   bridge or container networking, port index or name), without I/O;
+//! - `mesos`: the Mesos source's task: a full sync (`GET_STATE` on the
+//!   operator API, `POST /api/v1`), then the `SUBSCRIBE` event stream,
+//!   with its heartbeat-based stall timeout, 307 redirects from
+//!   non-leading masters, jittered back-off and failover along the URLs;
+//! - `mesos_state`: the master's task table kept from `GET_STATE` and the
+//!   stream's events, and the endpoints of each selector, without I/O;
+//! - `recordio`: Mesos' RecordIO framing (`<length>\n<record>`, records
+//!   split anywhere);
 //! - `sse`: the `text/event-stream` framing (comment keep-alives,
 //!   multi-line `data:`, records split anywhere);
 //! - `http`: a small HTTP/1.1 client.
@@ -39,6 +49,9 @@
 mod apps;
 mod http;
 mod marathon;
+mod mesos;
+mod mesos_state;
+mod recordio;
 mod sse;
 
 use std::collections::HashMap;
@@ -169,6 +182,102 @@ impl Marathon {
 }
 
 impl Drop for Marathon {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One route's Mesos tasks, chosen as Edge-LB pools chose them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TaskSelector {
+    /// The route the endpoints are for.
+    pub route: String,
+    /// The framework's name (`framework_info.name`, such as
+    /// `dev/kubernetes01`).
+    pub framework: String,
+    /// A regular expression searched in the task's name (not anchored).
+    pub task_name_pattern: String,
+    /// The port's name in the task's `discovery.ports.ports[]`.
+    pub port_name: String,
+}
+
+/// How a Mesos source runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MesosSettings {
+    /// Masters, tried in order; the next one on failure.
+    pub urls: Vec<Url>,
+    /// The event stream is opened again (with a full sync) this often.
+    pub resync: Duration,
+    /// An event stream without a record for this long is dropped and
+    /// opened again, until the master says its heartbeat interval (then
+    /// three intervals).
+    pub stall_timeout: Duration,
+    /// Bound on one request: connect and head, and a whole state.
+    pub request_timeout: Duration,
+}
+
+impl MesosSettings {
+    /// `urls` with the defaults: resync 5m, stall timeout 1m, requests 30s.
+    pub fn new(urls: Vec<Url>) -> Self {
+        Self {
+            urls,
+            resync: Duration::from_secs(300),
+            stall_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running Mesos source; its task stops when this is dropped.
+#[derive(Debug)]
+pub struct Mesos {
+    settings: MesosSettings,
+    selectors: watch::Sender<Vec<TaskSelector>>,
+    discovered: watch::Receiver<Discovered>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Mesos {
+    /// Starts following the Mesos master for `selectors` (inside a tokio
+    /// runtime).
+    ///
+    /// # Panics
+    /// When `settings.urls` is empty.
+    pub fn start(settings: MesosSettings, selectors: Vec<TaskSelector>) -> Self {
+        assert!(!settings.urls.is_empty(), "Mesos needs at least one URL");
+        let (selectors_tx, selectors_rx) = watch::channel(selectors);
+        let (tx, rx) = watch::channel(Discovered::default());
+        let task = tokio::spawn(mesos::run(settings.clone(), selectors_rx, tx));
+        Self {
+            settings,
+            selectors: selectors_tx,
+            discovered: rx,
+            task,
+        }
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &MesosSettings {
+        &self.settings
+    }
+
+    /// Changes which tasks are followed; the endpoints are computed again
+    /// from the last task table at once, without a request.
+    pub fn set_selectors(&self, selectors: Vec<TaskSelector>) {
+        self.selectors.send_if_modified(|old| {
+            let changed = *old != selectors;
+            *old = selectors;
+            changed
+        });
+    }
+
+    /// What it knows, now and as it changes.
+    pub fn subscribe(&self) -> watch::Receiver<Discovered> {
+        self.discovered.clone()
+    }
+}
+
+impl Drop for Mesos {
     fn drop(&mut self) {
         self.task.abort();
     }

@@ -177,9 +177,11 @@ impl Worker {
         let mut path = path.to_owned();
         for _ in 0..=MAX_REDIRECTS {
             let resp = http::open(
+                "GET",
                 &url,
                 &path,
                 &[("Accept", accept)],
+                &[],
                 self.settings.request_timeout,
             )
             .await
@@ -377,7 +379,7 @@ impl Worker {
 
 /// An agent's address: an IP as written, else the first address its name
 /// resolves to.
-async fn resolve(host: &str, timeout: Duration) -> Option<IpAddr> {
+pub(crate) async fn resolve(host: &str, timeout: Duration) -> Option<IpAddr> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Some(ip);
     }

@@ -50,7 +50,7 @@ use crate::activity::{self, Totals};
 use crate::admin_request::{parse_request, Request, MAX_HEAD};
 use crate::admission::Source;
 use crate::metrics::{AdminClosed, AdminMetrics};
-use crate::state::Shared;
+use crate::state::{DiscoverySource, Shared};
 use config::AdminConfig;
 
 /// Admin connections open at once, reading or answering. A few clients use
@@ -522,7 +522,7 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
                 "name": route.name,
                 "server_names": rc.server_names.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "upstreams": rc.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "discovered_from": rc.marathon_app.as_ref().map(ToString::to_string),
+                "discovered_from": route.pool.discovered(),
                 "health_checked": route.pool.health_checked(),
                 "endpoints": endpoints,
                 "active_tunnels": route.pool.endpoints().iter().map(|ep| ep.active()).sum::<usize>(),
@@ -562,17 +562,14 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
     })
 }
 
-/// The discovery source's state for `/status` (`null` without one).
+/// The discovery sources' state for `/status` (`null` without one).
 fn discovery_json(shared: &Shared) -> serde_json::Value {
     let generation = shared.current();
-    let Some(m) = &generation.config.discovery.marathon else {
-        return serde_json::Value::Null;
-    };
-    let d = shared.discovered();
-    json!({
-        "marathon": {
-            "urls": m.urls,
-            "required": m.required,
+    let config = &generation.config.discovery;
+    let source = |urls: &[String], required: bool, d: discovery::Discovered| {
+        json!({
+            "urls": urls,
+            "required": required,
             "synced": d.synced,
             "following": d.following,
             "last_success": d.last_success.map(crate::recent::rfc3339),
@@ -580,8 +577,22 @@ fn discovery_json(shared: &Shared) -> serde_json::Value {
             "syncs": d.syncs,
             "sync_failures": d.sync_failures,
             "stream_reconnects": d.stream_reconnects,
-        }
-    })
+        })
+    };
+    let mut out = serde_json::Map::new();
+    if let Some(m) = &config.marathon {
+        let d = shared.discovered(DiscoverySource::Marathon);
+        out.insert("marathon".into(), source(&m.urls, m.required, d));
+    }
+    if let Some(m) = &config.mesos {
+        let d = shared.discovered(DiscoverySource::Mesos);
+        out.insert("mesos".into(), source(&m.urls, m.required, d));
+    }
+    if out.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::Value::Object(out)
+    }
 }
 
 #[cfg(test)]

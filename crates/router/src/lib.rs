@@ -32,8 +32,9 @@
 //!
 //! The config itself is the `config` crate's; the byte pump the `splice`
 //! crate's; the ClientHello reader the `clienthello` crate's; PROXY headers
-//! the `proxy_protocol` crate's; endpoints of `marathon_app` routes come
-//! from the `discovery` crate (read by `state` and `upstream`).
+//! the `proxy_protocol` crate's; endpoints of `marathon_app` and
+//! `mesos_tasks` routes come from the `discovery` crate (read by `state`
+//! and `upstream`).
 
 mod activity;
 mod admin;

@@ -317,8 +317,10 @@ label_enum! {
     /// A discovery source: the `source` label of the `sniroute_discovery_*`
     /// series.
     DiscoverySource {
-        /// Marathon's REST API and event stream.
+        /// Marathon's REST API and event stream (`marathon_app` routes).
         Marathon => "marathon",
+        /// The Mesos master's operator API (`mesos_tasks` routes).
+        Mesos => "mesos",
     }
 }
 

@@ -249,19 +249,72 @@ async fn drain(
     );
 }
 
-/// The running discovery source, and the task that feeds what it finds
-/// into the pools (no new config generation: see
+/// The running discovery sources, each with the task that feeds what it
+/// finds into the pools (no new config generation: see
 /// [`Shared::apply_discovered`]).
 #[derive(Debug, Default)]
 struct Discovery {
     marathon: Option<(discovery::Marathon, tokio::task::JoinHandle<()>)>,
+    mesos: Option<(discovery::Mesos, tokio::task::JoinHandle<()>)>,
+}
+
+/// The parsed `urls` of a source; one that does not parse (validation
+/// makes that impossible) is logged and left out.
+fn source_urls(urls: &[String], what: &str) -> Vec<discovery::Url> {
+    urls.iter()
+        .filter_map(|u| match discovery::Url::parse(u) {
+            Ok(url) => Some(url),
+            Err(e) => {
+                tracing::error!(url = %u, error = %e, "{what} URL left out");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Feeds what a source finds into the pools until the source stops.
+fn feeder(
+    source: DiscoverySource,
+    mut found: tokio::sync::watch::Receiver<discovery::Discovered>,
+    shared: &Arc<Shared>,
+) -> tokio::task::JoinHandle<()> {
+    let shared = shared.clone();
+    let mut metrics = DiscoveryMetrics::new(source);
+    tokio::spawn(async move {
+        let mut synced = false;
+        loop {
+            let mut now = found.borrow_and_update().clone();
+            metrics.record(&now);
+            if !now.synced {
+                // A new source knows nothing yet: stale beats empty.
+                now.routes = shared.discovered(source).routes;
+            } else if !synced {
+                synced = true;
+                match source {
+                    DiscoverySource::Marathon => {
+                        tracing::info!("Marathon discovery: first sync done");
+                    }
+                    DiscoverySource::Mesos => tracing::info!("Mesos discovery: first sync done"),
+                }
+            }
+            shared.apply_discovered(source, now);
+            if found.changed().await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 impl Discovery {
-    /// Starts, changes or stops the Marathon source to match `config`:
-    /// the same settings keep the running source (only the followed app
-    /// ports change); other settings start a new one.
+    /// Starts, changes or stops the sources to match `config`: the same
+    /// settings keep a running source (only what it follows changes);
+    /// other settings start a new one.
     fn update(&mut self, config: &Config, shared: &Arc<Shared>) {
+        self.update_marathon(config, shared);
+        self.update_mesos(config, shared);
+    }
+
+    fn update_marathon(&mut self, config: &Config, shared: &Arc<Shared>) {
         let selectors: Vec<discovery::AppSelector> = config
             .routes
             .iter()
@@ -277,23 +330,14 @@ impl Discovery {
                 })
             })
             .collect();
-        let settings = config.discovery.marathon.as_ref().map(|m| {
-            let urls = m
-                .urls
-                .iter()
-                .filter_map(|u| match discovery::Url::parse(u) {
-                    Ok(url) => Some(url),
-                    Err(e) => {
-                        tracing::error!(url = %u, error = %e, "Marathon URL left out");
-                        None
-                    }
-                })
-                .collect();
-            discovery::MarathonSettings {
+        let settings = config
+            .discovery
+            .marathon
+            .as_ref()
+            .map(|m| discovery::MarathonSettings {
                 resync: m.resync,
-                ..discovery::MarathonSettings::new(urls)
-            }
-        });
+                ..discovery::MarathonSettings::new(source_urls(&m.urls, "Marathon"))
+            });
         if let (Some((running, _)), Some(settings)) = (&self.marathon, &settings) {
             if running.settings() == settings {
                 running.set_selectors(selectors);
@@ -310,28 +354,50 @@ impl Discovery {
         let urls: Vec<String> = settings.urls.iter().map(ToString::to_string).collect();
         tracing::info!(urls = %urls.join(", "), apps = selectors.len(), "Marathon discovery starting");
         let marathon = discovery::Marathon::start(settings, selectors);
-        let mut found = marathon.subscribe();
-        let shared = shared.clone();
-        let mut metrics = DiscoveryMetrics::new(DiscoverySource::Marathon);
-        let feeder = tokio::spawn(async move {
-            let mut synced = false;
-            loop {
-                let mut now = found.borrow_and_update().clone();
-                metrics.record(&now);
-                if !now.synced {
-                    // A new source knows nothing yet: stale beats empty.
-                    now.routes = shared.discovered().routes;
-                } else if !synced {
-                    synced = true;
-                    tracing::info!("Marathon discovery: first sync done");
-                }
-                shared.apply_discovered(now);
-                if found.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
+        let feeder = feeder(DiscoverySource::Marathon, marathon.subscribe(), shared);
         self.marathon = Some((marathon, feeder));
+    }
+
+    fn update_mesos(&mut self, config: &Config, shared: &Arc<Shared>) {
+        let selectors: Vec<discovery::TaskSelector> = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let tasks = r.mesos_tasks.as_ref()?;
+                Some(discovery::TaskSelector {
+                    route: r.name.clone(),
+                    framework: tasks.framework.clone(),
+                    task_name_pattern: tasks.task_name_pattern.clone(),
+                    port_name: tasks.port_name.clone(),
+                })
+            })
+            .collect();
+        let settings = config
+            .discovery
+            .mesos
+            .as_ref()
+            .map(|m| discovery::MesosSettings {
+                resync: m.resync,
+                ..discovery::MesosSettings::new(source_urls(&m.urls, "Mesos"))
+            });
+        if let (Some((running, _)), Some(settings)) = (&self.mesos, &settings) {
+            if running.settings() == settings {
+                running.set_selectors(selectors);
+                return;
+            }
+        }
+        if let Some((_, feeder)) = self.mesos.take() {
+            feeder.abort();
+            tracing::info!("Mesos discovery stopped (its settings changed)");
+        }
+        let Some(settings) = settings.filter(|s| !s.urls.is_empty()) else {
+            return;
+        };
+        let urls: Vec<String> = settings.urls.iter().map(ToString::to_string).collect();
+        tracing::info!(urls = %urls.join(", "), routes = selectors.len(), "Mesos discovery starting");
+        let mesos = discovery::Mesos::start(settings, selectors);
+        let feeder = feeder(DiscoverySource::Mesos, mesos.subscribe(), shared);
+        self.mesos = Some((mesos, feeder));
     }
 }
 

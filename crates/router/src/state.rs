@@ -252,9 +252,13 @@ pub(crate) struct Shared {
     pub(crate) recent: Recent,
     /// Per-route samples for the rates the admin endpoint shows.
     pub(crate) rates: Rates,
-    /// What discovery knows now (see [`Shared::apply_discovered`]).
+    /// What Marathon discovery knows now (see [`Shared::apply_discovered`]).
     discovered: RwLock<discovery::Discovered>,
+    /// What Mesos discovery knows now.
+    mesos_discovered: RwLock<discovery::Discovered>,
 }
+
+pub(crate) use crate::metrics::DiscoverySource;
 
 impl Shared {
     /// State for the first generation.
@@ -279,52 +283,72 @@ impl Shared {
             recent: Recent::default(),
             rates,
             discovered: RwLock::new(discovery::Discovered::default()),
+            mesos_discovered: RwLock::new(discovery::Discovered::default()),
         })
     }
 
-    /// What discovery knows now.
-    pub(crate) fn discovered(&self) -> discovery::Discovered {
-        self.discovered
+    fn discovered_lock(&self, source: DiscoverySource) -> &RwLock<discovery::Discovered> {
+        match source {
+            DiscoverySource::Marathon => &self.discovered,
+            DiscoverySource::Mesos => &self.mesos_discovered,
+        }
+    }
+
+    /// What `source` knows now.
+    pub(crate) fn discovered(&self, source: DiscoverySource) -> discovery::Discovered {
+        self.discovered_lock(source)
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// Whether discovery lets the router be ready: no source is
-    /// `required`, or its first sync is done.
+    /// Whether discovery lets the router be ready: every `required`
+    /// source has done its first sync.
     pub(crate) fn discovery_ready(&self) -> bool {
-        let required = self
-            .current()
-            .config
-            .discovery
-            .marathon
-            .as_ref()
-            .is_some_and(|m| m.required);
-        !required
-            || self
-                .discovered
+        let generation = self.current();
+        let d = &generation.config.discovery;
+        let synced = |source| {
+            self.discovered_lock(source)
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .synced
+        };
+        let marathon =
+            !d.marathon.as_ref().is_some_and(|m| m.required) || synced(DiscoverySource::Marathon);
+        let mesos = !d.mesos.as_ref().is_some_and(|m| m.required) || synced(DiscoverySource::Mesos);
+        marathon && mesos
     }
 
-    /// Puts what discovery found in force: the discovered pools of every
+    /// Puts what `source` found in force: the discovered pools of every
     /// live generation take their route's endpoints. Under the same lock
     /// as [`Shared::install`], so a generation being installed cannot miss
     /// an update. No new generation: the routes and pools stay.
-    pub(crate) fn apply_discovered(&self, found: discovery::Discovered) {
+    pub(crate) fn apply_discovered(&self, source: DiscoverySource, found: discovery::Discovered) {
         let gens = self.generations.lock().unwrap_or_else(|e| e.into_inner());
-        *self.discovered.write().unwrap_or_else(|e| e.into_inner()) = found;
+        *self
+            .discovered_lock(source)
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = found;
         for g in gens.iter().filter_map(Weak::upgrade) {
             self.feed(&g);
         }
     }
 
-    /// Gives `generation`'s discovered pools their endpoints as known now.
+    /// Gives `generation`'s discovered pools their endpoints as known now,
+    /// each from its own source.
     fn feed(&self, generation: &Generation) {
-        let found = self.discovered.read().unwrap_or_else(|e| e.into_inner());
+        let marathon = self.discovered.read().unwrap_or_else(|e| e.into_inner());
+        let mesos = self
+            .mesos_discovered
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         for route in &generation.routes {
             if route.pool.discovered().is_some() {
+                let found = if route.pool.is_mesos_tasks() {
+                    &mesos
+                } else {
+                    &marathon
+                };
                 let addrs = found.routes.get(&route.name).map_or(&[][..], Vec::as_slice);
                 route.pool.set_discovered(addrs);
             }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpStream;
 
 use crate::metrics::{self as m, Counter, Gauge};
-use config::{Balance, HealthCheck, Host, MarathonApp, RouteConfig, UpstreamAddr};
+use config::{Balance, HealthCheck, Host, MarathonApp, MesosTasks, RouteConfig, UpstreamAddr};
 
 /// How often upstream host names are resolved again.
 pub(crate) const DNS_REFRESH: Duration = Duration::from_secs(30);
@@ -121,6 +121,8 @@ pub(crate) struct PoolKey {
     /// The Marathon app port whose tasks are the endpoints (then
     /// `upstreams` is empty and [`Pool::set_discovered`] sets them).
     marathon_app: Option<MarathonApp>,
+    /// The Mesos tasks that are the endpoints (likewise).
+    mesos_tasks: Option<MesosTasks>,
 }
 
 impl PoolKey {
@@ -132,6 +134,7 @@ impl PoolKey {
             balance: route.balance.clone(),
             health_check: route.health_check.clone(),
             marathon_app: route.marathon_app.clone(),
+            mesos_tasks: route.mesos_tasks.clone(),
         }
     }
 }
@@ -229,7 +232,8 @@ impl Pool {
                 Host::Name(_) => None,
             })
             .collect();
-        let discovered_count = key.marathon_app.as_ref().map(|_| {
+        let discovered = key.marathon_app.is_some() || key.mesos_tasks.is_some();
+        let discovered_count = discovered.then(|| {
             m::registry().gauge(&m::DISCOVERY_ENDPOINTS, &[("route", key.route.as_str())])
         });
         let pool = Arc::new(Self {
@@ -324,9 +328,20 @@ impl Pool {
         self.publish_health();
     }
 
-    /// Whether the endpoints are discovered (a `marathon_app` route).
-    pub(crate) fn discovered(&self) -> Option<&MarathonApp> {
-        self.key.marathon_app.as_ref()
+    /// What the endpoints are discovered from (a `marathon_app` or
+    /// `mesos_tasks` route), as shown for each endpoint.
+    pub(crate) fn discovered(&self) -> Option<String> {
+        match (&self.key.marathon_app, &self.key.mesos_tasks) {
+            (Some(app), _) => Some(app.to_string()),
+            (None, Some(tasks)) => Some(tasks.to_string()),
+            (None, None) => None,
+        }
+    }
+
+    /// Whether the endpoints are Mesos tasks (else, when discovered,
+    /// Marathon's).
+    pub(crate) fn is_mesos_tasks(&self) -> bool {
+        self.key.mesos_tasks.is_some()
     }
 
     /// Puts the discovered `addrs` in force (discovered pools only): an
@@ -334,7 +349,7 @@ impl Pool {
     /// starts healthy, one no longer listed leaves the pool (its tunnels
     /// stay open, and its metric series go once the last one ends).
     pub(crate) fn set_discovered(&self, addrs: &[SocketAddr]) {
-        let Some(app) = &self.key.marathon_app else {
+        let Some(from) = self.discovered() else {
             return;
         };
         if let Some(count) = &self.discovered_count {
@@ -350,9 +365,7 @@ impl Pool {
                 old.iter()
                     .find(|ep| ep.addr == addr)
                     .cloned()
-                    .unwrap_or_else(|| {
-                        Arc::new(Endpoint::new(addr, app.to_string(), &self.key.route))
-                    })
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(addr, from.clone(), &self.key.route)))
             })
             .collect();
         *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
