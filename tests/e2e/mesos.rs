@@ -651,6 +651,27 @@ fn malformed_json_keeps_the_last_good_endpoints() {
     );
     assert_eq!(endpoints(&router, "k8s"), BTreeSet::from([a.addr]));
     assert_eq!(reached(&router, 3), names(&["a"]));
+    // The metrics count the same, and the route keeps its endpoint.
+    let metrics = router.metrics();
+    let source = ("source", "mesos");
+    let syncs = |result| {
+        crate::common::metric(
+            &metrics,
+            "sniroute_discovery_syncs_total",
+            &[source, ("result", result)],
+        )
+    };
+    assert!(syncs("failure") >= Some(2.0), "{metrics}");
+    assert!(syncs("success") >= Some(1.0), "{metrics}");
+    assert_eq!(
+        crate::common::metric(
+            &metrics,
+            "sniroute_discovery_endpoints",
+            &[("route", "k8s")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
     // Mesos mends: a new task comes through the next full sync.
     let b = Upstream::start("b", Behaviour::Greet);
     mesos.set_tasks_silently(vec![k8s_task(0, &a), k8s_task(1, &b)]);
