@@ -397,6 +397,14 @@ fn tasks_come_and_go_with_status_and_health_events() {
     );
     wait_endpoints(&router, &[&c]);
     assert_eq!(reached(&router, 4), BTreeSet::from(["c".to_owned()]));
+    // `/status` says which task was left out, and why.
+    let (_, body) = router.admin_get("/status");
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        status["discovery"]["marathon"]["left_out"],
+        json!(["route web: task prod_web.a: not healthy"]),
+        "{status}"
+    );
     // The endpoints that left have left /metrics (no tunnel holds them).
     let metrics = router.metrics();
     assert!(

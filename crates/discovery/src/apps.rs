@@ -227,7 +227,8 @@ impl App {
         let container = self.container_networking();
         let mut out = Vec::new();
         for task in &self.tasks {
-            if self.excluded(task).is_some() {
+            if let Some(why) = self.excluded(task) {
+                problems.push(format!("task {}: {why}", task.id));
                 continue;
             }
             let target = if container {
@@ -276,7 +277,9 @@ impl App {
 }
 
 /// The targets of every selected route (a route whose app is absent gets an
-/// empty list), and the problems met, for the log.
+/// empty list), and what was left out and why (`route web: task
+/// prod_web.1: not healthy`), for the log, `/status` and `sniroute
+/// discover`.
 pub(crate) fn targets(
     apps: &Apps,
     selectors: &[AppSelector],
@@ -285,13 +288,18 @@ pub(crate) fn targets(
     let mut problems = Vec::new();
     let mut out = HashMap::new();
     for sel in selectors {
+        let mut mine = Vec::new();
         let targets = match by_id.get(normalise(&sel.app_id).as_str()) {
-            Some(app) => app.targets(&sel.port, &mut problems),
+            Some(app) => app.targets(&sel.port, &mut mine),
             None => {
-                problems.push(format!("no Marathon app {}", sel.app_id));
+                mine.push(format!("no Marathon app {}", sel.app_id));
                 Vec::new()
             }
         };
+        problems.extend(
+            mine.into_iter()
+                .map(|p| format!("route {}: {p}", sel.route)),
+        );
         out.insert(sel.route.clone(), targets);
     }
     (out, problems)
@@ -364,7 +372,16 @@ mod tests {
         );
         assert_eq!(t["by-name"], ["10.0.0.1:31001", "10.0.0.2:32001"]);
         assert_eq!(t["by-index"], ["10.0.0.1:31000", "10.0.0.2:32000"]);
-        assert!(p.is_empty(), "{p:?}");
+        // Tasks left out are named with their route and the reason.
+        assert_eq!(
+            p,
+            [
+                "route by-name: task c: not TASK_RUNNING",
+                "route by-name: task d: not TASK_RUNNING",
+                "route by-index: task c: not TASK_RUNNING",
+                "route by-index: task d: not TASK_RUNNING",
+            ]
+        );
     }
 
     #[test]
@@ -414,7 +431,7 @@ mod tests {
         );
         assert_eq!(t["r"], ["9.0.0.1:8443"]);
         assert_eq!(t["legacy"], ["9.9.9.9:6443"]);
-        assert_eq!(p, ["task b has no IP address yet"]);
+        assert_eq!(p, ["route r: task b has no IP address yet"]);
     }
 
     #[test]
@@ -493,10 +510,10 @@ mod tests {
         assert_eq!(
             p,
             [
-                "task x has no host port at index 0",
-                "app /named has no port named `https` in portDefinitions or container.portMappings",
-                "task y has no host port at index 1",
-                "no Marathon app /absent",
+                "route noports: task x has no host port at index 0",
+                "route unknown-name: app /named has no port named `https` in portDefinitions or container.portMappings",
+                "route out-of-range: task y has no host port at index 1",
+                "route absent: no Marathon app /absent",
             ]
         );
         assert!(parse(b"{\"apps\": 3}").is_err());

@@ -105,6 +105,10 @@ pub struct Discovered {
     pub stream_reconnects: u64,
     /// The URL whose event stream is followed now, if one is.
     pub following: Option<String>,
+    /// What the last computation left out, and why, one line each
+    /// (`route web: task prod_web.1: not healthy`, `route k8s: no Mesos
+    /// framework named dev/kubernetes03`).
+    pub left_out: Arc<Vec<String>>,
 }
 
 /// How a Marathon source runs.

@@ -372,8 +372,12 @@ impl Worker {
             self.problems = problems;
         }
         self.out.send_if_modified(|d| {
+            let left_out_changed = *d.left_out != self.problems;
+            if left_out_changed {
+                d.left_out = Arc::new(self.problems.clone());
+            }
             if *d.routes == resolved {
-                return false;
+                return left_out_changed;
             }
             for (route, addrs) in &resolved {
                 if d.routes.get(route) != Some(addrs) {

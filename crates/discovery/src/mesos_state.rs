@@ -502,7 +502,11 @@ pub(crate) fn targets(
             .collect();
         tasks.sort_by(|a, b| a.task_id.value.cmp(&b.task_id.value));
         for task in tasks {
-            if task.excluded().is_some() {
+            if let Some(why) = task.excluded() {
+                problems.push(format!(
+                    "route {}: task {}: {why}",
+                    sel.route, task.task_id.value
+                ));
                 continue;
             }
             let port = match task.port(&sel.port_name) {
@@ -653,7 +657,14 @@ mod tests {
             ["10.0.0.1:6443", "10.0.0.2:6443", "10.0.0.2:7000"]
         );
         assert!(t["nofw"].is_empty());
-        assert_eq!(p, ["no Mesos framework named dev/kubernetes02"]);
+        assert_eq!(
+            p,
+            [
+                "route k: task t4: not TASK_RUNNING",
+                "route any-name: task t4: not TASK_RUNNING",
+                "no Mesos framework named dev/kubernetes02",
+            ]
+        );
     }
 
     #[test]
@@ -709,7 +720,13 @@ mod tests {
         );
         let (t, p) = ends(&table, &k8s());
         assert_eq!(t["k"], ["10.0.0.1:1", "9.0.0.3:3"]);
-        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(
+            p,
+            [
+                "route k: task s: not healthy",
+                "route k: task u: not healthy"
+            ]
+        );
     }
 
     #[test]

@@ -577,6 +577,7 @@ fn discovery_json(shared: &Shared) -> serde_json::Value {
             "syncs": d.syncs,
             "sync_failures": d.sync_failures,
             "stream_reconnects": d.stream_reconnects,
+            "left_out": *d.left_out,
         })
     };
     let mut out = serde_json::Map::new();
