@@ -98,6 +98,28 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
                 "not required: ready before the first sync"
             }
         )?;
+        if let Some(l) = &m.labels {
+            let allowed: Vec<String> = l
+                .server_names_allowed
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            writeln!(
+                out,
+                "label routes: apps labelled SNIROUTE_GROUP={}{}, names allowed: {}",
+                l.group,
+                if l.marathon_lb {
+                    " (and Marathon-LB's HAPROXY_GROUP, tcp ports only)"
+                } else {
+                    ""
+                },
+                if allowed.is_empty() {
+                    "none (every label route is refused)".to_owned()
+                } else {
+                    allowed.join(", ")
+                }
+            )?;
+        }
     }
     writeln!(
         out,

@@ -391,16 +391,52 @@ impl<'a> Checker<'a> {
             known(name, path, "the listener's default_route")?;
         }
 
-        let discovery = super::Discovery {
-            marathon: raw
-                .discovery
-                .and_then(|d| d.marathon)
-                .map(|m| super::MarathonConfig {
+        let marathon = match raw.discovery.and_then(|d| d.marathon) {
+            None => None,
+            Some(m) => {
+                let at = root.key("discovery").key("marathon");
+                let labels = match m.label_group {
+                    Some(group) => Some(super::MarathonLabels {
+                        group: group.0,
+                        server_names_allowed: m
+                            .label_server_names_allowed
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|n| n.0)
+                            .collect(),
+                        marathon_lb: m.marathon_lb_labels.unwrap_or(false),
+                    }),
+                    None => {
+                        // Nothing configured is silently ignored.
+                        let orphan = if m.label_server_names_allowed.is_some() {
+                            Some("label_server_names_allowed")
+                        } else if m.marathon_lb_labels.is_some() {
+                            Some("marathon_lb_labels")
+                        } else {
+                            None
+                        };
+                        if let Some(key) = orphan {
+                            return Err(self.at(
+                                &at.key(key),
+                                At::Key,
+                                format!(
+                                    "`{key}` applies to label-driven routes, which need `label_group` \
+                                     (for instance `label_group: external`)"
+                                ),
+                            ));
+                        }
+                        None
+                    }
+                };
+                Some(super::MarathonConfig {
                     urls: m.urls.0.into_iter().map(|u| u.0).collect(),
                     resync: m.resync.map_or(super::DEFAULT_MARATHON_RESYNC, |v| v.0),
                     required: m.required.unwrap_or(true),
-                }),
+                    labels,
+                })
+            }
         };
+        let discovery = super::Discovery { marathon };
         if discovery.marathon.is_none() {
             if let Some(i) = routes.iter().position(|r| r.marathon_app.is_some()) {
                 return Err(self.at(

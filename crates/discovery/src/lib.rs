@@ -17,6 +17,9 @@
 //!   without a leader, and failover along the URLs in order;
 //! - `apps`: the app list's JSON into endpoints (which tasks count, host,
 //!   bridge or container networking, port index or name), without I/O;
+//! - `labels`: label-driven routes (Marathon-LB style): which apps'
+//!   labels ask for routes, their names, the allow-list, malformed labels
+//!   and conflicts between label routes, without I/O;
 //! - `sse`: the `text/event-stream` framing (comment keep-alives,
 //!   multi-line `data:`, records split anywhere);
 //! - `http`: a small HTTP/1.1 client.
@@ -38,6 +41,7 @@
 
 mod apps;
 mod http;
+mod labels;
 mod marathon;
 mod sse;
 
@@ -49,6 +53,10 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 pub use http::Url;
+pub use labels::{
+    allowed_by, route_name, ConflictKind, IssueKind, LabelIssue, LabelRoute, LabelRoutes,
+    LabelSettings,
+};
 
 /// One route's app port.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -77,6 +85,9 @@ pub struct Discovered {
     /// Per route name, the endpoints (sorted; empty when the app has no
     /// task that counts, or is absent).
     pub routes: Arc<HashMap<String, Vec<SocketAddr>>>,
+    /// The label-driven routes with their endpoints, and what was refused
+    /// (empty without label settings).
+    pub labels: Arc<LabelRoutes>,
     /// Whether a full sync has succeeded yet.
     pub synced: bool,
     /// When the last full sync succeeded.
@@ -106,6 +117,8 @@ pub struct MarathonSettings {
     pub stall_timeout: Duration,
     /// Bound on one request: connect and head, and a whole app list.
     pub request_timeout: Duration,
+    /// Label-driven routes, if asked for.
+    pub labels: Option<LabelSettings>,
 }
 
 impl MarathonSettings {
@@ -116,6 +129,7 @@ impl MarathonSettings {
             resync: Duration::from_secs(300),
             stall_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(30),
+            labels: None,
         }
     }
 }
