@@ -291,6 +291,11 @@ impl Discovery {
                 .collect();
             discovery::MarathonSettings {
                 resync: m.resync,
+                labels: m.labels.as_ref().map(|l| discovery::LabelSettings {
+                    group: l.group.clone(),
+                    allowed: l.server_names_allowed.clone(),
+                    marathon_lb: l.marathon_lb,
+                }),
                 ..discovery::MarathonSettings::new(urls)
             }
         });
@@ -318,7 +323,9 @@ impl Discovery {
                 let mut now = found.borrow_and_update().clone();
                 if !now.synced {
                     // A new source knows nothing yet: stale beats empty.
-                    now.routes = shared.discovered().routes;
+                    let last = shared.discovered();
+                    now.routes = last.routes;
+                    now.labels = last.labels;
                 } else if !synced {
                     synced = true;
                     tracing::info!("Marathon discovery: first sync done");
