@@ -51,6 +51,11 @@ pub(crate) struct Route {
     pub(crate) tunnel_seconds: Histogram,
     /// `sniroute_tunnels_ended_total{route, end}`, by [`EndLabel::index`].
     pub(crate) tunnels_ended: [Counter; EndLabel::ALL.len()],
+    /// A label route's `sniroute_connections_total` handles, by listener
+    /// index × outcomes + outcome (those with a route only); empty for a
+    /// static route, whose handles the generation holds. Held here so the
+    /// series live as long as the route does (or its last tunnel).
+    connections: Vec<Option<Counter>>,
 }
 
 impl Route {
@@ -85,6 +90,7 @@ impl Route {
                     ],
                 )
             }),
+            connections: Vec::new(),
         }
     }
 
@@ -212,7 +218,30 @@ impl Generation {
                 .map(|r| r.pool.clone())
                 .unwrap_or_else(|| reuse_pool(key, live));
             pool.set_discovered(&label.endpoints);
-            routes.push(Arc::new(Route::new(&rc, pool, None)));
+            let name = rc.name.as_str();
+            let connections = self
+                .listeners
+                .iter()
+                .flat_map(|l| {
+                    let listener = l.to_string();
+                    Outcome::ALL.iter().map(move |o| {
+                        o.has_route().then(|| {
+                            m::registry().counter(
+                                &m::CONNECTIONS_TOTAL,
+                                &[
+                                    ("listener", listener.as_str()),
+                                    ("route", name),
+                                    ("result", o.as_str()),
+                                ],
+                            )
+                        })
+                    })
+                })
+                .collect();
+            routes.push(Arc::new(Route {
+                connections,
+                ..Route::new(&rc, pool, None)
+            }));
             info.push(LabelRoute {
                 server_names: rc.server_names,
                 ..label.clone()
@@ -240,10 +269,16 @@ impl Generation {
     /// before a route is known (see [`Outcome::has_route`]).
     pub(crate) fn count(&self, listener: SocketAddr, route: Option<&Route>, outcome: Outcome) {
         let counter = match route {
-            // A label route: no prepared counters (they come and go).
-            Some(Route {
-                static_id: None, ..
-            }) => None,
+            // A label route holds its own.
+            Some(
+                r @ Route {
+                    static_id: None, ..
+                },
+            ) => self.listener_index(listener).and_then(|i| {
+                r.connections
+                    .get(i * Outcome::ALL.len() + outcome.index())?
+                    .as_ref()
+            }),
             _ => {
                 let id = route.and_then(|r| r.static_id);
                 let slot = id.map_or(0, |id| id + 1) * Outcome::ALL.len() + outcome.index();
