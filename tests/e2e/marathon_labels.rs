@@ -70,7 +70,12 @@ fn announce(marathon: &FakeMarathon, id: &str) {
 /// allowed under `*.apps.test`, `extra` more lines under
 /// `discovery.marathon`, and `routes` (YAML list items) as static routes.
 fn router(marathon: &FakeMarathon, extra: &str, routes: &str) -> Router {
-    Router::start(&format!(
+    Router::start(&config(marathon, extra, routes))
+}
+
+/// The config [`router`] starts with.
+fn config(marathon: &FakeMarathon, extra: &str, routes: &str) -> String {
+    format!(
         r#"
 listeners: ["127.0.0.1:0"]
 admin: "127.0.0.1:0"
@@ -85,7 +90,7 @@ routes:
 {routes}
 "#,
         marathon.url()
-    ))
+    )
 }
 
 const STATIC_ROUTE: &str =
@@ -264,20 +269,22 @@ async fn a_label_route_appears_serves_tls_and_goes_without_a_new_generation() {
     assert_eq!(route["app_id"], "/team/api");
     assert_eq!(route["endpoints"][0]["address"], api.addr.to_string());
     assert_eq!(l["routes"][1]["balance"], "round_robin");
-    let text = r.metrics();
-    assert_eq!(
-        metric(
-            &text,
-            "sniroute_connections_total",
-            &[
-                ("listener", "127.0.0.1:0"),
-                ("route", "team-api-0"),
-                ("result", "forwarded")
-            ]
-        ),
-        Some(1.0),
-        "{text}"
-    );
+    // Counted under the label route's name once the connection is over
+    // (the client may see the response before the router sees the close).
+    let forwarded = [
+        ("listener", "127.0.0.1:0"),
+        ("route", "team-api-0"),
+        ("result", "forwarded"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = r.metrics();
+        match metric(&text, "sniroute_connections_total", &forwarded) {
+            Some(1.0) => break,
+            n => assert!(Instant::now() < deadline, "{n:?}: {text}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // A tunnel through the other label route, open while it goes.
     let mut tunnel = tokio::task::block_in_place(|| open_echo_tunnel(r.addr(), "echo.apps.test"));
 
@@ -582,4 +589,60 @@ fn marathon_lb_labels_route_tcp_apps_only() {
         "unrecognized_name"
     );
     assert!(issues(&r).is_empty());
+}
+
+#[test]
+fn a_reload_settles_label_routes_against_the_new_static_routes() {
+    let _turn = crate::common::light();
+    let label = Upstream::start("label", Behaviour::Greet);
+    let taker = Upstream::start("taker", Behaviour::Greet);
+    let marathon = FakeMarathon::leader(apps(vec![app(
+        "/team/api",
+        "2025-01-01T00:00:00.000Z",
+        label.addr.port(),
+        json!({"SNIROUTE_GROUP": "external", "SNIROUTE_0_SERVER_NAMES": "api.apps.test,x.apps.test"}),
+    )]));
+    let r = router(&marathon, "", STATIC_ROUTE);
+    wait_until(&r, Duration::from_secs(20), "the label route", |s| {
+        has_label_route(s, "team-api-0")
+    });
+    let via = |name: &str| reach(r.addr(), &HelloBuilder::new(name).build()).unwrap();
+    assert_eq!(via("x.apps.test"), "label");
+    let conflicts = || {
+        counter(
+            &r,
+            "sniroute_discovery_conflicts_total",
+            &[("kind", "static_over_label")],
+        )
+    };
+    assert_eq!(conflicts(), 0.0);
+
+    // A reload adds a static route for one of the label route's names: the
+    // new generation takes it at once, from the last app list (no sync).
+    let syncs = marathon.counts().0;
+    let routes = format!(
+        "{STATIC_ROUTE}\n  - {{name: taker, server_names: [x.apps.test], upstreams: [\"{}\"]}}",
+        taker.addr
+    );
+    let reloaded = r.reload(&config(&marathon, "", &routes));
+    assert_eq!(reloaded["message"], "config reloaded", "{reloaded}");
+    assert_eq!(status(&r)["config_generation"], 2);
+    assert_eq!(
+        label_routes(&r),
+        [("team-api-0".to_owned(), vec!["api.apps.test".to_owned()])]
+    );
+    assert_eq!(
+        via("x.apps.test"),
+        "taker",
+        "a static route beats a label route"
+    );
+    assert_eq!(via("api.apps.test"), "label");
+    let got = issues(&r);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0].0.as_str(), got[0].1.as_str()),
+        ("static_over_label", "team-api-0")
+    );
+    assert_eq!(conflicts(), 1.0);
+    assert_eq!(marathon.counts().0, syncs, "settled from the last app list");
 }
