@@ -353,5 +353,29 @@ default_route: dev-kubernetes01
             ),
             "{out}"
         );
+        assert!(!out.contains("label routes"), "{out}");
+    }
+
+    #[test]
+    fn render_shows_label_routes() {
+        let with = |extra: &str| {
+            render(&config(&format!(
+                "listeners: [\"0.0.0.0:6443\"]\n\
+                 discovery: {{marathon: {{urls: [\"http://m:8080\"], label_group: external{extra}}}}}\n\
+                 routes: [{{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}}]\n"
+            )))
+        };
+        let out = with("");
+        assert!(
+            out.contains("\nlabel routes: apps labelled SNIROUTE_GROUP=external, names allowed: none (every label route is refused)\n"),
+            "{out}"
+        );
+        let out = with(
+            ", label_server_names_allowed: [\"*.apps.test\", a.test], marathon_lb_labels: true",
+        );
+        assert!(
+            out.contains("\nlabel routes: apps labelled SNIROUTE_GROUP=external (and Marathon-LB's HAPROXY_GROUP, tcp ports only), names allowed: *.apps.test, a.test\n"),
+            "{out}"
+        );
     }
 }
