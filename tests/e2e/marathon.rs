@@ -29,7 +29,7 @@ use clienthello::synth::HelloBuilder;
 
 /// How a fake Marathon answers.
 #[derive(Clone, Debug)]
-enum Role {
+pub(crate) enum Role {
     Leader,
     /// Proxies API calls to (reads the state of) the leader, redirects
     /// the event stream there.
@@ -39,7 +39,7 @@ enum Role {
 }
 
 #[derive(Debug)]
-struct State {
+pub(crate) struct State {
     role: Role,
     apps: Value,
     /// Served instead of `apps` when set: a broken answer.
@@ -51,13 +51,13 @@ struct State {
     unavailable: usize,
 }
 
-struct FakeMarathon {
+pub(crate) struct FakeMarathon {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
 }
 
 impl FakeMarathon {
-    fn start(role: Role, apps: Value) -> FakeMarathon {
+    pub(crate) fn start(role: Role, apps: Value) -> FakeMarathon {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
@@ -80,26 +80,26 @@ impl FakeMarathon {
         FakeMarathon { addr, state }
     }
 
-    fn leader(apps: Value) -> FakeMarathon {
+    pub(crate) fn leader(apps: Value) -> FakeMarathon {
         Self::start(Role::Leader, apps)
     }
 
-    fn non_leader_of(leader: &FakeMarathon) -> FakeMarathon {
+    pub(crate) fn non_leader_of(leader: &FakeMarathon) -> FakeMarathon {
         Self::start(
             Role::NonLeader(leader.state.clone(), leader.addr),
             json!({"apps": []}),
         )
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    fn set_role(&self, role: Role) {
+    pub(crate) fn set_role(&self, role: Role) {
         self.state.lock().unwrap().role = role;
     }
 
-    fn set_apps(&self, apps: Value) {
+    pub(crate) fn set_apps(&self, apps: Value) {
         let mut s = self.state.lock().unwrap();
         s.apps = apps;
         s.apps_text = None;
@@ -110,14 +110,14 @@ impl FakeMarathon {
         self.state.lock().unwrap().apps_text = Some(text.to_owned());
     }
 
-    fn counts(&self) -> (usize, usize, usize) {
+    pub(crate) fn counts(&self) -> (usize, usize, usize) {
         let s = self.state.lock().unwrap();
         (s.apps_requests, s.events_requests, s.unavailable)
     }
 
     /// Sends an event to every open stream: a keep-alive comment, then the
     /// event with its JSON over two `data:` lines.
-    fn emit(&self, event_type: &str, mut data: Value) {
+    pub(crate) fn emit(&self, event_type: &str, mut data: Value) {
         data["eventType"] = json!(event_type);
         data["timestamp"] = json!("2024-05-01T12:00:00.000Z");
         let text = data.to_string();
@@ -143,7 +143,7 @@ impl FakeMarathon {
 
     /// Closes every open event stream (Marathon restarting, a proxy
     /// dropping the connection).
-    fn drop_streams(&self) {
+    pub(crate) fn drop_streams(&self) {
         for s in self.state.lock().unwrap().streams.drain(..) {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }

@@ -163,6 +163,23 @@ pub struct MarathonConfig {
     /// `/readyz` answers 503 until the first successful sync (default
     /// true).
     pub required: bool,
+    /// Label-driven routes, when `label_group` is set.
+    pub labels: Option<MarathonLabels>,
+}
+
+/// Label-driven routes (`label_group`, `label_server_names_allowed`,
+/// `marathon_lb_labels` under `discovery.marathon`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarathonLabels {
+    /// Apps labelled `SNIROUTE_GROUP=<group>` (or, with `marathon_lb`,
+    /// `HAPROXY_GROUP=<group>`) become routes.
+    pub group: String,
+    /// The names label routes may claim (default: none, so every label
+    /// route is refused until names are allowed).
+    pub server_names_allowed: Vec<NamePattern>,
+    /// Also read Marathon-LB's `HAPROXY_GROUP` and `HAPROXY_{n}_VHOST`, for
+    /// ports labelled `HAPROXY_{n}_MODE=tcp` only.
+    pub marathon_lb: bool,
 }
 
 /// Default `discovery.marathon.resync`: 5 minutes.

@@ -78,12 +78,13 @@ pub(crate) struct RawMesosTasks {
     pub(crate) port_name: Parsed<PortName>,
 }
 
-/// `discovery.marathon`. `auth`, `ca_file` and the label keys are not
-/// implemented yet, so they are unknown keys (errors), never ignored.
+/// `discovery.marathon`. `auth` and `ca_file` are not implemented yet, so
+/// they are unknown keys (errors), never ignored.
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "Marathon settings: a mapping with `urls` and optionally `resync` and `required`"
+    expecting = "Marathon settings: a mapping with `urls` and optionally `resync`, `required`, \
+                 `label_group`, `label_server_names_allowed` and `marathon_lb_labels`"
 )]
 pub(crate) struct RawMarathon {
     pub(crate) urls: NonEmpty<Parsed<MarathonUrl>>,
@@ -91,6 +92,12 @@ pub(crate) struct RawMarathon {
     pub(crate) resync: Option<Parsed<NonZeroDuration>>,
     #[serde(default)]
     pub(crate) required: Option<bool>,
+    #[serde(default)]
+    pub(crate) label_group: Option<Parsed<LabelGroup>>,
+    #[serde(default)]
+    pub(crate) label_server_names_allowed: Option<Vec<Parsed<NamePattern>>>,
+    #[serde(default)]
+    pub(crate) marathon_lb_labels: Option<bool>,
 }
 
 /// A route's `marathon_app`.
@@ -490,6 +497,28 @@ impl Scalar for IpNet {
     const EXPECTING: &'static str = "a network such as `10.0.0.0/8`";
     fn parse(s: &str) -> Result<IpNet, ValueError> {
         s.parse()
+    }
+}
+
+/// A label group (`SNIROUTE_GROUP`'s value): 1 to 63 of `a-z`, `A-Z`,
+/// `0-9`, `_`, `-` and `.`, as label values that name groups are written.
+#[derive(Debug)]
+pub(crate) struct LabelGroup;
+impl Scalar for LabelGroup {
+    type Output = String;
+    const EXPECTING: &'static str = "a label group such as `external`";
+    fn parse(s: &str) -> Result<String, ValueError> {
+        let ok = (1..=63).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if ok {
+            Ok(s.to_owned())
+        } else {
+            Err(ValueError::new(format!(
+                "`{}` is not a label group: 1 to 63 of a-z, A-Z, 0-9, `_`, `-` and `.`",
+                s.escape_debug()
+            )))
+        }
     }
 }
 

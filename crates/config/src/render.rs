@@ -98,6 +98,28 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
                 "not required: ready before the first sync"
             }
         )?;
+        if let Some(l) = &m.labels {
+            let allowed: Vec<String> = l
+                .server_names_allowed
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            writeln!(
+                out,
+                "label routes: apps labelled SNIROUTE_GROUP={}{}, names allowed: {}",
+                l.group,
+                if l.marathon_lb {
+                    " (and Marathon-LB's HAPROXY_GROUP, tcp ports only)"
+                } else {
+                    ""
+                },
+                if allowed.is_empty() {
+                    "none (every label route is refused)".to_owned()
+                } else {
+                    allowed.join(", ")
+                }
+            )?;
+        }
     }
     if let Some(m) = &config.discovery.mesos {
         writeln!(
@@ -350,6 +372,30 @@ default_route: dev-kubernetes01
             out.contains(
                 "\n    upstreams:      Marathon app /prod/api, port index 1 (discovered)\n"
             ),
+            "{out}"
+        );
+        assert!(!out.contains("label routes"), "{out}");
+    }
+
+    #[test]
+    fn render_shows_label_routes() {
+        let with = |extra: &str| {
+            render(&config(&format!(
+                "listeners: [\"0.0.0.0:6443\"]\n\
+                 discovery: {{marathon: {{urls: [\"http://m:8080\"], label_group: external{extra}}}}}\n\
+                 routes: [{{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}}]\n"
+            )))
+        };
+        let out = with("");
+        assert!(
+            out.contains("\nlabel routes: apps labelled SNIROUTE_GROUP=external, names allowed: none (every label route is refused)\n"),
+            "{out}"
+        );
+        let out = with(
+            ", label_server_names_allowed: [\"*.apps.test\", a.test], marathon_lb_labels: true",
+        );
+        assert!(
+            out.contains("\nlabel routes: apps labelled SNIROUTE_GROUP=external (and Marathon-LB's HAPROXY_GROUP, tcp ports only), names allowed: *.apps.test, a.test\n"),
             "{out}"
         );
     }

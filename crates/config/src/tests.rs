@@ -1217,6 +1217,40 @@ routes:
     assert_eq!(other.routes[0].marathon_app, None);
     // No discovery section: none configured.
     assert_eq!(parse(SPEC_EXAMPLE).discovery, Discovery::default());
+    assert_eq!(m.labels, None, "no label_group: no label routes");
+}
+
+#[test]
+fn marathon_label_routes() {
+    let config = parse(
+        r#"listeners: ["127.0.0.1:6443"]
+discovery:
+  marathon:
+    urls: ["http://marathon.mesos:8080"]
+    label_group: external
+    label_server_names_allowed: ["*.Apps.Example.com", "api.example.com."]
+    marathon_lb_labels: true
+routes: [{name: a, server_names: [a.test], upstreams: ["10.0.0.1:1"]}]
+"#,
+    );
+    let labels = config.discovery.marathon.unwrap().labels.unwrap();
+    assert_eq!(labels.group, "external");
+    let allowed: Vec<String> = labels
+        .server_names_allowed
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(allowed, ["*.apps.example.com", "api.example.com"]);
+    assert!(labels.marathon_lb);
+    // Defaults: no names allowed, no Marathon-LB labels.
+    let config = parse(
+        "listeners: [\"127.0.0.1:6443\"]\ndiscovery: {marathon: {urls: [\"http://m:8080\"], label_group: g.1_x-Y}}\n\
+         routes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n",
+    );
+    let labels = config.discovery.marathon.unwrap().labels.unwrap();
+    assert_eq!(labels.group, "g.1_x-Y");
+    assert!(labels.server_names_allowed.is_empty());
+    assert!(!labels.marathon_lb);
 }
 
 #[test]
@@ -1253,11 +1287,32 @@ fn bad_marathon_settings_are_pointed_at() {
             "unknown key `ca_file`",
         ),
         (
-            "label_group is not implemented yet",
-            "discovery: {marathon: {urls: [\"http://m:8080\"], label_group: external}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
-            (2, 49),
+            "label_server_names_allowed without label_group",
+            "discovery:\n  marathon:\n    urls: [\"http://m:8080\"]\n    label_server_names_allowed: [\"*.apps.test\"]\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (5, 5),
+            "discovery.marathon.label_server_names_allowed",
+            "`label_server_names_allowed` applies to label-driven routes, which need `label_group`",
+        ),
+        (
+            "marathon_lb_labels without label_group",
+            "discovery:\n  marathon:\n    urls: [\"http://m:8080\"]\n    marathon_lb_labels: false\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (5, 5),
+            "discovery.marathon.marathon_lb_labels",
+            "`marathon_lb_labels` applies to label-driven routes, which need `label_group`",
+        ),
+        (
+            "a label group with a space",
+            "discovery:\n  marathon:\n    urls: [\"http://m:8080\"]\n    label_group: \"ext ernal\"\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (5, 18),
             "discovery.marathon.label_group",
-            "unknown key `label_group`",
+            "`ext ernal` is not a label group",
+        ),
+        (
+            "an allowed name that is no name",
+            "discovery:\n  marathon:\n    urls: [\"http://m:8080\"]\n    label_group: external\n    label_server_names_allowed: [\"*.*.apps.test\"]\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (6, 34),
+            "discovery.marathon.label_server_names_allowed[0]",
+            "invalid server name `*.*.apps.test`",
         ),
         (
             "an unknown discovery source",

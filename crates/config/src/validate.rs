@@ -392,12 +392,53 @@ impl<'a> Checker<'a> {
         }
 
         let raw_discovery = raw.discovery.unwrap_or_default();
+        let marathon = match raw_discovery.marathon {
+            None => None,
+            Some(m) => {
+                let at = root.key("discovery").key("marathon");
+                let labels = match m.label_group {
+                    Some(group) => Some(super::MarathonLabels {
+                        group: group.0,
+                        server_names_allowed: m
+                            .label_server_names_allowed
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|n| n.0)
+                            .collect(),
+                        marathon_lb: m.marathon_lb_labels.unwrap_or(false),
+                    }),
+                    None => {
+                        // Nothing configured is silently ignored.
+                        let orphan = if m.label_server_names_allowed.is_some() {
+                            Some("label_server_names_allowed")
+                        } else if m.marathon_lb_labels.is_some() {
+                            Some("marathon_lb_labels")
+                        } else {
+                            None
+                        };
+                        if let Some(key) = orphan {
+                            return Err(self.at(
+                                &at.key(key),
+                                At::Key,
+                                format!(
+                                    "`{key}` applies to label-driven routes, which need `label_group` \
+                                     (for instance `label_group: external`)"
+                                ),
+                            ));
+                        }
+                        None
+                    }
+                };
+                Some(super::MarathonConfig {
+                    urls: m.urls.0.into_iter().map(|u| u.0).collect(),
+                    resync: m.resync.map_or(super::DEFAULT_MARATHON_RESYNC, |v| v.0),
+                    required: m.required.unwrap_or(true),
+                    labels,
+                })
+            }
+        };
         let discovery = super::Discovery {
-            marathon: raw_discovery.marathon.map(|m| super::MarathonConfig {
-                urls: m.urls.0.into_iter().map(|u| u.0).collect(),
-                resync: m.resync.map_or(super::DEFAULT_MARATHON_RESYNC, |v| v.0),
-                required: m.required.unwrap_or(true),
-            }),
+            marathon,
             mesos: raw_discovery.mesos.map(|m| super::MesosConfig {
                 urls: m.urls.0.into_iter().map(|u| u.0).collect(),
                 resync: m.resync.map_or(super::DEFAULT_MESOS_RESYNC, |v| v.0),

@@ -60,6 +60,20 @@ pub(crate) struct App {
     readiness_check_results: Vec<ReadinessResult>,
     #[serde(default, deserialize_with = "nullable")]
     tasks: Vec<Task>,
+    /// The app's labels (`SNIROUTE_*`, `HAPROXY_*`: see [`crate::labels`]).
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) labels: HashMap<String, String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) version_info: Option<VersionInfo>,
+}
+
+/// `versionInfo`: when the app's configuration last changed (not its
+/// scaling), which decides conflicts between label routes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct VersionInfo {
+    #[serde(default)]
+    pub(crate) last_config_change_at: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,9 +228,15 @@ impl App {
         None
     }
 
+    /// How many ports the app declares (`portDefinitions`, else the
+    /// container's port mappings).
+    pub(crate) fn port_count(&self) -> usize {
+        self.port_definitions.len().max(self.port_mappings().len())
+    }
+
     /// The targets of this app's port `sel`; problems (per task or for the
     /// whole app) go to `problems`.
-    fn targets(&self, sel: &PortSelector, problems: &mut Vec<String>) -> Vec<Target> {
+    pub(crate) fn targets(&self, sel: &PortSelector, problems: &mut Vec<String>) -> Vec<Target> {
         let index = match self.port_index(sel) {
             Ok(i) => i,
             Err(e) => {

@@ -27,6 +27,9 @@
 //!   stream's events, and the endpoints of each selector, without I/O;
 //! - `recordio`: Mesos' RecordIO framing (`<length>\n<record>`, records
 //!   split anywhere);
+//! - `labels`: label-driven routes (Marathon-LB style): which apps'
+//!   labels ask for routes, their names, the allow-list, malformed labels
+//!   and conflicts between label routes, without I/O;
 //! - `sse`: the `text/event-stream` framing (comment keep-alives,
 //!   multi-line `data:`, records split anywhere);
 //! - `http`: a small HTTP/1.1 client.
@@ -48,6 +51,7 @@
 
 mod apps;
 mod http;
+mod labels;
 mod marathon;
 mod mesos;
 mod mesos_state;
@@ -62,6 +66,10 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 pub use http::Url;
+pub use labels::{
+    allowed_by, route_name, ConflictKind, IssueKind, LabelIssue, LabelRoute, LabelRoutes,
+    LabelSettings,
+};
 
 /// One route's app port.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -90,6 +98,9 @@ pub struct Discovered {
     /// Per route name, the endpoints (sorted; empty when the app has no
     /// task that counts, or is absent).
     pub routes: Arc<HashMap<String, Vec<SocketAddr>>>,
+    /// The label-driven routes with their endpoints, and what was refused
+    /// (empty without label settings).
+    pub labels: Arc<LabelRoutes>,
     /// Whether a full sync has succeeded yet.
     pub synced: bool,
     /// When the last full sync succeeded.
@@ -123,6 +134,8 @@ pub struct MarathonSettings {
     pub stall_timeout: Duration,
     /// Bound on one request: connect and head, and a whole app list.
     pub request_timeout: Duration,
+    /// Label-driven routes, if asked for.
+    pub labels: Option<LabelSettings>,
 }
 
 impl MarathonSettings {
@@ -133,6 +146,7 @@ impl MarathonSettings {
             resync: Duration::from_secs(300),
             stall_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(30),
+            labels: None,
         }
     }
 }

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::apps::{self, Apps, Target};
 use crate::http::{self, Response, Url};
+use crate::labels::{self, LabelRoutes};
 use crate::sse::{Event, Parser};
 use crate::{AppSelector, Discovered, MarathonSettings};
 
@@ -315,6 +316,10 @@ impl Worker {
         let app = serde_json::from_str::<serde_json::Value>(&event.data)
             .ok()
             .and_then(|v| v.get("appId")?.as_str().map(apps::normalise));
+        // Any app may gain or lose labels.
+        if self.settings.labels.is_some() {
+            return true;
+        }
         match app {
             Some(app) => self
                 .selectors
@@ -331,29 +336,25 @@ impl Worker {
         let Some(apps) = &self.apps else { return };
         let selectors = self.selectors.borrow().clone();
         let (targets, mut problems) = apps::targets(apps, &selectors);
+        let (candidates, issues) = match &self.settings.labels {
+            Some(s) => labels::candidates(apps, s, &mut problems),
+            None => (Vec::new(), Vec::new()),
+        };
         let mut resolved: HashMap<String, Vec<SocketAddr>> = HashMap::new();
         let mut cache: HashMap<String, Option<IpAddr>> = HashMap::new();
+        let timeout = self.settings.request_timeout;
         for (route, list) in targets {
-            let mut addrs = Vec::with_capacity(list.len());
-            for Target { host, port } in list {
-                let ip = match cache.get(&host) {
-                    Some(ip) => *ip,
-                    None => {
-                        let ip = resolve(&host, self.settings.request_timeout).await;
-                        if ip.is_none() {
-                            problems.push(format!("agent host {host} does not resolve"));
-                        }
-                        cache.insert(host.clone(), ip);
-                        ip
-                    }
-                };
-                if let Some(ip) = ip {
-                    addrs.push(SocketAddr::new(ip, port));
-                }
-            }
-            addrs.sort();
-            addrs.dedup();
+            let addrs = resolve_all(list, &mut cache, &mut problems, timeout).await;
             resolved.insert(route, addrs);
+        }
+        let mut label_routes = LabelRoutes {
+            routes: Vec::with_capacity(candidates.len()),
+            issues,
+        };
+        for c in candidates {
+            let mut route = c.route;
+            route.endpoints = resolve_all(c.targets, &mut cache, &mut problems, timeout).await;
+            label_routes.routes.push(route);
         }
         if problems != self.problems {
             for p in &problems {
@@ -365,6 +366,25 @@ impl Worker {
             let left_out_changed = *d.left_out != self.problems;
             if left_out_changed {
                 d.left_out = Arc::new(self.problems.clone());
+            }
+            if *d.labels != label_routes {
+                for r in &label_routes.routes {
+                    if d.labels.routes.iter().all(|old| old != r) {
+                        let list: Vec<String> = r.endpoints.iter().map(ToString::to_string).collect();
+                        tracing::info!(route = %r.name, app = %r.app_id, endpoints = %list.join(", "),
+                            "label route found or changed");
+                    }
+                }
+                for old in &d.labels.routes {
+                    if label_routes.routes.iter().all(|r| r.name != old.name) {
+                        tracing::info!(route = %old.name, app = %old.app_id, "label route gone");
+                    }
+                }
+                d.labels = Arc::new(label_routes);
+                if *d.routes != resolved {
+                    d.routes = Arc::new(resolved);
+                }
+                return true;
             }
             if *d.routes == resolved {
                 return left_out_changed;
@@ -379,6 +399,36 @@ impl Worker {
             true
         });
     }
+}
+
+/// The addresses of `targets`, sorted, host names resolved through `cache`
+/// (a name that does not resolve is left out, with a problem).
+async fn resolve_all(
+    targets: Vec<Target>,
+    cache: &mut HashMap<String, Option<IpAddr>>,
+    problems: &mut Vec<String>,
+    timeout: Duration,
+) -> Vec<SocketAddr> {
+    let mut addrs = Vec::with_capacity(targets.len());
+    for Target { host, port } in targets {
+        let ip = match cache.get(&host) {
+            Some(ip) => *ip,
+            None => {
+                let ip = resolve(&host, timeout).await;
+                if ip.is_none() {
+                    problems.push(format!("agent host {host} does not resolve"));
+                }
+                cache.insert(host.clone(), ip);
+                ip
+            }
+        };
+        if let Some(ip) = ip {
+            addrs.push(SocketAddr::new(ip, port));
+        }
+    }
+    addrs.sort();
+    addrs.dedup();
+    addrs
 }
 
 /// An agent's address: an IP as written, else the first address its name

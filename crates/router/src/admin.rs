@@ -583,7 +583,9 @@ fn discovery_json(shared: &Shared) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     if let Some(m) = &config.marathon {
         let d = shared.discovered(DiscoverySource::Marathon);
-        out.insert("marathon".into(), source(&m.urls, m.required, d));
+        let mut marathon = source(&m.urls, m.required, d);
+        marathon["labels"] = labels_json(shared, m);
+        out.insert("marathon".into(), marathon);
     }
     if let Some(m) = &config.mesos {
         let d = shared.discovered(DiscoverySource::Mesos);
@@ -594,6 +596,69 @@ fn discovery_json(shared: &Shared) -> serde_json::Value {
     } else {
         serde_json::Value::Object(out)
     }
+}
+
+/// Label-driven routes for `/status` (`null` without `label_group`): the
+/// routes in force with their endpoints, and every refusal, label error and
+/// conflict in force.
+fn labels_json(shared: &Shared, m: &config::MarathonConfig) -> serde_json::Value {
+    let Some(l) = &m.labels else {
+        return serde_json::Value::Null;
+    };
+    let overlay = shared.current().labels();
+    let routes: Vec<_> = overlay
+        .routes
+        .iter()
+        .zip(&overlay.info)
+        .map(|(route, info)| {
+            let endpoints: Vec<_> = route
+                .pool
+                .endpoints()
+                .iter()
+                .map(|ep| {
+                    json!({
+                        "address": ep.addr.to_string(),
+                        "healthy": ep.is_healthy(),
+                        "active_tunnels": ep.active(),
+                        "connect_failures": ep.connect_failures(),
+                    })
+                })
+                .collect();
+            json!({
+                "name": route.name,
+                "app_id": info.app_id,
+                "port_index": info.port_index,
+                "from_marathon_lb_labels": info.marathon_lb,
+                "last_config_change_at": info.last_config_change_at,
+                "server_names": info.server_names.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "allow_sources": info.allow_sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "proxy_protocol": info.proxy_protocol.as_str(),
+                "balance": info.balance.as_str(),
+                "health_checked": route.pool.health_checked(),
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    let issues: Vec<_> = shared
+        .label_issues()
+        .iter()
+        .map(|i| {
+            json!({
+                "kind": i.kind.as_str(),
+                "conflict": matches!(i.kind, discovery::IssueKind::Conflict(_)),
+                "app_id": i.app_id,
+                "route": i.route,
+                "message": i.message,
+            })
+        })
+        .collect();
+    json!({
+        "group": l.group,
+        "server_names_allowed": l.server_names_allowed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "marathon_lb_labels": l.marathon_lb,
+        "routes": routes,
+        "issues": issues,
+    })
 }
 
 #[cfg(test)]

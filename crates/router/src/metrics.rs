@@ -221,6 +221,19 @@ pub(crate) const DISCOVERY_ENDPOINTS: Family = family(
     Kind::Gauge,
     "Endpoints discovery gives a route now (tasks that count).",
 );
+/// Label-route conflicts: `{kind}`.
+pub(crate) const DISCOVERY_CONFLICTS_TOTAL: Family = family(
+    "sniroute_discovery_conflicts_total",
+    Kind::Counter,
+    "Server names a label-driven route claimed and lost, or that overlap another route's, by kind; counted once when the conflict appears.",
+);
+
+/// Label routes skipped or refused: `{reason}`.
+pub(crate) const DISCOVERY_LABEL_ERRORS_TOTAL: Family = family(
+    "sniroute_discovery_label_errors_total",
+    Kind::Counter,
+    "Label-driven routes skipped for a malformed label or refused for a name outside label_server_names_allowed, by reason; counted once when the error appears.",
+);
 
 /// Every family, in the order `/metrics` shows them.
 const FAMILIES: &[&Family] = &[
@@ -248,6 +261,8 @@ const FAMILIES: &[&Family] = &[
     &DISCOVERY_LAST_SUCCESS_TIMESTAMP_SECONDS,
     &DISCOVERY_STREAM_RECONNECTS_TOTAL,
     &DISCOVERY_ENDPOINTS,
+    &DISCOVERY_CONFLICTS_TOTAL,
+    &DISCOVERY_LABEL_ERRORS_TOTAL,
 ];
 
 /// Declares a label enum: its variants, their label values, and `ALL`.
@@ -660,6 +675,12 @@ pub(crate) struct ProcessMetrics {
     pub(crate) tunnels_on_old_config: Gauge,
     pub(crate) hello_seconds: Histogram,
     pub(crate) hello_bytes: Histogram,
+    /// `sniroute_discovery_conflicts_total{kind}`, by
+    /// [`discovery::ConflictKind::index`].
+    pub(crate) discovery_conflicts: [Counter; discovery::ConflictKind::ALL.len()],
+    /// `sniroute_discovery_label_errors_total{reason}`: `malformed`, then
+    /// `not_allowed`.
+    pub(crate) discovery_label_errors: [Counter; 2],
     _build_info: Gauge,
 }
 
@@ -678,6 +699,10 @@ impl ProcessMetrics {
             tunnels_on_old_config: r.gauge(&TUNNELS_ON_OLD_CONFIG, &[]),
             hello_seconds: r.histogram(&CLIENT_HELLO_SECONDS, &[]),
             hello_bytes: r.histogram(&CLIENT_HELLO_BYTES, &[]),
+            discovery_conflicts: discovery::ConflictKind::ALL
+                .map(|k| r.counter(&DISCOVERY_CONFLICTS_TOTAL, &[("kind", k.as_str())])),
+            discovery_label_errors: ["malformed", "not_allowed"]
+                .map(|why| r.counter(&DISCOVERY_LABEL_ERRORS_TOTAL, &[("reason", why)])),
             _build_info: build_info,
         }
     }
@@ -688,6 +713,15 @@ impl ProcessMetrics {
 
     pub(crate) fn reload(&self, r: ReloadResult) {
         self.reloads[r.index()].increment(1);
+    }
+
+    /// Counts one new label error or conflict.
+    pub(crate) fn label_issue(&self, kind: discovery::IssueKind) {
+        match kind {
+            discovery::IssueKind::Malformed => self.discovery_label_errors[0].increment(1),
+            discovery::IssueKind::NotAllowed => self.discovery_label_errors[1].increment(1),
+            discovery::IssueKind::Conflict(k) => self.discovery_conflicts[k.index()].increment(1),
+        }
     }
 }
 

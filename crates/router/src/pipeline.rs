@@ -20,7 +20,6 @@ use crate::admission::{Refusal, Slot};
 use crate::alert::{Alert, HTTP_400};
 use crate::metrics::{EndLabel, Outcome};
 use crate::state::{Generation, Route};
-use crate::table::RouteId;
 use crate::upstream::{Endpoint, EndpointGuard, Unavailable};
 use config::{AcceptProxyProtocol, ProxyProtocol};
 use proxy_protocol::read as proxy_header;
@@ -153,8 +152,9 @@ struct Record {
     names: Box<str>,
     /// Length of the SNI name in `names` (0: no SNI; a name is never empty).
     sni_len: u16,
-    /// The route's [`RouteId`], once known.
-    route: Option<u32>,
+    /// The route, once known (a label route may leave the table while
+    /// its tunnels stay open: the connection holds it).
+    route: Option<Arc<Route>>,
     upstream: Option<Arc<Endpoint>>,
     /// From accept to the complete ClientHello.
     hello: Micros,
@@ -224,7 +224,8 @@ struct Open {
     upstream: TcpStream,
     /// Counts the tunnel on its endpoint (least connections) until dropped.
     _endpoint: EndpointGuard,
-    route_id: RouteId,
+    /// The route (also in the record, for the log line).
+    route: Arc<Route>,
 }
 
 /// Serves one accepted connection to the end. Never panics on client input;
@@ -259,9 +260,7 @@ pub(crate) fn serve(mut conn: Accepted) -> impl std::future::Future<Output = ()>
                     conn.listener.addr,
                     refused.outcome(),
                     refused.reply(),
-                    record
-                        .route
-                        .map(|id| conn.generation.routes[id as RouteId].name.as_str()),
+                    record.route.as_deref().map(|r| r.name.as_str()),
                     refused.server_name(&record),
                 );
                 Box::pin(refuse(&conn.stream, refused)).await;
@@ -281,9 +280,9 @@ pub(crate) fn serve(mut conn: Accepted) -> impl std::future::Future<Output = ()>
             }
         };
         drop(opened); // the upstream socket and the endpoint's count
-        let route = record.route.map(|id| id as RouteId);
+        let route = record.route.as_deref();
         conn.generation.count(conn.listener.addr, route, outcome);
-        let route = route.map_or("none", |id| conn.generation.routes[id].name.as_str());
+        let route = route.map_or("none", |r| r.name.as_str());
         access_log(
             &conn.listener,
             conn.peer,
@@ -390,12 +389,12 @@ async fn open(conn: &mut Accepted, record: &mut Record) -> Result<Open, Refused>
         "client hello"
     );
 
-    let (route_id, route) = pick_route(generation, &hello, conn)?;
+    let route = pick_route(generation, &hello, conn)?;
     // From here on the record has all the hello said that is needed; the
     // parsed hello (its ALPN list may be as large as the hello) is not
     // kept while the upstream connect waits.
     drop(hello);
-    record.route = u32::try_from(route_id).ok();
+    record.route = Some(route.clone());
     if !route.allows(conn.peer.ip()) {
         tracing::debug!(route = %route.name, "source not allowed");
         return Err(Refused::Denied);
@@ -417,7 +416,7 @@ async fn open(conn: &mut Accepted, record: &mut Record) -> Result<Open, Refused>
     // connect timeout too.
     let written = tokio::time::timeout(
         config.timeouts.connect,
-        forward_hello(&upstream, route, conn, record.sni(), &buf),
+        forward_hello(&upstream, &route, conn, record.sni(), &buf),
     )
     .await
     .unwrap_or_else(|_| {
@@ -435,7 +434,7 @@ async fn open(conn: &mut Accepted, record: &mut Record) -> Result<Open, Refused>
     Ok(Open {
         upstream,
         _endpoint: endpoint,
-        route_id,
+        route,
     })
 }
 
@@ -603,20 +602,21 @@ fn closed(header_next: bool, buf: &[u8]) -> Refused {
     }
 }
 
-fn pick_route<'g>(
-    generation: &'g Generation,
+/// The route for the hello's server name: static and label routes (see
+/// [`Generation::lookup`]).
+fn pick_route(
+    generation: &Generation,
     hello: &ClientHello,
     conn: &Accepted,
-) -> Result<(RouteId, &'g Route), Refused> {
+) -> Result<Arc<Route>, Refused> {
     let sni = hello.server_name.as_ref().map(|n| n.as_str());
     let listener = generation.listener_index(conn.listener.addr);
-    let Some((id, kind)) = generation.table.lookup(sni, listener) else {
+    let Some((route, kind)) = generation.lookup(sni, listener) else {
         tracing::debug!("no route");
         return Err(Refused::NoRoute);
     };
-    let route = &generation.routes[id];
     tracing::debug!(route = %route.name, matched = kind.as_str(), "routed");
-    Ok((id, route))
+    Ok(route)
 }
 
 async fn forward_hello(
@@ -659,7 +659,7 @@ struct TunnelEnd {
 /// Moves bytes until the tunnel ends, or until a drain runs out of time.
 async fn tunnel(conn: &Accepted, open: &Open) -> TunnelEnd {
     let generation = &conn.generation;
-    let route = &generation.routes[open.route_id];
+    let route = &open.route;
     let _tunnel = TunnelGauge::open(generation, route);
     let on_bytes = |dir: Direction, n: u64| match dir {
         Direction::ClientToUpstream => route.bytes_up.increment(n),

@@ -287,7 +287,9 @@ fn feeder(
             metrics.record(&now);
             if !now.synced {
                 // A new source knows nothing yet: stale beats empty.
-                now.routes = shared.discovered(source).routes;
+                let last = shared.discovered(source);
+                now.routes = last.routes;
+                now.labels = last.labels;
             } else if !synced {
                 synced = true;
                 match source {
@@ -336,6 +338,11 @@ impl Discovery {
             .as_ref()
             .map(|m| discovery::MarathonSettings {
                 resync: m.resync,
+                labels: m.labels.as_ref().map(|l| discovery::LabelSettings {
+                    group: l.group.clone(),
+                    allowed: l.server_names_allowed.clone(),
+                    marathon_lb: l.marathon_lb,
+                }),
                 ..discovery::MarathonSettings::new(source_urls(&m.urls, "Marathon"))
             });
         if let (Some((running, _)), Some(settings)) = (&self.marathon, &settings) {

@@ -54,6 +54,14 @@ td[data-field=sni] code{overflow-wrap:anywhere}
 <h2>Endpoints</h2>
 <table id="endpoints"><thead><tr><th>Route</th><th>Endpoint</th><th>Upstream</th><th>State</th><th>Active tunnels</th>
 <th>Connect failures</th><th>Last error</th></tr></thead><tbody></tbody></table>
+<div id="labels" hidden>
+<h2>Label routes <span class="muted">(from Marathon apps' labels)</span></h2>
+<table id="label-routes"><thead><tr><th>Route</th><th>App</th><th>Port</th><th>Server names</th><th>Endpoints</th>
+</tr></thead><tbody></tbody></table>
+<h2>Label refusals and conflicts</h2>
+<table id="label-issues"><thead><tr><th>Kind</th><th>App</th><th>Route</th><th>What happened</th>
+</tr></thead><tbody></tbody></table>
+</div>
 <h2>Recent refusals <span class="muted">(the last 50, newest first)</span></h2>
 <table id="refusals"><thead><tr><th>Time (UTC)</th><th>Client</th><th>Listener</th><th>Result</th><th>Alert sent</th>
 <th>Route</th><th>Server name (as sent)</th></tr></thead><tbody></tbody></table>
@@ -165,6 +173,21 @@ function render(s) {
     td('result', r.result), td('alert', r.alert), td('route', r.route || '-'),
     td('sni', r.sni == null ? el('span', {class: 'muted'}, 'no server name') : el('code', {}, r.sni)))) :
     [el('tr', {}, el('td', {colspan: 7, class: 'muted'}, 'none so far'))]);
+
+  const lb = s.discovery && s.discovery.marathon && s.discovery.marathon.labels;
+  document.getElementById('labels').hidden = !lb;
+  if (lb) {
+    fill('label-routes', lb.routes.length ? lb.routes.map(r => el('tr', {'data-route': r.name},
+      td('name', el('b', {}, r.name)), td('app', el('code', {}, r.app_id)), num('port', r.port_index),
+      td('server_names', el('code', {}, r.server_names.join(', '))),
+      td('endpoints', r.endpoints.length ? el('code', {}, r.endpoints.map(e => e.address).join(', ')) :
+        el('span', {class: 'muted'}, 'no task')))) :
+      [el('tr', {}, el('td', {colspan: 5, class: 'muted'}, 'none'))]);
+    fill('label-issues', lb.issues.length ? lb.issues.map(i => el('tr', {'data-kind': i.kind},
+      td('kind', i.kind, 'bad'), td('app', el('code', {}, i.app_id)), td('route', i.route || '-'),
+      td('message', i.message))) :
+      [el('tr', {}, el('td', {colspan: 4, class: 'muted'}, 'none'))]);
+  }
 
   fill('listeners', s.listeners.map(l => el('tr', {},
     td('address', el('code', {}, l.address)), td('default_route', l.default_route || s.default_route || '(none)'))));
