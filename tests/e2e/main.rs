@@ -14,6 +14,7 @@
 //! | [`docs`] | README's crate picture against the manifests |
 //! | [`deploy`] | everything in `deploy/` |
 //! | [`proxy_protocol`] | PROXY protocol from a front load balancer (`accept_proxy_protocol`): v1, v2, `LOCAL`, optional headers, `allow_sources`, access log and `/status` by the header's address; missing, stacked, truncated and garbage headers and headers from untrusted peers refused as `bad_proxy_header` |
+//! | [`health`] | health checks against a fake kube-apiserver (`/readyz` 200 and 503, other CAs and names: misrouted, handshake failures, timeouts, client certificates, CA rotation), outlier detection on live traffic, `sniroute check` errors |
 //! | [`marathon`] | Marathon discovery against a fake Marathon: tasks that start, die and fail health checks, a dropped event stream, 503 without a leader and a non-leader's 302, `/readyz` until the first sync |
 //!
 //! Tests take turns through [`common::light`] and [`common::heavy`]: heavy
@@ -24,6 +25,7 @@ mod admin;
 mod common;
 mod deploy;
 mod docs;
+mod health;
 mod limits;
 mod marathon;
 mod operations;

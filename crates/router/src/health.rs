@@ -77,8 +77,19 @@ fn presented_names(cert: &CertificateDer<'_>) -> Vec<String> {
         Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
             presented,
             ..
-        })) => presented,
+        })) => presented.iter().map(|n| bare_name(n)).collect(),
         _ => Vec::new(),
+    }
+}
+
+/// `api.test` from webpki's `DnsName("api.test")` (and the address from
+/// `IpAddress(..)`): the name as an operator writes it.
+fn bare_name(presented: &str) -> String {
+    match (presented.find('('), presented.rfind(')')) {
+        (Some(open), Some(close)) if open < close => {
+            presented[open + 1..close].trim_matches('"').to_owned()
+        }
+        _ => presented.to_owned(),
     }
 }
 
@@ -659,5 +670,8 @@ mod tests {
             CheckResult::Ok
         );
         assert!(printable(&"\u{1b}x".repeat(400)).ends_with('…'));
+        assert_eq!(bare_name("DnsName(\"api.test\")"), "api.test");
+        assert_eq!(bare_name("IpAddress(10.0.0.1)"), "10.0.0.1");
+        assert_eq!(bare_name("api.test"), "api.test");
     }
 }

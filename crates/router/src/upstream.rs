@@ -336,6 +336,10 @@ impl std::fmt::Display for Unavailable {
             }
             write!(f, "{addr}: {e}")?;
         }
+        for (i, (addr, state)) in self.excluded.iter().enumerate() {
+            let sep = if i == 0 { "; not tried:" } else { "," };
+            write!(f, "{sep} {addr} is {}", state.as_str())?;
+        }
         Ok(())
     }
 }
