@@ -232,7 +232,7 @@ pub(crate) struct RawRoute {
 #[derive(Debug)]
 pub(crate) enum RawHealthCheck {
     Enabled(bool),
-    Map(RawHealthCheckMap),
+    Map(Box<RawHealthCheckMap>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -330,11 +330,11 @@ impl<'de> Deserialize<'de> for RawHealthCheck {
                 Ok(RawHealthCheck::Enabled(v))
             }
             fn visit_unit<E: de::Error>(self) -> Result<RawHealthCheck, E> {
-                Ok(RawHealthCheck::Map(RawHealthCheckMap::default()))
+                Ok(RawHealthCheck::Map(Box::default()))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawHealthCheck, A::Error> {
                 RawHealthCheckMap::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawHealthCheck::Map)
+                    .map(|m| RawHealthCheck::Map(Box::new(m)))
             }
         }
         d.deserialize_any(V)

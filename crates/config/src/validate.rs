@@ -641,7 +641,7 @@ impl<'a> Checker<'a> {
             Some(RawHealthCheck::Enabled(false)) => return Ok(None),
             Some(RawHealthCheck::Map(m)) => m,
         };
-        let mut map = map;
+        let mut map = *map;
         if map.enabled == Some(false) {
             return Ok(None);
         }
