@@ -1509,6 +1509,13 @@ fn https_and_kubernetes_health_checks() {
         config.routes[0].outlier_detection,
         Some(OutlierDetection::default())
     );
+    let table = render(&config);
+    assert!(
+        table.contains(&format!(
+            "    check request:  kubernetes GET /readyz for api.a.test (CA {ca})"
+        )),
+        "{table}"
+    );
 
     // A DC/OS service defaults the name to its VIP.
     let config = Config::from_yaml_str(
@@ -1561,6 +1568,7 @@ fn https_and_kubernetes_health_checks() {
         (&format!("      kind: https\n      server_name: a.test\n      ca_file: {ca}\n      expect_status: [200, 700]\n") as &str, 10, "routes[0].health_check.expect_status[1]", "not an HTTP status"),
         ("      kind: tls\n", 7, "routes[0].health_check.kind", "unknown variant `tls`"),
         ("      kind: https\n      server_name: 10.0.0.1\n", 8, "routes[0].health_check.server_name", "invalid server name"),
+        (&format!("      kind: https\n      server_name: a.test\n      insecure_skip_verify: true\n      token_file: {token}\n") as &str, 10, "routes[0].health_check.token_file", "would send the token to any server"),
     ];
     for (hc, line, path, fragment) in bad {
         let err = Config::from_yaml_str(&route(hc), "x.yaml").unwrap_err();

@@ -843,6 +843,14 @@ impl<'a> Checker<'a> {
                     key: key.0,
                 })
             }
+            (None, None, Some(_)) if insecure_skip_verify => {
+                return Err(self.at(
+                    &path.key("token_file"),
+                    At::Key,
+                    "`token_file` with `insecure_skip_verify: true` would send the token to any server, \
+                     a misrouted one included: give `ca_file` instead",
+                ))
+            }
             (None, None, Some(token)) => {
                 let at = path.key("token_file");
                 let bytes = self.read_small_file(&token.0, &at, "token_file")?;

@@ -171,14 +171,27 @@ impl Endpoint {
         self.state.store(state.index() as u8, Ordering::Relaxed);
         self.publish();
         let (route, upstream, reason) = (&self.route, &self.label, &status.reason);
-        match state {
-            EndpointState::Unknown | EndpointState::Healthy => tracing::info!(
-                route = %route, upstream = %upstream, from = was.as_str(), state = state.as_str(),
-                "upstream is {}", state.as_str()
+        let (from, to) = (was.as_str(), state.as_str());
+        // The messages are an interface (tests and log alerts match them).
+        match (was, state) {
+            (EndpointState::Unknown, EndpointState::Healthy) => tracing::info!(
+                route = %route, upstream = %upstream, from, state = to, "upstream is healthy"
             ),
-            _ => tracing::warn!(
-                route = %route, upstream = %upstream, from = was.as_str(), state = state.as_str(),
-                reason = %reason, "upstream is {}: {reason}", state.as_str()
+            (_, EndpointState::Healthy) => tracing::info!(
+                route = %route, upstream = %upstream, from, state = to, "upstream is healthy again"
+            ),
+            (_, EndpointState::Unknown) => {}
+            (_, EndpointState::Unhealthy) => tracing::warn!(
+                route = %route, upstream = %upstream, from, state = to, reason = %reason,
+                "upstream failed its health checks; marked down"
+            ),
+            (_, EndpointState::Ejected) => tracing::warn!(
+                route = %route, upstream = %upstream, from, state = to, reason = %reason,
+                "upstream ejected by outlier detection"
+            ),
+            (_, EndpointState::Misrouted) => tracing::warn!(
+                route = %route, upstream = %upstream, from, state = to, reason = %reason,
+                "upstream is misrouted: its certificate is not the route's cluster's; it gets no traffic"
             ),
         }
     }
