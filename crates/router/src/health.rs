@@ -72,7 +72,9 @@ fn presented_names(cert: &CertificateDer<'_>) -> Vec<String> {
     let Ok(parsed) = rustls::server::ParsedCertificate::try_from(cert) else {
         return Vec::new();
     };
-    let probe = ServerName::try_from("no-such-name.sniroute.invalid").expect("valid DNS name");
+    let Ok(probe) = ServerName::try_from("no-such-name.sniroute.invalid") else {
+        return Vec::new();
+    };
     match rustls::client::verify_server_name(&parsed, &probe) {
         Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
             presented,
