@@ -519,6 +519,14 @@ fn page_in_chromium_behind_a_path_prefix() {
     assert_eq!(cell(endpoints, "alpha", "state"), "HEALTHY (not checked)");
     assert_eq!(cell(endpoints, "guarded", "state"), "HEALTHY");
     assert_eq!(cell(endpoints, "dead", "state"), "UNHEALTHY");
+    // The last check: result, latency and reason.
+    let check = cell(endpoints, "dead", "last_check");
+    assert!(
+        check.starts_with("connect_error in ") && check.contains(" ms \u{2014} connect failed:"),
+        "{check}"
+    );
+    assert!(cell(endpoints, "guarded", "last_check").starts_with("ok in "));
+    assert_eq!(cell(endpoints, "alpha", "last_check"), "-", "not checked");
 
     let refusals = table(&dom, "refusals");
     for name in [

@@ -48,6 +48,7 @@ pub use clienthello::ServerName;
 pub use duration::{format_duration, parse_duration, MAX_DURATION};
 pub use error::ConfigError;
 pub use render::render;
+pub use validate::{read_check_file, MAX_CHECK_FILE_BYTES};
 pub use values::{
     dcos_vip, Host, IpNet, NamePattern, UpstreamAddr, ValueError, DCOS_APISERVER_PORT,
     DCOS_VIP_DOMAIN,
@@ -391,6 +392,8 @@ pub struct RouteConfig {
     pub balance: Balance,
     /// Active health checks; `None` = off.
     pub health_check: Option<HealthCheck>,
+    /// Passive outlier detection; `None` = off.
+    pub outlier_detection: Option<OutlierDetection>,
     /// PROXY protocol header sent to the upstream.
     pub proxy_protocol: ProxyProtocol,
     /// Client networks allowed to use the route; empty = everyone.
@@ -476,6 +479,8 @@ impl Forwarding {
 /// Active health checks of a route's upstreams.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthCheck {
+    /// What a check does: a TCP connect (the default) or an HTTPS request.
+    pub kind: CheckKind,
     /// Time between checks of one upstream.
     pub interval: Duration,
     /// How long one check may take; never longer than `interval`.
@@ -491,10 +496,104 @@ impl Default for HealthCheck {
     /// successes.
     fn default() -> Self {
         Self {
+            kind: CheckKind::Tcp,
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(2),
             unhealthy_after: 3,
             healthy_after: 2,
+        }
+    }
+}
+
+/// What one health check does (`health_check.kind`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A TCP connect: the port accepts.
+    Tcp,
+    /// An HTTPS `GET path`: the certificate verifies (unless
+    /// `insecure_skip_verify`) and the status is one of `expect_status`.
+    Https(HttpsCheck),
+    /// A Kubernetes API server: HTTPS `GET /readyz`, healthy when the
+    /// status is one of `expect_status` and the body is `ok`.
+    Kubernetes(HttpsCheck),
+}
+
+impl CheckKind {
+    /// The name used in the config.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Https(_) => "https",
+            Self::Kubernetes(_) => "kubernetes",
+        }
+    }
+
+    /// The HTTPS settings of `https` and `kubernetes` checks.
+    pub fn https(&self) -> Option<&HttpsCheck> {
+        match self {
+            Self::Tcp => None,
+            Self::Https(h) | Self::Kubernetes(h) => Some(h),
+        }
+    }
+}
+
+/// The settings of an HTTPS (or Kubernetes) health check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpsCheck {
+    /// The request path (`/readyz` for Kubernetes checks).
+    pub path: String,
+    /// The name sent as SNI and verified in the endpoint's certificate.
+    pub server_name: ServerName,
+    /// The CA certificates (PEM) the endpoint's certificate must chain to;
+    /// read again before every round of checks, so a rotated CA applies.
+    /// `None` only with `insecure_skip_verify`.
+    pub ca_file: Option<PathBuf>,
+    /// Skip certificate verification (and so misrouting detection).
+    pub insecure_skip_verify: bool,
+    /// How the check authenticates, where anonymous requests are refused.
+    pub auth: Option<CheckAuth>,
+    /// HTTP statuses that count as passing (default `[200]`).
+    pub expect_status: Vec<u16>,
+}
+
+/// Credentials of an HTTPS health check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckAuth {
+    /// A client certificate chain and its key (PEM files).
+    ClientCertificate {
+        /// The certificate chain, PEM.
+        certificate: PathBuf,
+        /// The private key, PEM.
+        key: PathBuf,
+    },
+    /// A file holding a bearer token (`Authorization: Bearer ...`).
+    TokenFile(PathBuf),
+}
+
+/// Passive outlier detection on live traffic (`outlier_detection`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Connect failures in a row (on client connections) that eject an
+    /// endpoint (at least 2, so one failure never ejects).
+    pub consecutive_failures: u32,
+    /// The first ejection's length; it doubles with each ejection in a
+    /// row, up to [`MAX_EJECTION`].
+    pub base_ejection: Duration,
+    /// The most endpoints of a route ejected at once, in percent; one
+    /// endpoint always stays in any case.
+    pub max_ejected_percent: u32,
+}
+
+/// The longest ejection, however many in a row.
+pub const MAX_EJECTION: Duration = Duration::from_secs(300);
+
+impl Default for OutlierDetection {
+    /// 3 failures in a row, 10 s doubling, at most 50 % ejected.
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(10),
+            max_ejected_percent: 50,
         }
     }
 }

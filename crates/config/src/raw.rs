@@ -259,6 +259,8 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub(crate) health_check: Option<RawHealthCheck>,
     #[serde(default)]
+    pub(crate) outlier_detection: Option<RawOutlierDetection>,
+    #[serde(default)]
     pub(crate) proxy_protocol: Option<ProxyProtocol>,
     #[serde(default, deserialize_with = "present")]
     pub(crate) allow_sources: Option<NonEmpty<Parsed<IpNet>>>,
@@ -268,20 +270,90 @@ pub(crate) struct RawRoute {
 #[derive(Debug)]
 pub(crate) enum RawHealthCheck {
     Enabled(bool),
-    Map(RawHealthCheckMap),
+    Map(Box<RawHealthCheckMap>),
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "health check settings: a mapping with `enabled`, `interval`, `timeout`, `unhealthy_after`, `healthy_after`"
+    expecting = "health check settings: a mapping with `enabled`, `kind`, `interval`, `timeout`, `unhealthy_after`, `healthy_after` and, for https and kubernetes checks, `server_name`, `ca_file`, ..."
 )]
 pub(crate) struct RawHealthCheckMap {
     pub(crate) enabled: Option<bool>,
+    #[serde(default)]
+    pub(crate) kind: Option<RawCheckKind>,
     pub(crate) interval: Option<Parsed<NonZeroDuration>>,
     pub(crate) timeout: Option<Parsed<NonZeroDuration>>,
     pub(crate) unhealthy_after: Option<Count>,
     pub(crate) healthy_after: Option<Count>,
+    #[serde(default)]
+    pub(crate) path: Option<Parsed<HttpPath>>,
+    #[serde(default)]
+    pub(crate) server_name: Option<Parsed<CheckServerName>>,
+    #[serde(default)]
+    pub(crate) ca_file: Option<Parsed<FilePath>>,
+    #[serde(default)]
+    pub(crate) insecure_skip_verify: Option<bool>,
+    #[serde(default)]
+    pub(crate) client_certificate: Option<Parsed<FilePath>>,
+    #[serde(default)]
+    pub(crate) client_key: Option<Parsed<FilePath>>,
+    #[serde(default)]
+    pub(crate) token_file: Option<Parsed<FilePath>>,
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) expect_status: Option<NonEmpty<Count>>,
+}
+
+/// `health_check.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawCheckKind {
+    Tcp,
+    Https,
+    Kubernetes,
+}
+
+/// `outlier_detection`: `true`/`false`, or a mapping whose missing keys
+/// default.
+#[derive(Debug)]
+pub(crate) enum RawOutlierDetection {
+    Enabled(bool),
+    Map(RawOutlierMap),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "outlier detection settings: a mapping with `enabled`, `consecutive_failures`, `base_ejection`, `max_ejected_percent`"
+)]
+pub(crate) struct RawOutlierMap {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) consecutive_failures: Option<Count>,
+    pub(crate) base_ejection: Option<Parsed<NonZeroDuration>>,
+    pub(crate) max_ejected_percent: Option<Count>,
+}
+
+impl<'de> Deserialize<'de> for RawOutlierDetection {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawOutlierDetection;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`false` to turn outlier detection off, or a mapping of its settings")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawOutlierDetection, E> {
+                Ok(RawOutlierDetection::Enabled(v))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RawOutlierDetection, E> {
+                Ok(RawOutlierDetection::Map(RawOutlierMap::default()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawOutlierDetection, A::Error> {
+                RawOutlierMap::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawOutlierDetection::Map)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl<'de> Deserialize<'de> for RawHealthCheck {
@@ -296,11 +368,11 @@ impl<'de> Deserialize<'de> for RawHealthCheck {
                 Ok(RawHealthCheck::Enabled(v))
             }
             fn visit_unit<E: de::Error>(self) -> Result<RawHealthCheck, E> {
-                Ok(RawHealthCheck::Map(RawHealthCheckMap::default()))
+                Ok(RawHealthCheck::Map(Box::default()))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawHealthCheck, A::Error> {
                 RawHealthCheckMap::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawHealthCheck::Map)
+                    .map(|m| RawHealthCheck::Map(Box::new(m)))
             }
         }
         d.deserialize_any(V)
@@ -689,5 +761,52 @@ impl Scalar for DcosService {
     const EXPECTING: &'static str = "a DC/OS service path such as `dev/kubernetes01`";
     fn parse(s: &str) -> Result<Self::Output, ValueError> {
         super::values::dcos_vip(s).map(|vip| (s.to_owned(), vip))
+    }
+}
+
+/// An HTTP request path for health checks: starts with `/`, printable
+/// ASCII without spaces.
+#[derive(Debug)]
+pub(crate) struct HttpPath;
+impl Scalar for HttpPath {
+    type Output = String;
+    const EXPECTING: &'static str = "a request path such as `/healthz`";
+    fn parse(s: &str) -> Result<String, ValueError> {
+        if !s.starts_with('/') || s.len() > 1024 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ValueError::new(format!(
+                "`{}` is not a request path: it starts with `/` and holds printable ASCII without spaces",
+                s.escape_debug()
+            )));
+        }
+        Ok(s.to_owned())
+    }
+}
+
+/// The server name a health check sends and verifies.
+#[derive(Debug)]
+pub(crate) struct CheckServerName;
+impl Scalar for CheckServerName {
+    type Output = clienthello::ServerName;
+    const EXPECTING: &'static str = "a server name such as `apiserver.example.com`";
+    fn parse(s: &str) -> Result<clienthello::ServerName, ValueError> {
+        s.parse().map_err(|e| {
+            ValueError::new(format!("invalid server name `{}`: {e}", s.escape_debug()))
+        })
+    }
+}
+
+/// A file path (checked for content by `validate`).
+#[derive(Debug)]
+pub(crate) struct FilePath;
+impl Scalar for FilePath {
+    type Output = std::path::PathBuf;
+    const EXPECTING: &'static str = "a file path";
+    fn parse(s: &str) -> Result<std::path::PathBuf, ValueError> {
+        if s.is_empty() || s.contains('\0') {
+            return Err(ValueError::new(
+                "the file path is empty or holds a NUL byte",
+            ));
+        }
+        Ok(std::path::PathBuf::from(s))
     }
 }

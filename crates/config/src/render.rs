@@ -223,6 +223,29 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
             )?,
             None => writeln!(out, "    health check:   off")?,
         }
+        if let Some(https) = r.health_check.as_ref().and_then(|h| h.kind.https()) {
+            let kind = r.health_check.as_ref().map_or("", |h| h.kind.as_str());
+            let verify = match &https.ca_file {
+                Some(ca) => format!("CA {}", ca.display()),
+                None => "certificate NOT verified".to_owned(),
+            };
+            writeln!(
+                out,
+                "    check request:  {kind} GET {} for {} ({verify})",
+                https.path,
+                https.server_name.as_str()
+            )?;
+        }
+        match &r.outlier_detection {
+            Some(o) => writeln!(
+                out,
+                "    outliers:       ejected after {} connect failures in a row, for {} doubling, at most {}% at once",
+                o.consecutive_failures,
+                format_duration(o.base_ejection),
+                o.max_ejected_percent
+            )?,
+            None => writeln!(out, "    outliers:       not ejected")?,
+        }
         writeln!(out, "    proxy protocol: {}", r.proxy_protocol.as_str())?;
         if r.allow_sources.is_empty() {
             writeln!(out, "    allow sources:  everyone")?;
@@ -300,6 +323,7 @@ default_route: dev-kubernetes01
             "    upstreams:      apiserver.devkubernetes01.l4lb.thisdcos.directory:6443 (DC/OS service dev/kubernetes01)",
             "    balance:        least_connections",
             "    health check:   every 5s, timeout 2s, unhealthy after 3 failures, healthy after 2 successes",
+            "    outliers:       ejected after 3 connect failures in a row, for 10s doubling, at most 50% at once",
             "    proxy protocol: none",
             "    allow sources:  everyone",
             "  staging (default on 0.0.0.0:7443)",
@@ -308,6 +332,7 @@ default_route: dev-kubernetes01
             "    upstreams:      10.0.4.11:6443, [2001:db8::11]:6443, master.mesos:6443",
             "    balance:        round_robin",
             "    health check:   off",
+            "    outliers:       ejected after 3 connect failures in a row, for 10s doubling, at most 50% at once",
             "    proxy protocol: v2",
             "    allow sources:  10.0.0.0/8, 2001:db8::/32",
         ];

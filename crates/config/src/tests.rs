@@ -91,6 +91,7 @@ fn the_spec_example_parses_to_the_expected_values() {
                 }],
                 balance: Balance::LeastConnections,
                 health_check: Some(HealthCheck::default()),
+                outlier_detection: Some(OutlierDetection::default()),
                 proxy_protocol: ProxyProtocol::None,
                 allow_sources: vec![],
                 dcos_service: Some("dev/kubernetes01".into()),
@@ -113,11 +114,13 @@ fn the_spec_example_parses_to_the_expected_values() {
                 ],
                 balance: Balance::LeastConnections,
                 health_check: Some(HealthCheck {
+                    kind: CheckKind::Tcp,
                     interval: Duration::from_secs(5),
                     timeout: Duration::from_secs(2),
                     unhealthy_after: 3,
                     healthy_after: 2,
                 }),
+                outlier_detection: Some(OutlierDetection::default()),
                 proxy_protocol: ProxyProtocol::None,
                 allow_sources: vec![
                     "10.0.0.0/8".parse().unwrap(),
@@ -1050,7 +1053,7 @@ fn load_reads_files_and_environment_yaml_and_records_the_source() {
         err.to_string(),
         format!(
             "{}:4:5: unknown key `bogus_key`, expected one of `name`, `server_names`, `upstreams`, \
-             `dcos_service`, `marathon_app`, `mesos_tasks`, `balance`, `health_check`, `proxy_protocol`, `allow_sources` (at routes[0].bogus_key)",
+             `dcos_service`, `marathon_app`, `mesos_tasks`, `balance`, `health_check`, `outlier_detection`, `proxy_protocol`, `allow_sources` (at routes[0].bogus_key)",
             file.display()
         )
     );
@@ -1152,6 +1155,10 @@ fn the_deploy_example_loads() {
         "timeout:",
         "unhealthy_after:",
         "healthy_after:",
+        "outlier_detection:",
+        "consecutive_failures:",
+        "base_ejection:",
+        "max_ejected_percent:",
         "proxy_protocol:",
         "allow_sources:",
         "default_route:",
@@ -1691,4 +1698,144 @@ fn bad_mesos_settings_are_pointed_at() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// `health_check` with `kind: https|kubernetes`: defaults, the files it
+/// reads, and each mistake reported at its file, line and key.
+#[test]
+fn https_and_kubernetes_health_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    // The PEM reader checks the armour and base64, not the DER inside.
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nMIIBAA==\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let not_pem = dir.path().join("not-pem.txt");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "abc\n").unwrap();
+    let (ca, key, not_pem, token) = (
+        ca.display(),
+        key.display(),
+        not_pem.display(),
+        token.display(),
+    );
+    let route = |hc: &str| {
+        format!(
+            "listeners: [\"0.0.0.0:6443\"]\nroutes:\n  - name: a\n    server_names: [a.test]\n    upstreams: [\"10.0.0.1:6443\"]\n    health_check:\n{hc}"
+        )
+    };
+
+    // Kubernetes: /readyz, [200], the CA file as given.
+    let config = Config::from_yaml_str(
+        &route(&format!("      kind: kubernetes\n      server_name: api.a.test\n      ca_file: {ca}\n      client_certificate: {ca}\n      client_key: {key}\n")),
+        "x.yaml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let hc = config.routes[0].health_check.clone().unwrap();
+    let CheckKind::Kubernetes(https) = &hc.kind else {
+        panic!("{hc:?}")
+    };
+    assert_eq!(https.path, "/readyz");
+    assert_eq!(https.server_name.as_str(), "api.a.test");
+    assert_eq!(https.expect_status, [200]);
+    assert!(matches!(
+        https.auth,
+        Some(CheckAuth::ClientCertificate { .. })
+    ));
+    assert_eq!(
+        config.routes[0].outlier_detection,
+        Some(OutlierDetection::default())
+    );
+    let table = render(&config);
+    assert!(
+        table.contains(&format!(
+            "    check request:  kubernetes GET /readyz for api.a.test (CA {ca})"
+        )),
+        "{table}"
+    );
+
+    // A DC/OS service defaults the name to its VIP.
+    let config = Config::from_yaml_str(
+        &format!("listeners: [\"0.0.0.0:6443\"]\nroutes:\n  - name: a\n    server_names: [a.test]\n    dcos_service: dev/kubernetes01\n    health_check: {{kind: kubernetes, ca_file: {ca}, token_file: {token}}}\n    outlier_detection: {{consecutive_failures: 5, base_ejection: 1s, max_ejected_percent: 100}}\n"),
+        "x.yaml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let hc = config.routes[0].health_check.clone().unwrap();
+    assert_eq!(
+        hc.kind.https().unwrap().server_name.as_str(),
+        "apiserver.devkubernetes01.l4lb.thisdcos.directory"
+    );
+    assert_eq!(
+        config.routes[0].outlier_detection,
+        Some(OutlierDetection {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(1),
+            max_ejected_percent: 100
+        })
+    );
+
+    // https: path and statuses as given; insecure needs no CA.
+    let config = Config::from_yaml_str(
+        &route("      kind: https\n      path: /healthz\n      server_name: a.test\n      insecure_skip_verify: true\n      expect_status: [200, 204]\n"),
+        "x.yaml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let hc = config.routes[0].health_check.clone().unwrap();
+    let CheckKind::Https(https) = &hc.kind else {
+        panic!("{hc:?}")
+    };
+    assert_eq!(
+        (
+            https.path.as_str(),
+            https.expect_status.as_slice(),
+            https.ca_file.is_none()
+        ),
+        ("/healthz", &[200, 204][..], true)
+    );
+
+    let bad = [
+        ("      kind: kubernetes\n      ca_file: /nonexistent/ca.pem\n      server_name: a.test\n", 8, "routes[0].health_check.ca_file", "cannot read ca_file `/nonexistent/ca.pem`"),
+        (&format!("      kind: kubernetes\n      server_name: a.test\n      ca_file: {not_pem}\n") as &str, 9, "routes[0].health_check.ca_file", "holds no certificate"),
+        (&format!("      kind: kubernetes\n      ca_file: {ca}\n") as &str, 6, "routes[0].health_check", "needs `server_name`"),
+        ("      kind: https\n      server_name: a.test\n", 6, "routes[0].health_check", "needs `ca_file`"),
+        ("      server_name: a.test\n", 7, "routes[0].health_check.server_name", "this one is a TCP check"),
+        (&format!("      kind: kubernetes\n      path: /livez\n      server_name: a.test\n      ca_file: {ca}\n") as &str, 8, "routes[0].health_check.path", "always requests /readyz"),
+        (&format!("      kind: https\n      server_name: a.test\n      ca_file: {ca}\n      client_certificate: {ca}\n") as &str, 10, "routes[0].health_check.client_certificate", "needs `client_key`"),
+        (&format!("      kind: https\n      server_name: a.test\n      ca_file: {ca}\n      client_certificate: {ca}\n      client_key: {not_pem}\n") as &str, 11, "routes[0].health_check.client_key", "no usable PEM private key"),
+        (&format!("      kind: https\n      server_name: a.test\n      ca_file: {ca}\n      expect_status: [200, 700]\n") as &str, 10, "routes[0].health_check.expect_status[1]", "not an HTTP status"),
+        ("      kind: tls\n", 7, "routes[0].health_check.kind", "unknown variant `tls`"),
+        ("      kind: https\n      server_name: 10.0.0.1\n", 8, "routes[0].health_check.server_name", "invalid server name"),
+        (&format!("      kind: https\n      server_name: a.test\n      insecure_skip_verify: true\n      token_file: {token}\n") as &str, 10, "routes[0].health_check.token_file", "would send the token to any server"),
+    ];
+    for (hc, line, path, fragment) in bad {
+        let err = Config::from_yaml_str(&route(hc), "x.yaml").unwrap_err();
+        assert_eq!(
+            (err.line(), err.path(), err.message().contains(fragment)),
+            (Some(line), Some(path), true),
+            "{hc}: {err}"
+        );
+    }
+    let err = Config::from_yaml_str(
+        &format!(
+            "{}    outlier_detection: {{consecutive_failures: 1}}\n",
+            route("      interval: 1s\n")
+        ),
+        "x.yaml",
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.path(),
+        Some("routes[0].outlier_detection.consecutive_failures"),
+        "{err}"
+    );
+    assert!(err.message().contains("at least 2"), "{err}");
 }

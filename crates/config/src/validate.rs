@@ -7,13 +7,16 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::error::{ConfigError, Path};
-use super::raw::{Count, RawAdmin, RawConfig, RawHealthCheck, RawListener, RawRoute};
+use super::raw::{
+    Count, RawAdmin, RawCheckKind, RawConfig, RawHealthCheck, RawHealthCheckMap, RawListener,
+    RawOutlierDetection, RawRoute,
+};
 use super::source_map::{locate_by_libyaml, second_document_by_libyaml, At, Pos, SourceMap};
 use super::values::{NamePattern, UpstreamAddr, DCOS_APISERVER_PORT};
 use super::{
-    AcceptProxyProtocol, AdminConfig, Config, ConfigSource, HealthCheck, Host, Limits,
-    ListenerConfig, RouteConfig, Timeouts, MAX_CLIENT_HELLO_BYTES, MAX_TCP_USER_TIMEOUT,
-    MIN_CLIENT_HELLO_BYTES,
+    AcceptProxyProtocol, AdminConfig, CheckAuth, CheckKind, Config, ConfigSource, HealthCheck,
+    Host, HttpsCheck, Limits, ListenerConfig, OutlierDetection, RouteConfig, ServerName, Timeouts,
+    MAX_CLIENT_HELLO_BYTES, MAX_TCP_USER_TIMEOUT, MIN_CLIENT_HELLO_BYTES,
 };
 
 const MORE_THAN_ONE_DOCUMENT: &str =
@@ -642,7 +645,13 @@ impl<'a> Checker<'a> {
             }
         }
 
-        let health_check = self.health_check(r.health_check, &path.key("health_check"))?;
+        let health_check = self.health_check(
+            r.health_check,
+            &path.key("health_check"),
+            dcos.as_ref().map(|(_, vip)| vip),
+        )?;
+        let outlier_detection =
+            self.outlier_detection(r.outlier_detection, &path.key("outlier_detection"))?;
 
         Ok(RouteConfig {
             name: name.clone(),
@@ -650,6 +659,7 @@ impl<'a> Checker<'a> {
             upstreams,
             balance: r.balance.unwrap_or_default(),
             health_check,
+            outlier_detection,
             proxy_protocol: r.proxy_protocol.unwrap_or_default(),
             allow_sources: r
                 .allow_sources
@@ -708,18 +718,20 @@ impl<'a> Checker<'a> {
         &self,
         raw: Option<RawHealthCheck>,
         path: &Path,
+        dcos_vip: Option<&ServerName>,
     ) -> Result<Option<HealthCheck>, ConfigError> {
         let map = match raw {
             None | Some(RawHealthCheck::Enabled(true)) => return Ok(Some(HealthCheck::default())),
             Some(RawHealthCheck::Enabled(false)) => return Ok(None),
             Some(RawHealthCheck::Map(m)) => m,
         };
+        let mut map = *map;
         if map.enabled == Some(false) {
             return Ok(None);
         }
         let d = HealthCheck::default();
-        let interval = map.interval.map_or(d.interval, |v| v.0);
-        let timeout = match map.timeout {
+        let interval = map.interval.take().map_or(d.interval, |v| v.0);
+        let timeout = match map.timeout.take() {
             Some(t) if t.0 > interval => {
                 return Err(self.at(
                     &path.key("timeout"),
@@ -745,13 +757,347 @@ impl<'a> Checker<'a> {
             Some(n) => u32::try_from(n)
                 .map_err(|_| self.at(&path.key(key), At::Value, format!("{key} is too large"))),
         };
+        let unhealthy_after = count(map.unhealthy_after, d.unhealthy_after, "unhealthy_after")?;
+        let healthy_after = count(map.healthy_after, d.healthy_after, "healthy_after")?;
+        let kind = self.check_kind(map, path, dcos_vip)?;
         Ok(Some(HealthCheck {
+            kind,
             interval,
             timeout,
-            unhealthy_after: count(map.unhealthy_after, d.unhealthy_after, "unhealthy_after")?,
-            healthy_after: count(map.healthy_after, d.healthy_after, "healthy_after")?,
+            unhealthy_after,
+            healthy_after,
         }))
     }
+
+    /// The `kind` of a health check with its HTTPS settings; every file it
+    /// names is read now, so `sniroute check` reports what the router
+    /// would find.
+    fn check_kind(
+        &self,
+        map: RawHealthCheckMap,
+        path: &Path,
+        dcos_vip: Option<&ServerName>,
+    ) -> Result<CheckKind, ConfigError> {
+        let kind = map.kind.unwrap_or(RawCheckKind::Tcp);
+        if kind == RawCheckKind::Tcp {
+            let https_only = [
+                ("path", map.path.is_some()),
+                ("server_name", map.server_name.is_some()),
+                ("ca_file", map.ca_file.is_some()),
+                ("insecure_skip_verify", map.insecure_skip_verify.is_some()),
+                ("client_certificate", map.client_certificate.is_some()),
+                ("client_key", map.client_key.is_some()),
+                ("token_file", map.token_file.is_some()),
+                ("expect_status", map.expect_status.is_some()),
+            ];
+            if let Some((key, _)) = https_only.iter().find(|(_, set)| *set) {
+                return Err(self.at(
+                    &path.key(key),
+                    At::Key,
+                    format!(
+                        "`{key}` applies to `kind: https` and `kind: kubernetes` checks, but this one is a TCP check: \
+                         add `kind: kubernetes` (or `https`), or remove `{key}`"
+                    ),
+                ));
+            }
+            return Ok(CheckKind::Tcp);
+        }
+        let kind_name = if kind == RawCheckKind::Kubernetes {
+            "kubernetes"
+        } else {
+            "https"
+        };
+        let request_path = match (kind, map.path) {
+            (RawCheckKind::Kubernetes, Some(p)) if p.0 != "/readyz" => {
+                return Err(self.at(
+                    &path.key("path"),
+                    At::Value,
+                    "a `kind: kubernetes` check always requests /readyz: remove `path`, or use `kind: https`",
+                ))
+            }
+            (RawCheckKind::Kubernetes, _) => "/readyz".to_owned(),
+            (_, Some(p)) => p.0,
+            (_, None) => "/".to_owned(),
+        };
+        let server_name = match (map.server_name, dcos_vip) {
+            (Some(n), _) => n.0,
+            (None, Some(vip)) => vip.clone(),
+            (None, None) => {
+                return Err(self.at(
+                    path,
+                    At::Key,
+                    format!(
+                        "a `kind: {kind_name}` health check needs `server_name`: the name the endpoints' \
+                         certificates carry (API server certificates often lack public names, and a wrong \
+                         name would mark every endpoint misrouted); only `dcos_service` routes default it \
+                         to their VIP name"
+                    ),
+                ))
+            }
+        };
+        let insecure_skip_verify = map.insecure_skip_verify.unwrap_or(false);
+        let ca_file = match (map.ca_file, insecure_skip_verify) {
+            (Some(_), true) => {
+                return Err(self.at(
+                    &path.key("ca_file"),
+                    At::Key,
+                    "`ca_file` and `insecure_skip_verify: true` exclude each other: nothing would be verified against the CA",
+                ))
+            }
+            (None, false) => {
+                return Err(self.at(
+                    path,
+                    At::Key,
+                    format!(
+                        "a `kind: {kind_name}` health check needs `ca_file`: the CA certificate(s) the endpoints' \
+                         certificates chain to (for a DC/OS Kubernetes cluster, its CA: the `ca.crt` of the \
+                         cluster); `insecure_skip_verify: true` turns verification and misrouting detection off"
+                    ),
+                ))
+            }
+            (Some(f), false) => {
+                let at = path.key("ca_file");
+                let bytes = self.read_small_file(&f.0, &at, "ca_file")?;
+                let certs = pem_certificates(&bytes)
+                    .map_err(|e| self.at(&at, At::Value, format!("ca_file `{}`: {e}", f.0.display())))?;
+                if certs == 0 {
+                    return Err(self.at(
+                        &at,
+                        At::Value,
+                        format!(
+                            "ca_file `{}` holds no certificate: expected PEM `-----BEGIN CERTIFICATE-----` blocks",
+                            f.0.display()
+                        ),
+                    ));
+                }
+                Some(f.0)
+            }
+            (None, true) => None,
+        };
+        let auth = match (map.client_certificate, map.client_key, map.token_file) {
+            (None, None, None) => None,
+            (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+                return Err(self.at(
+                    &path.key("token_file"),
+                    At::Key,
+                    "give a client certificate (`client_certificate` and `client_key`) or `token_file`, not both",
+                ))
+            }
+            (Some(_), None, None) => {
+                return Err(self.at(
+                    &path.key("client_certificate"),
+                    At::Key,
+                    "`client_certificate` needs `client_key`, the file with its private key",
+                ))
+            }
+            (None, Some(_), None) => {
+                return Err(self.at(
+                    &path.key("client_key"),
+                    At::Key,
+                    "`client_key` needs `client_certificate`, the file with its certificate",
+                ))
+            }
+            (Some(cert), Some(key), None) => {
+                let at = path.key("client_certificate");
+                let bytes = self.read_small_file(&cert.0, &at, "client_certificate")?;
+                match pem_certificates(&bytes) {
+                    Ok(n) if n > 0 => {}
+                    Ok(_) => {
+                        return Err(self.at(
+                            &at,
+                            At::Value,
+                            format!("client_certificate `{}` holds no certificate", cert.0.display()),
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(self.at(
+                            &at,
+                            At::Value,
+                            format!("client_certificate `{}`: {e}", cert.0.display()),
+                        ))
+                    }
+                }
+                let at = path.key("client_key");
+                let bytes = self.read_small_file(&key.0, &at, "client_key")?;
+                if let Err(e) = pem_private_key(&bytes) {
+                    return Err(self.at(&at, At::Value, format!("client_key `{}`: {e}", key.0.display())));
+                }
+                Some(CheckAuth::ClientCertificate {
+                    certificate: cert.0,
+                    key: key.0,
+                })
+            }
+            (None, None, Some(_)) if insecure_skip_verify => {
+                return Err(self.at(
+                    &path.key("token_file"),
+                    At::Key,
+                    "`token_file` with `insecure_skip_verify: true` would send the token to any server, \
+                     a misrouted one included: give `ca_file` instead",
+                ))
+            }
+            (None, None, Some(token)) => {
+                let at = path.key("token_file");
+                let bytes = self.read_small_file(&token.0, &at, "token_file")?;
+                if bytes.iter().all(u8::is_ascii_whitespace) {
+                    return Err(self.at(&at, At::Value, format!("token_file `{}` is empty", token.0.display())));
+                }
+                Some(CheckAuth::TokenFile(token.0))
+            }
+        };
+        let expect_status = match map.expect_status {
+            None => vec![200],
+            Some(list) => {
+                let mut out = Vec::with_capacity(list.0.len());
+                for (i, c) in list.0.into_iter().enumerate() {
+                    match u16::try_from(c.0) {
+                        Ok(code) if (100..=599).contains(&code) => out.push(code),
+                        _ => {
+                            return Err(self.at(
+                                &path.key("expect_status").index(i),
+                                At::Value,
+                                format!("{} is not an HTTP status (100 to 599)", c.0),
+                            ))
+                        }
+                    }
+                }
+                out
+            }
+        };
+        let https = HttpsCheck {
+            path: request_path,
+            server_name,
+            ca_file,
+            insecure_skip_verify,
+            auth,
+            expect_status,
+        };
+        Ok(match kind {
+            RawCheckKind::Kubernetes => CheckKind::Kubernetes(https),
+            _ => CheckKind::Https(https),
+        })
+    }
+
+    /// Reads a file a health check needs: a regular file of at most
+    /// [`MAX_CHECK_FILE_BYTES`] (a FIFO or device would block or never end).
+    fn read_small_file(
+        &self,
+        file: &std::path::Path,
+        at: &Path,
+        key: &str,
+    ) -> Result<Vec<u8>, ConfigError> {
+        read_check_file(file).map_err(|e| {
+            self.at(
+                at,
+                At::Value,
+                format!("cannot read {key} `{}`: {e}", file.display()),
+            )
+        })
+    }
+
+    fn outlier_detection(
+        &self,
+        raw: Option<RawOutlierDetection>,
+        path: &Path,
+    ) -> Result<Option<OutlierDetection>, ConfigError> {
+        let map = match raw {
+            None | Some(RawOutlierDetection::Enabled(true)) => {
+                return Ok(Some(OutlierDetection::default()))
+            }
+            Some(RawOutlierDetection::Enabled(false)) => return Ok(None),
+            Some(RawOutlierDetection::Map(m)) => m,
+        };
+        if map.enabled == Some(false) {
+            return Ok(None);
+        }
+        let d = OutlierDetection::default();
+        let consecutive_failures = match map.consecutive_failures.map(|c| c.0) {
+            None => d.consecutive_failures,
+            Some(n) if n < 2 => {
+                return Err(self.at(
+                    &path.key("consecutive_failures"),
+                    At::Value,
+                    "consecutive_failures must be at least 2: a single failed connect never ejects an endpoint",
+                ))
+            }
+            Some(n) => u32::try_from(n).map_err(|_| {
+                self.at(
+                    &path.key("consecutive_failures"),
+                    At::Value,
+                    "consecutive_failures is too large",
+                )
+            })?,
+        };
+        let base_ejection = match map.base_ejection.map(|v| v.0) {
+            None => d.base_ejection,
+            Some(v) if v > super::MAX_EJECTION => {
+                return Err(self.at(
+                    &path.key("base_ejection"),
+                    At::Value,
+                    "base_ejection must be at most 5m, the longest ejection",
+                ))
+            }
+            Some(v) => v,
+        };
+        let max_ejected_percent = match map.max_ejected_percent.map(|c| c.0) {
+            None => d.max_ejected_percent,
+            Some(n) if n <= 100 => n as u32,
+            Some(n) => {
+                return Err(self.at(
+                    &path.key("max_ejected_percent"),
+                    At::Value,
+                    format!("max_ejected_percent is {n}: it must be between 0 and 100"),
+                ))
+            }
+        };
+        Ok(Some(OutlierDetection {
+            consecutive_failures,
+            base_ejection,
+            max_ejected_percent,
+        }))
+    }
+}
+
+/// The largest CA, certificate, key or token file a health check reads.
+pub const MAX_CHECK_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a health check's file: a regular file (after symlinks) of at most
+/// [`MAX_CHECK_FILE_BYTES`].
+///
+/// # Errors
+/// The I/O error, or why the file is refused, in words.
+pub fn read_check_file(file: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let meta = std::fs::metadata(file).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_CHECK_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_CHECK_FILE_BYTES {
+        return Err(format!("larger than {} KiB", MAX_CHECK_FILE_BYTES / 1024));
+    }
+    Ok(bytes)
+}
+
+/// How many PEM certificates `pem` holds.
+fn pem_certificates(pem: &[u8]) -> Result<usize, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut n = 0;
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+        cert.map_err(|e| format!("not valid PEM: {e}"))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Whether `pem` holds a private key.
+fn pem_private_key(pem: &[u8]) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject as _;
+    rustls_pki_types::PrivateKeyDer::from_pem_slice(pem)
+        .map(drop)
+        .map_err(|e| format!("no usable PEM private key: {e}"))
 }
 
 /// Errors that the `config` fuzz target (`fuzz/fuzz_targets/config.rs`)

@@ -30,7 +30,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
-use config::{Balance, HealthCheck, IpNet, NamePattern, ProxyProtocol};
+use config::{Balance, CheckKind, HealthCheck, HttpsCheck, IpNet, NamePattern, ProxyProtocol};
 
 use crate::apps::{App, Apps, Target};
 use crate::PortSelector;
@@ -437,10 +437,29 @@ fn port_route(
         None | Some("none") => None,
         Some("tcp") => Some(HealthCheck::default()),
         Some("kubernetes") => {
-            return Err(malformed(format!(
-                "label SNIROUTE_{n}_HEALTH_CHECK: `kubernetes` health checks are not available in this \
-                 version yet (use tcp or none)"
-            )))
+            // A label cannot name a CA file on the router's host: the
+            // check sees `/readyz` (and TLS), not misrouting.
+            let Some(NamePattern::Exact(name)) = server_names
+                .iter()
+                .find(|p| matches!(p, NamePattern::Exact(_)))
+            else {
+                return Err(malformed(format!(
+                    "label SNIROUTE_{n}_HEALTH_CHECK: `kubernetes` checks send the route's first \
+                     exact server name, and {} has only wildcards",
+                    label("SERVER_NAMES")
+                )));
+            };
+            Some(HealthCheck {
+                kind: CheckKind::Kubernetes(HttpsCheck {
+                    path: "/readyz".to_owned(),
+                    server_name: name.clone(),
+                    ca_file: None,
+                    insecure_skip_verify: true,
+                    auth: None,
+                    expect_status: vec![200],
+                }),
+                ..HealthCheck::default()
+            })
         }
         Some(other) => {
             return Err(malformed(format!(
@@ -660,6 +679,36 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_checks_send_the_first_exact_name() {
+        let s = settings(&["*.apps.example.com"]);
+        let labels = json!({"SNIROUTE_GROUP": "external",
+            "SNIROUTE_0_SERVER_NAMES": "*.k8s.apps.example.com,api.k8s.apps.example.com",
+            "SNIROUTE_0_HEALTH_CHECK": "kubernetes",
+            "SNIROUTE_1_SERVER_NAMES": "*.other.apps.example.com",
+            "SNIROUTE_1_HEALTH_CHECK": "kubernetes"});
+        let (routes, issues) = run(vec![app("/k", "2024-01-01T00:00:00.000Z", labels)], &s);
+        assert_eq!(routes.len(), 1);
+        let Some(HealthCheck {
+            kind: CheckKind::Kubernetes(https),
+            ..
+        }) = &routes[0].health_check
+        else {
+            panic!("{:?}", routes[0].health_check)
+        };
+        assert_eq!(https.server_name.as_str(), "api.k8s.apps.example.com");
+        assert_eq!(https.path, "/readyz");
+        assert!(https.insecure_skip_verify && https.ca_file.is_none());
+        // Only wildcards: no name to send, so that port's route is skipped.
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].kind, IssueKind::Malformed);
+        assert!(
+            issues[0].message.contains("has only wildcards"),
+            "{}",
+            issues[0].message
+        );
+    }
+
+    #[test]
     fn malformed_labels_skip_their_port_with_an_issue() {
         let s = settings(&["*.apps.example.com"]);
         let cases: &[(&str, &str, &str)] = &[
@@ -695,11 +744,6 @@ mod tests {
                 "SNIROUTE_0_HEALTH_CHECK",
                 "http",
                 "expected tcp, kubernetes or none",
-            ),
-            (
-                "SNIROUTE_0_HEALTH_CHECK",
-                "kubernetes",
-                "`kubernetes` health checks are not available",
             ),
             ("SNIROUTE_0_TIMEOUT", "5s", "unknown key `TIMEOUT`"),
             (

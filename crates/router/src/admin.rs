@@ -507,7 +507,14 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
                         "address": ep.addr.to_string(),
                         "upstream": ep.upstream,
                         "healthy": ep.is_healthy(),
-                        "state": if ep.is_healthy() { "healthy" } else { "unhealthy" },
+                        "state": ep.state().as_str(),
+                        "reason": ep.reason(),
+                        "last_check": ep.last_check().map(|c| json!({
+                            "time": crate::recent::rfc3339(c.time),
+                            "result": c.result.as_str(),
+                            "latency_ms": (c.latency.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
+                            "reason": c.reason,
+                        })),
                         "active_tunnels": ep.active(),
                         "connect_failures": ep.connect_failures(),
                         "last_error": ep.last_error().map(|(at, error)| json!({

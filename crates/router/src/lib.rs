@@ -18,8 +18,10 @@
 //!   handles, the routing table) and the process-wide state.
 //! - `table`: server name → route, and the one place default routes are
 //!   resolved.
-//! - `upstream`: pools of endpoints per route, DNS refresh, health checks,
-//!   balancing and the connect loop.
+//! - `upstream`: pools of endpoints per route, DNS refresh, endpoint
+//!   states (health checks, outlier detection), balancing and the connect
+//!   loop; `health`: what one active check does (TCP, or HTTPS with the
+//!   certificate verified against the route's CA to catch misrouting).
 //! - `metrics`: every metric, its label sets, and the registry that renders
 //!   `/metrics`; `admin` (behind its allow list and a connection cap that
 //!   evicts unfinished requests; its request reader in `admin_request`)
@@ -41,6 +43,7 @@ mod admin;
 mod admin_request;
 mod admission;
 mod alert;
+mod health;
 mod inspect;
 mod listener;
 mod log_limit;

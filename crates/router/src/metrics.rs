@@ -28,8 +28,8 @@
 //! Label values are bounded: `route` is a configured route name or `none`,
 //! `listener` a configured address, `upstream` a resolved endpoint; the
 //! fixed sets are the `ALL` lists of [`Outcome`], [`EndLabel`],
-//! [`AcceptError`], [`ReloadResult`], [`AdminClosed`], [`DiscoverySource`]
-//! and [`SyncResult`]. Never a raw SNI,
+//! [`AcceptError`], [`ReloadResult`], [`AdminClosed`], [`EndpointState`],
+//! [`CheckResult`], [`DiscoverySource`] and [`SyncResult`]. Never a raw SNI,
 //! client address or anything else a client controls.
 
 use std::collections::BTreeMap;
@@ -113,6 +113,32 @@ pub(crate) const UPSTREAM_HEALTHY: Family = family(
     "sniroute_upstream_healthy",
     Kind::Gauge,
     "1 when the upstream endpoint passes its health checks, else 0.",
+);
+/// State of each endpoint, 1 for the current one: `{route, upstream,
+/// state}`, see [`EndpointState`].
+pub(crate) const UPSTREAM_STATE: Family = family(
+    "sniroute_upstream_state",
+    Kind::Gauge,
+    "1 for the state the upstream endpoint is in (unknown, healthy, unhealthy, ejected, misrouted), 0 for the others.",
+);
+/// Active health checks by result: `{route, result}`, see [`CheckResult`].
+pub(crate) const UPSTREAM_CHECKS_TOTAL: Family = family(
+    "sniroute_upstream_checks_total",
+    Kind::Counter,
+    "Active health checks of upstream endpoints, by route and result.",
+);
+/// Endpoints ejected by outlier detection: `{route}`.
+pub(crate) const UPSTREAM_EJECTIONS_TOTAL: Family = family(
+    "sniroute_upstream_ejections_total",
+    Kind::Counter,
+    "Upstream endpoints ejected by outlier detection (connect failures in a row on live traffic), by route.",
+);
+/// Health check CA, certificate or token files that could not be read or
+/// used (the last good ones stay): `{route}`.
+pub(crate) const UPSTREAM_CA_READ_FAILURES_TOTAL: Family = family(
+    "sniroute_upstream_ca_read_failures_total",
+    Kind::Counter,
+    "Times a health check's ca_file (or client certificate, key or token file) could not be read or used; the last good one stays in use.",
 );
 /// Time from accept to a complete ClientHello.
 pub(crate) const CLIENT_HELLO_SECONDS: Family = family(
@@ -247,6 +273,10 @@ const FAMILIES: &[&Family] = &[
     &UPSTREAM_CONNECT_SECONDS,
     &UPSTREAM_CONNECT_FAILURES_TOTAL,
     &UPSTREAM_HEALTHY,
+    &UPSTREAM_STATE,
+    &UPSTREAM_CHECKS_TOTAL,
+    &UPSTREAM_EJECTIONS_TOTAL,
+    &UPSTREAM_CA_READ_FAILURES_TOTAL,
     &ACTIVE_TUNNELS,
     &BYTES_TOTAL,
     &TUNNEL_DURATION_SECONDS,
@@ -419,6 +449,47 @@ label_enum! {
         /// The cap reached with every connection answering (none to
         /// evict): the new connection is closed at once.
         Full => "full",
+    }
+}
+
+label_enum! {
+    /// An endpoint's state: the `state` label of [`UPSTREAM_STATE`].
+    EndpointState {
+        /// Before its first check.
+        Unknown => "unknown",
+        /// Its checks pass (or it is not checked).
+        Healthy => "healthy",
+        /// Its checks fail: tried only when nothing healthy or unknown is
+        /// left.
+        Unhealthy => "unhealthy",
+        /// Taken out by outlier detection until its ejection ends (and,
+        /// where checks run, a check passes).
+        Ejected => "ejected",
+        /// Its certificate does not verify for the check's `server_name`
+        /// against its `ca_file`: never gets traffic.
+        Misrouted => "misrouted",
+    }
+}
+
+label_enum! {
+    /// How a health check ended: the `result` label of
+    /// [`UPSTREAM_CHECKS_TOTAL`].
+    CheckResult {
+        /// Passed.
+        Ok => "ok",
+        /// An HTTP answer with a status not expected (or a Kubernetes
+        /// `/readyz` body other than `ok`).
+        HttpStatus => "http_status",
+        /// The TLS handshake or the TLS connection failed (not a
+        /// certificate mismatch).
+        TlsError => "tls_error",
+        /// The certificate does not verify against `ca_file` or is not for
+        /// `server_name`: the endpoint is misrouted.
+        CertificateMismatch => "certificate_mismatch",
+        /// The TCP connect failed.
+        ConnectError => "connect_error",
+        /// No answer within the check's timeout.
+        Timeout => "timeout",
     }
 }
 
@@ -801,7 +872,7 @@ impl DiscoveryMetrics {
 }
 
 /// Maps a label list (`ALL`) into a fixed-size array of handles.
-trait MapRef<T> {
+pub(crate) trait MapRef<T> {
     fn map_ref<U, const N: usize>(&self, f: impl FnMut(&T) -> U) -> [U; N];
 }
 

@@ -428,6 +428,7 @@ async fn open(conn: &mut Accepted, record: &mut Record) -> Result<Open, Refused>
     written.map_err(|e| {
         Refused::Unavailable(Unavailable {
             attempts: vec![(endpoint.endpoint().addr, e)],
+            excluded: Vec::new(),
         })
     })?;
     record.first_bytes = u32::try_from(buf.len()).unwrap_or(u32::MAX);

@@ -375,6 +375,7 @@ fn label_route_config(label: &LabelRoute, names: Vec<NamePattern>) -> RouteConfi
             port: MarathonPort::Index(label.port_index),
         }),
         mesos_tasks: None,
+        outlier_detection: Some(config::OutlierDetection::default()),
     }
 }
 

@@ -2,7 +2,9 @@
 //! it polls `status` every two seconds and shows, in the spirit of
 //! HAProxy's stats page, what is configured and what happened: per route
 //! the connections by result, bytes each way and rates over the last
-//! minute; per endpoint its state, connect failures and last error; the
+//! minute; per endpoint its state (unknown, healthy, unhealthy, ejected,
+//! misrouted), its last health check (result, latency, reason), connect
+//! failures and last error; the
 //! last refusals with the server name each client asked for.
 //!
 //! Two rules keep it safe and portable:
@@ -31,7 +33,8 @@ th.sub{font-weight:normal;font-size:13px}
 td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td[data-field=time],td[data-field=client],td[data-field=listener]{white-space:nowrap}
 tr.unrouted td{background:#f4f4f4;color:#444}
-.healthy{background:#d9f2d9}.unhealthy{background:#f7d4d4}
+.healthy{background:#d9f2d9}.unhealthy{background:#f7d4d4}.ejected{background:#fbe7c6}
+.misrouted{background:#e9c8f0}.unknown{background:#eee}
 .bad{color:#a00}
 .muted{color:#888;font-style:italic}
 code{font-size:13px}
@@ -52,7 +55,7 @@ td[data-field=sni] code{overflow-wrap:anywhere}
 <th class="sub">upstream&rarr;client</th></tr></thead>
 <tbody></tbody></table>
 <h2>Endpoints</h2>
-<table id="endpoints"><thead><tr><th>Route</th><th>Endpoint</th><th>Upstream</th><th>State</th><th>Active tunnels</th>
+<table id="endpoints"><thead><tr><th>Route</th><th>Endpoint</th><th>Upstream</th><th>State</th><th>Last check</th><th>Active tunnels</th>
 <th>Connect failures</th><th>Last error</th></tr></thead><tbody></tbody></table>
 <div id="labels" hidden>
 <h2>Label routes <span class="muted">(from Marathon apps' labels)</span></h2>
@@ -155,13 +158,19 @@ function render(s) {
     if (!rt.endpoints.length) {
       eps.push(el('tr', {'data-route': rt.name}, td('route', rt.name),
         td('address', el('span', {class: 'muted'}, 'not resolved yet')), td('upstream', rt.upstreams.join(', ')),
-        td('state', '-'), num('active_tunnels', 0), num('connect_failures', null), td('last_error', '-')));
+        td('state', '-'), td('last_check', '-'), num('active_tunnels', 0), num('connect_failures', null), td('last_error', '-')));
     }
     for (const ep of rt.endpoints) {
       const err = ep.last_error;
+      const c = ep.last_check;
+      const check = c ? c.result + ' in ' + c.latency_ms + ' ms' + (c.reason ? ' \u2014 ' + c.reason : '')
+        : (ep.reason || '-');
       eps.push(el('tr', {'data-route': rt.name, 'data-endpoint': ep.address}, td('route', rt.name),
         td('address', el('code', {}, ep.address)), td('upstream', el('code', {}, ep.upstream)),
-        td('state', [el('b', {}, ep.state.toUpperCase()), ...checked], ep.state), num('active_tunnels', ep.active_tunnels),
+        td('state', [el('b', {}, ep.state.toUpperCase()), ...checked], ep.state),
+        td('last_check', ep.state === 'ejected' || ep.state === 'misrouted' ? ep.reason : check,
+          c && c.result !== 'ok' ? 'bad' : ''),
+        num('active_tunnels', ep.active_tunnels),
         num('connect_failures', ep.connect_failures),
         td('last_error', err ? when(err.time) + ' \u2014 ' + err.error : '-', err ? 'bad' : '')));
     }

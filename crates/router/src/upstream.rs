@@ -1,5 +1,14 @@
-//! Upstream pools: a route's upstreams resolved into endpoints, with health
-//! state, balancing and the connect loop.
+//! Upstream pools: a route's upstreams resolved into endpoints, with their
+//! states, balancing and the connect loop.
+//!
+//! Each endpoint is in one of five states ([`EndpointState`]): `unknown`
+//! before its first check, `healthy`, `unhealthy` (its checks fail: tried
+//! only when nothing healthy or unknown is left), `ejected` (outlier
+//! detection took it out after connect failures in a row on live traffic,
+//! for an ejection that doubles each time in a row, up to 5 minutes) and
+//! `misrouted` (its certificate is not the route's cluster's: it never gets
+//! traffic). Every change is logged once and shown in
+//! `sniroute_upstream_state`; open tunnels are never cut by one.
 //!
 //! A pool outlives config generations when its route's upstream settings do
 //! not change, so health state and connection counts survive a reload.
@@ -8,14 +17,18 @@
 //! gone.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpStream;
 
-use crate::metrics::{self as m, Counter, Gauge};
-use config::{Balance, HealthCheck, Host, MarathonApp, MesosTasks, RouteConfig, UpstreamAddr};
+use crate::health::{Checker, Outcome};
+use crate::metrics::{self as m, CheckResult, Counter, EndpointState, Gauge, MapRef as _};
+use config::{
+    Balance, HealthCheck, Host, MarathonApp, MesosTasks, OutlierDetection, RouteConfig,
+    UpstreamAddr, MAX_EJECTION,
+};
 
 /// How often upstream host names are resolved again.
 pub(crate) const DNS_REFRESH: Duration = Duration::from_secs(30);
@@ -31,10 +44,18 @@ pub(crate) struct Endpoint {
     pub(crate) upstream: String,
     /// The `upstream` metric label: the address as `ip:port`.
     label: String,
-    healthy: AtomicBool,
+    /// The route's name, for logs.
+    route: String,
+    /// The [`EndpointState`] now, as its index (read on every connection
+    /// without a lock).
+    state: AtomicU8,
+    /// Everything else about the state, changed under this lock only.
+    status: Mutex<Status>,
     /// `sniroute_upstream_healthy{route, upstream}`; leaves `/metrics`
     /// with the endpoint.
     healthy_gauge: Gauge,
+    /// `sniroute_upstream_state{route, upstream, state}`, one per state.
+    state_gauges: [Gauge; EndpointState::ALL.len()],
     /// `sniroute_upstream_connect_failures_total{route, upstream}`.
     connect_failures: Counter,
     /// The last failed connect: when, and the error (for `/status`).
@@ -44,30 +65,144 @@ pub(crate) struct Endpoint {
     failures: AtomicU32,
 }
 
+/// The parts of an endpoint's state that change together.
+#[derive(Debug, Default)]
+struct Status {
+    /// Why it is in its state, in words (empty when healthy or unknown).
+    reason: String,
+    /// When its ejection ends (while ejected).
+    ejected_until: Option<tokio::time::Instant>,
+    /// Ejections since it last took a connection: each doubles the next.
+    ejections_in_a_row: u32,
+    /// Failed connects on client connections since the last success.
+    connect_failures_in_a_row: u32,
+    /// The last active check.
+    last_check: Option<LastCheck>,
+}
+
+/// The last active check of an endpoint, for `/status`.
+#[derive(Clone, Debug)]
+pub(crate) struct LastCheck {
+    /// When it ended.
+    pub(crate) time: SystemTime,
+    /// How it ended.
+    pub(crate) result: CheckResult,
+    /// How long it took.
+    pub(crate) latency: Duration,
+    /// Why it failed (empty when it passed).
+    pub(crate) reason: String,
+}
+
 impl Endpoint {
-    fn new(addr: SocketAddr, upstream: String, route: &str) -> Self {
+    /// A new endpoint: `unknown` until its first check when `checked`,
+    /// else `healthy`.
+    fn new(addr: SocketAddr, upstream: String, route: &str, checked: bool) -> Self {
         let label = addr.to_string();
         let labels = [("route", route), ("upstream", label.as_str())];
         let r = m::registry();
         let healthy_gauge = r.gauge(&m::UPSTREAM_HEALTHY, &labels);
-        healthy_gauge.set(1);
-        Self {
+        let state_gauges = EndpointState::ALL.map_ref(|s| {
+            r.gauge(
+                &m::UPSTREAM_STATE,
+                &[
+                    ("route", route),
+                    ("upstream", label.as_str()),
+                    ("state", s.as_str()),
+                ],
+            )
+        });
+        let state = if checked {
+            EndpointState::Unknown
+        } else {
+            EndpointState::Healthy
+        };
+        let ep = Self {
             addr,
             upstream,
             connect_failures: r.counter(&m::UPSTREAM_CONNECT_FAILURES_TOTAL, &labels),
             healthy_gauge,
+            state_gauges,
             last_error: Mutex::new(None),
             label,
-            healthy: AtomicBool::new(true),
+            route: route.to_owned(),
+            state: AtomicU8::new(state.index() as u8),
+            status: Mutex::new(Status::default()),
             active: AtomicUsize::new(0),
             successes: AtomicU32::new(0),
             failures: AtomicU32::new(0),
+        };
+        ep.publish();
+        ep
+    }
+
+    /// The endpoint's state now.
+    pub(crate) fn state(&self) -> EndpointState {
+        EndpointState::ALL[usize::from(self.state.load(Ordering::Relaxed))]
+    }
+
+    /// Whether the endpoint passes its health checks (true without checks,
+    /// unless ejected).
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.state() == EndpointState::Healthy
+    }
+
+    /// Why the endpoint is in its state (empty when healthy or unknown).
+    pub(crate) fn reason(&self) -> String {
+        self.lock().reason.clone()
+    }
+
+    /// The last active check.
+    pub(crate) fn last_check(&self) -> Option<LastCheck> {
+        self.lock().last_check.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Puts the endpoint in `state` for `reason`; logs the change once
+    /// (warnings for the states that take traffic away).
+    fn set_state(&self, status: &mut Status, state: EndpointState, reason: String) {
+        let was = self.state();
+        status.reason = reason;
+        if was == state {
+            return;
+        }
+        self.state.store(state.index() as u8, Ordering::Relaxed);
+        self.publish();
+        let (route, upstream, reason) = (&self.route, &self.label, &status.reason);
+        let (from, to) = (was.as_str(), state.as_str());
+        // The messages are an interface (tests and log alerts match them).
+        match (was, state) {
+            (EndpointState::Unknown, EndpointState::Healthy) => tracing::info!(
+                route = %route, upstream = %upstream, from, state = to, "upstream is healthy"
+            ),
+            (_, EndpointState::Healthy) => tracing::info!(
+                route = %route, upstream = %upstream, from, state = to, "upstream is healthy again"
+            ),
+            (_, EndpointState::Unknown) => {}
+            (_, EndpointState::Unhealthy) => tracing::warn!(
+                route = %route, upstream = %upstream, from, state = to, reason = %reason,
+                "upstream failed its health checks; marked down"
+            ),
+            (_, EndpointState::Ejected) => tracing::warn!(
+                route = %route, upstream = %upstream, from, state = to, reason = %reason,
+                "upstream ejected by outlier detection"
+            ),
+            (_, EndpointState::Misrouted) => tracing::warn!(
+                route = %route, upstream = %upstream, from, state = to, reason = %reason,
+                "upstream is misrouted: its certificate is not the route's cluster's; it gets no traffic"
+            ),
         }
     }
 
-    /// Whether the endpoint passes its health checks (true without checks).
-    pub(crate) fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+    fn publish(&self) {
+        let state = self.state();
+        self.healthy_gauge
+            .set(i64::from(state == EndpointState::Healthy));
+        for (s, g) in EndpointState::ALL.iter().zip(&self.state_gauges) {
+            g.set(i64::from(*s == state));
+        }
     }
 
     /// Tunnels open to this endpoint now.
@@ -91,6 +226,27 @@ impl Endpoint {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Ends an ejection whose time is over, where no check has to pass
+    /// first (`checked` false). Returns whether it may take connections.
+    fn usable(&self, checked: bool) -> bool {
+        match self.state() {
+            EndpointState::Misrouted => false,
+            EndpointState::Ejected => {
+                let mut status = self.lock();
+                let over = status
+                    .ejected_until
+                    .is_none_or(|until| tokio::time::Instant::now() >= until);
+                if over && !checked && self.state() == EndpointState::Ejected {
+                    status.ejected_until = None;
+                    self.set_state(&mut status, EndpointState::Healthy, String::new());
+                    return true;
+                }
+                false
+            }
+            _ => true,
+        }
     }
 }
 
@@ -118,6 +274,7 @@ pub(crate) struct PoolKey {
     upstreams: Vec<UpstreamAddr>,
     balance: Balance,
     health_check: Option<HealthCheck>,
+    outlier_detection: Option<OutlierDetection>,
     /// The Marathon app port whose tasks are the endpoints (then
     /// `upstreams` is empty and [`Pool::set_discovered`] sets them).
     marathon_app: Option<MarathonApp>,
@@ -133,6 +290,7 @@ impl PoolKey {
             upstreams: route.upstreams.clone(),
             balance: route.balance.clone(),
             health_check: route.health_check.clone(),
+            outlier_detection: route.outlier_detection.clone(),
             marathon_app: route.marathon_app.clone(),
             mesos_tasks: route.mesos_tasks.clone(),
         }
@@ -150,6 +308,16 @@ pub(crate) struct Pool {
     on_demand: tokio::sync::Mutex<Option<Instant>>,
     /// Discovered pools: how many endpoints discovery gives the route.
     discovered_count: Option<Gauge>,
+    /// The active checks (`None` without checks).
+    checker: Option<Arc<Checker>>,
+    /// `sniroute_upstream_checks_total{route, result}`, every result at 0
+    /// from the start (empty without checks).
+    checks: Vec<Counter>,
+    /// `sniroute_upstream_ejections_total{route}`.
+    ejections: Counter,
+    /// Held while deciding an ejection, so the share ejected is counted
+    /// once per decision.
+    eject_lock: Mutex<()>,
 }
 
 /// A route whose names have not resolved looks them up again for a
@@ -161,20 +329,34 @@ const ON_DEMAND_LOOKUP_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) struct Unavailable {
     /// Endpoints tried, each with its error.
     pub(crate) attempts: Vec<(SocketAddr, std::io::Error)>,
+    /// Endpoints not tried: misrouted or ejected.
+    pub(crate) excluded: Vec<(SocketAddr, EndpointState)>,
 }
 
 impl std::fmt::Display for Unavailable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.attempts.is_empty() {
+        if self.attempts.is_empty() && self.excluded.is_empty() {
             return f.write_str(
                 "no upstream endpoint (names did not resolve, or discovery found no task)",
             );
+        }
+        if self.attempts.is_empty() {
+            f.write_str("no endpoint may take connections:")?;
+            for (i, (addr, state)) in self.excluded.iter().enumerate() {
+                let sep = if i > 0 { "," } else { "" };
+                write!(f, "{sep} {addr} is {}", state.as_str())?;
+            }
+            return Ok(());
         }
         for (i, (addr, e)) in self.attempts.iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
             write!(f, "{addr}: {e}")?;
+        }
+        for (i, (addr, state)) in self.excluded.iter().enumerate() {
+            let sep = if i == 0 { "; not tried:" } else { "," };
+            write!(f, "{sep} {addr} is {}", state.as_str())?;
         }
         Ok(())
     }
@@ -210,7 +392,8 @@ async fn connect_once(addr: SocketAddr, timeout: Duration) -> std::io::Result<Tc
     })
 }
 
-fn out_of_descriptors(e: &std::io::Error) -> bool {
+/// Whether `e` says the process or the system ran out of descriptors.
+pub(crate) fn out_of_descriptors(e: &std::io::Error) -> bool {
     let code = e.raw_os_error();
     code == Some(rustix::io::Errno::MFILE.raw_os_error())
         || code == Some(rustix::io::Errno::NFILE.raw_os_error())
@@ -220,6 +403,7 @@ impl Pool {
     /// A pool for `key`; literal IP upstreams become endpoints at once, host
     /// names on the first [`Pool::refresh`]. Starts its maintenance task.
     pub(crate) fn start(key: PoolKey) -> Arc<Self> {
+        let checked = key.health_check.is_some();
         let endpoints = key
             .upstreams
             .iter()
@@ -228,24 +412,48 @@ impl Pool {
                     SocketAddr::new(*ip, u.port),
                     u.to_string(),
                     &key.route,
+                    checked,
                 ))),
                 Host::Name(_) => None,
             })
             .collect();
+        let pool = Arc::new(Self::new(key, endpoints));
+        tokio::spawn(maintain(Arc::downgrade(&pool)));
+        pool
+    }
+
+    /// The pool without its maintenance task.
+    fn new(key: PoolKey, endpoints: Vec<Arc<Endpoint>>) -> Self {
+        let r = m::registry();
+        let route = [("route", key.route.as_str())];
+        let checks = match &key.health_check {
+            None => Vec::new(),
+            Some(_) => CheckResult::ALL
+                .iter()
+                .map(|res| {
+                    r.counter(
+                        &m::UPSTREAM_CHECKS_TOTAL,
+                        &[("route", key.route.as_str()), ("result", res.as_str())],
+                    )
+                })
+                .collect(),
+        };
         let discovered = key.marathon_app.is_some() || key.mesos_tasks.is_some();
-        let discovered_count = discovered.then(|| {
-            m::registry().gauge(&m::DISCOVERY_ENDPOINTS, &[("route", key.route.as_str())])
-        });
-        let pool = Arc::new(Self {
+        let discovered_count = discovered.then(|| r.gauge(&m::DISCOVERY_ENDPOINTS, &route));
+        Self {
+            discovered_count,
+            checker: key
+                .health_check
+                .as_ref()
+                .map(|hc| Arc::new(Checker::new(&key.route, hc))),
+            checks,
+            ejections: r.counter(&m::UPSTREAM_EJECTIONS_TOTAL, &route),
+            eject_lock: Mutex::new(()),
             key,
             endpoints: RwLock::new(Arc::new(endpoints)),
             next: AtomicUsize::new(0),
             on_demand: tokio::sync::Mutex::new(None),
-            discovered_count,
-        });
-        pool.publish_health();
-        tokio::spawn(maintain(Arc::downgrade(&pool)));
-        pool
+        }
     }
 
     /// The key this pool was built for.
@@ -319,13 +527,17 @@ impl Pool {
                     .find(|ep| ep.addr == addr)
                     .cloned()
                     .unwrap_or_else(|| {
-                        Arc::new(Endpoint::new(addr, u.to_string(), &self.key.route))
+                        Arc::new(Endpoint::new(
+                            addr,
+                            u.to_string(),
+                            &self.key.route,
+                            self.health_checked(),
+                        ))
                     });
                 new.push(ep);
             }
         }
         *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
-        self.publish_health();
     }
 
     /// What the endpoints are discovered from (a `marathon_app` or
@@ -345,8 +557,8 @@ impl Pool {
     }
 
     /// Puts the discovered `addrs` in force (discovered pools only): an
-    /// endpoint still listed keeps its health state and counters, a new one
-    /// starts healthy, one no longer listed leaves the pool (its tunnels
+    /// endpoint still listed keeps its state and counters, a new one
+    /// starts unknown (healthy without checks), one no longer listed leaves the pool (its tunnels
     /// stay open, and its metric series go once the last one ends).
     pub(crate) fn set_discovered(&self, addrs: &[SocketAddr]) {
         let Some(from) = self.discovered() else {
@@ -365,37 +577,50 @@ impl Pool {
                 old.iter()
                     .find(|ep| ep.addr == addr)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(addr, from.clone(), &self.key.route)))
+                    .unwrap_or_else(|| {
+                        Arc::new(Endpoint::new(
+                            addr,
+                            from.clone(),
+                            &self.key.route,
+                            self.health_checked(),
+                        ))
+                    })
             })
             .collect();
         *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
-        self.publish_health();
     }
 
-    fn publish_health(&self) {
-        for ep in self.endpoints().iter() {
-            ep.healthy_gauge.set(i64::from(ep.is_healthy()));
-        }
-    }
-
-    /// Endpoints in the order to try them: healthy ones first, by the
-    /// route's balancing rule, then the unhealthy ones (with none healthy,
-    /// every endpoint is still tried).
-    pub(crate) fn candidates(&self) -> Vec<Arc<Endpoint>> {
+    /// Endpoints in the order to try them: healthy and unknown ones first,
+    /// by the route's balancing rule, then the unhealthy ones (with none
+    /// healthy, they are still tried). Ejected and misrouted endpoints are
+    /// left out: the second list.
+    fn candidates_and_excluded(&self) -> (Vec<Arc<Endpoint>>, Vec<Arc<Endpoint>>) {
         let all = self.endpoints();
         let n = all.len();
         if n == 0 {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut order: Vec<Arc<Endpoint>> =
-            all[start..].iter().chain(&all[..start]).cloned().collect();
+        let checked = self.health_checked();
+        let (mut order, excluded): (Vec<Arc<Endpoint>>, Vec<Arc<Endpoint>>) = all[start..]
+            .iter()
+            .chain(&all[..start])
+            .cloned()
+            .partition(|ep| ep.usable(checked));
+        let unhealthy = |ep: &Arc<Endpoint>| ep.state() == EndpointState::Unhealthy;
         match self.key.balance {
-            Balance::RoundRobin => order.sort_by_key(|ep| !ep.is_healthy()),
+            Balance::RoundRobin => order.sort_by_key(unhealthy),
             // Stable sort: among equals, the round-robin rotation decides.
-            Balance::LeastConnections => order.sort_by_key(|ep| (!ep.is_healthy(), ep.active())),
+            Balance::LeastConnections => order.sort_by_key(|ep| (unhealthy(ep), ep.active())),
         }
-        order
+        (order, excluded)
+    }
+
+    /// The endpoints that may take a connection, in the order to try them
+    /// (see [`Pool::connect`]).
+    #[cfg(test)]
+    pub(crate) fn candidates(&self) -> Vec<Arc<Endpoint>> {
+        self.candidates_and_excluded().0
     }
 
     /// Connects to the first endpoint that answers, each attempt bounded
@@ -408,14 +633,14 @@ impl Pool {
         &self,
         timeout: Duration,
     ) -> Result<(TcpStream, EndpointGuard, Duration), Unavailable> {
-        let mut candidates = self.candidates();
-        if candidates.is_empty() && self.has_names() {
+        let (mut candidates, mut excluded) = self.candidates_and_excluded();
+        if candidates.is_empty() && excluded.is_empty() && self.has_names() {
             // Names not resolved yet (first connection after start) or not
             // resolving: look up once for everyone waiting, at most once a
             // second, and never longer than the connect timeout, so a slow
             // or dead resolver cannot hold clients or be flooded.
             let _ = tokio::time::timeout(timeout, self.refresh_on_demand()).await;
-            candidates = self.candidates();
+            (candidates, excluded) = self.candidates_and_excluded();
         }
         let mut attempts = Vec::new();
         for ep in candidates.into_iter().take(MAX_CONNECT_ATTEMPTS) {
@@ -423,61 +648,182 @@ impl Pool {
             match connect_once(ep.addr, timeout).await {
                 Ok(stream) => {
                     ep.active.fetch_add(1, Ordering::Relaxed);
+                    self.connected(&ep);
                     return Ok((stream, EndpointGuard(ep), started.elapsed()));
                 }
                 Err(e) => {
                     ep.connect_failures.increment(1);
                     *ep.last_error.lock().unwrap_or_else(PoisonError::into_inner) =
                         Some((SystemTime::now(), e.to_string()));
+                    self.connect_failed(&ep, &e);
                     attempts.push((ep.addr, e));
                 }
             }
         }
-        Err(Unavailable { attempts })
+        Err(Unavailable {
+            attempts,
+            excluded: excluded.iter().map(|ep| (ep.addr, ep.state())).collect(),
+        })
     }
 
-    /// One round of active health checks: a TCP connect to every endpoint.
+    /// A client connection reached `ep`: its run of failures (and of
+    /// ejections) is over.
+    fn connected(&self, ep: &Endpoint) {
+        let mut status = ep.lock();
+        status.connect_failures_in_a_row = 0;
+        status.ejections_in_a_row = 0;
+    }
+
+    /// A client connection failed to connect to `ep`: outlier detection
+    /// ejects it after `consecutive_failures` in a row, unless that would
+    /// eject more than `max_ejected_percent` of the endpoints or leave none
+    /// that may take connections.
+    fn connect_failed(&self, ep: &Endpoint, error: &std::io::Error) {
+        let Some(od) = &self.key.outlier_detection else {
+            return;
+        };
+        if out_of_descriptors(error) {
+            return; // the router's state, not the endpoint's
+        }
+        let _decision = self
+            .eject_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut status = ep.lock();
+        status.connect_failures_in_a_row += 1;
+        let failures = status.connect_failures_in_a_row;
+        if failures < od.consecutive_failures
+            || matches!(
+                ep.state(),
+                EndpointState::Ejected | EndpointState::Misrouted
+            )
+        {
+            return;
+        }
+        // The others' states: no lock of theirs is held (ours is, but `ep`
+        // is skipped by address).
+        let all = self.endpoints();
+        let others = all.iter().filter(|o| o.addr != ep.addr);
+        let (mut ejected, mut usable) = (0usize, 0usize);
+        for o in others {
+            match o.state() {
+                EndpointState::Ejected => ejected += 1,
+                EndpointState::Misrouted => {}
+                _ => usable += 1,
+            }
+        }
+        let allowed = (ejected + 1) * 100 <= od.max_ejected_percent as usize * all.len();
+        if !allowed || usable == 0 {
+            tracing::debug!(route = %self.key.route, upstream = %ep.label, failures,
+                "not ejected: the route keeps at least one endpoint and ejects at most max_ejected_percent");
+            return;
+        }
+        let doubling = status.ejections_in_a_row.min(16);
+        let length = od
+            .base_ejection
+            .saturating_mul(1 << doubling)
+            .min(MAX_EJECTION);
+        status.ejections_in_a_row += 1;
+        let in_a_row = status.ejections_in_a_row;
+        status.connect_failures_in_a_row = 0;
+        status.ejected_until = Some(tokio::time::Instant::now() + length);
+        ep.successes.store(0, Ordering::Relaxed);
+        self.ejections.increment(1);
+        ep.set_state(
+            &mut status,
+            EndpointState::Ejected,
+            format!(
+                "ejected for {} after {failures} connect failures in a row (ejection {} in a row): {error}",
+                config::format_duration(length),
+                in_a_row
+            ),
+        );
+    }
+
+    /// One round of active health checks, every endpoint at once. The
+    /// CA and credentials of HTTPS checks are read again first.
     async fn check_health(&self, hc: &HealthCheck) {
-        let endpoints = self.endpoints();
+        let Some(checker) = &self.checker else {
+            return;
+        };
+        checker.reload();
         let mut set = tokio::task::JoinSet::new();
-        for ep in endpoints.iter().cloned() {
-            let timeout = hc.timeout;
+        for ep in self.endpoints().iter().cloned() {
+            let checker = checker.clone();
             set.spawn(async move {
-                let ok = match tokio::time::timeout(timeout, TcpStream::connect(ep.addr)).await {
-                    Ok(Ok(_)) => Some(true),
-                    // No socket for the probe: the router's state, which
-                    // says nothing about the endpoint.
-                    Ok(Err(e)) if out_of_descriptors(&e) => None,
-                    _ => Some(false),
-                };
-                (ep, ok)
+                let outcome = checker.check(ep.addr).await;
+                (ep, outcome)
             });
         }
-        while let Some(Ok((ep, ok))) = set.join_next().await {
-            let Some(ok) = ok else {
+        while let Some(Ok((ep, outcome))) = set.join_next().await {
+            let Some(outcome) = outcome else {
                 tracing::info!(route = %self.key.route, upstream = %ep.label,
                     "health check skipped: no file descriptor for the probe");
                 continue;
             };
-            let was = ep.is_healthy();
-            if ok {
+            self.apply_check(&ep, hc, outcome);
+        }
+    }
+
+    /// Moves `ep` on from one check's outcome.
+    fn apply_check(&self, ep: &Endpoint, hc: &HealthCheck, outcome: Outcome) {
+        if let Some(c) = self.checks.get(outcome.result.index()) {
+            c.increment(1);
+        }
+        let mut status = ep.lock();
+        status.last_check = Some(LastCheck {
+            time: SystemTime::now(),
+            result: outcome.result,
+            latency: outcome.latency,
+            reason: outcome.reason.clone(),
+        });
+        let state = ep.state();
+        match outcome.result {
+            CheckResult::CertificateMismatch => {
+                ep.successes.store(0, Ordering::Relaxed);
+                ep.failures.fetch_add(1, Ordering::Relaxed);
+                status.ejected_until = None;
+                ep.set_state(&mut status, EndpointState::Misrouted, outcome.reason);
+            }
+            CheckResult::Ok => {
                 ep.failures.store(0, Ordering::Relaxed);
                 let n = ep.successes.fetch_add(1, Ordering::Relaxed) + 1;
-                if !was && n >= hc.healthy_after {
-                    ep.healthy.store(true, Ordering::Relaxed);
-                    tracing::info!(route = %self.key.route, upstream = %ep.label, "upstream is healthy again");
+                let back = match state {
+                    EndpointState::Unknown => true,
+                    EndpointState::Healthy => false,
+                    EndpointState::Unhealthy | EndpointState::Misrouted => n >= hc.healthy_after,
+                    EndpointState::Ejected => status
+                        .ejected_until
+                        .is_none_or(|until| tokio::time::Instant::now() >= until),
+                };
+                if back {
+                    status.ejected_until = None;
+                    ep.set_state(&mut status, EndpointState::Healthy, String::new());
                 }
-            } else {
+            }
+            _ => {
                 ep.successes.store(0, Ordering::Relaxed);
                 let n = ep.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if was && n >= hc.unhealthy_after {
-                    ep.healthy.store(false, Ordering::Relaxed);
-                    tracing::warn!(route = %self.key.route, upstream = %ep.label,
-                        failures = n, "upstream failed its health checks; marked down");
+                match state {
+                    // The first check decides.
+                    EndpointState::Unknown => {
+                        ep.set_state(&mut status, EndpointState::Unhealthy, outcome.reason)
+                    }
+                    EndpointState::Healthy if n >= hc.unhealthy_after => ep.set_state(
+                        &mut status,
+                        EndpointState::Unhealthy,
+                        format!("{n} health checks failed in a row: {}", outcome.reason),
+                    ),
+                    EndpointState::Unhealthy => {
+                        status.reason =
+                            format!("{n} health checks failed in a row: {}", outcome.reason);
+                    }
+                    // A misrouted endpoint stays so until its certificate
+                    // verifies; an ejected one until a check passes.
+                    _ => {}
                 }
             }
         }
-        self.publish_health();
     }
 }
 
@@ -489,6 +835,10 @@ async fn maintain(pool: Weak<Pool>) {
     };
     if let Some(p) = pool.upgrade() {
         p.refresh().await;
+        // The first checks run at once: endpoints are `unknown` until then.
+        if let Some(hc) = &hc {
+            p.check_health(hc).await;
+        }
     }
     let tick = match &hc {
         Some(hc) => hc.interval,
@@ -516,12 +866,24 @@ mod tests {
 
     /// The pool key of the route in `yaml` (one route, named `r`).
     fn key(route: &str) -> PoolKey {
+        key_named("r", route)
+    }
+
+    /// The same with another route name (the route's metric series are
+    /// shared by every pool of that name alive at once).
+    fn key_named(name: &str, route: &str) -> PoolKey {
         let config = config::Config::from_yaml_str(
-            &format!("listeners: [\"127.0.0.1:0\"]\nroutes:\n  - name: r\n    server_names: [r.test]\n{route}"),
+            &format!("listeners: [\"127.0.0.1:0\"]\nroutes:\n  - name: {name}\n    server_names: [r.test]\n{route}"),
             "test.yaml",
         )
         .unwrap_or_else(|e| panic!("{e}"));
         PoolKey::of(&config.routes[0])
+    }
+
+    /// Puts `ep` in `state` (as checks or outlier detection would).
+    fn force(ep: &Endpoint, state: EndpointState) {
+        let mut status = ep.lock();
+        ep.set_state(&mut status, state, "test".into());
     }
 
     fn addrs(list: &[Arc<Endpoint>]) -> Vec<u16> {
@@ -536,7 +898,7 @@ mod tests {
         assert_eq!(addrs(&pool.candidates()), [1, 2, 3]);
         assert_eq!(addrs(&pool.candidates()), [2, 3, 1]);
         assert_eq!(addrs(&pool.candidates()), [3, 1, 2]);
-        pool.endpoints()[1].healthy.store(false, Ordering::Relaxed);
+        force(&pool.endpoints()[1], EndpointState::Unhealthy);
         assert_eq!(
             addrs(&pool.candidates()),
             [1, 3, 2],
@@ -564,7 +926,7 @@ mod tests {
         sorted.sort_unstable();
         assert_eq!(sorted, [1, 2, 3], "each is first once: {first:?}");
         // An unhealthy idle endpoint comes after a busy healthy one.
-        eps[0].healthy.store(false, Ordering::Relaxed);
+        force(&eps[0], EndpointState::Unhealthy);
         eps[1].active.store(9, Ordering::Relaxed);
         eps[2].active.store(9, Ordering::Relaxed);
         assert_eq!(pool.candidates().last().unwrap().addr.port(), 1);
@@ -626,20 +988,16 @@ mod tests {
                 "127.0.0.1:6443".parse().unwrap(),
                 upstream.to_string(),
                 "r",
+                false,
             )),
             Arc::new(Endpoint::new(
                 "127.0.0.2:6443".parse().unwrap(),
                 upstream.to_string(),
                 "r",
+                false,
             )),
         ];
-        let pool = Pool {
-            key,
-            endpoints: RwLock::new(Arc::new(known)),
-            next: AtomicUsize::new(0),
-            on_demand: tokio::sync::Mutex::new(None),
-            discovered_count: None,
-        };
+        let pool = Pool::new(key, known);
         pool.refresh().await;
         let mut kept: Vec<String> = pool
             .endpoints()
@@ -650,13 +1008,7 @@ mod tests {
         assert_eq!(kept, ["127.0.0.1:6443", "127.0.0.2:6443"]);
 
         // Without any known address a connect fails at once, naming why.
-        let empty = Pool {
-            key: pool.key.clone(),
-            endpoints: RwLock::new(Arc::new(Vec::new())),
-            next: AtomicUsize::new(0),
-            on_demand: tokio::sync::Mutex::new(None),
-            discovered_count: None,
-        };
+        let empty = Pool::new(pool.key.clone(), Vec::new());
         let err = empty.connect(Duration::from_secs(1)).await.unwrap_err();
         assert!(err.attempts.is_empty());
         assert!(err.to_string().contains("did not resolve"), "{err}");
@@ -680,7 +1032,7 @@ mod tests {
         let first = pool.endpoints();
         assert_eq!(addrs(&first), [1, 2]);
         assert_eq!(first[0].upstream, "Marathon app /web, port index 0");
-        first[1].healthy.store(false, Ordering::Relaxed);
+        force(&first[1], EndpointState::Unhealthy);
         first[1].active.store(2, Ordering::Relaxed);
         pool.set_discovered(&[b, c]);
         let second = pool.endpoints();
@@ -699,5 +1051,219 @@ mod tests {
         ));
         fixed.set_discovered(&[a]);
         assert_eq!(addrs(&fixed.endpoints()), [9]);
+    }
+
+    /// A port on loopback that refuses connections (bound, then closed).
+    fn refusing_port() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    fn state_of(pool: &Pool, addr: SocketAddr) -> EndpointState {
+        pool.endpoints()
+            .iter()
+            .find(|ep| ep.addr == addr)
+            .unwrap()
+            .state()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_check_runs_at_once_and_decides() {
+        let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (up_addr, down) = (up.local_addr().unwrap(), refusing_port());
+        let pool = Pool::start(key_named(
+            "first-check",
+            &format!("    upstreams: [\"{up_addr}\", \"{down}\"]\n    health_check: {{interval: 5s, timeout: 1s}}\n"),
+        ));
+        assert!(pool
+            .endpoints()
+            .iter()
+            .all(|ep| ep.state() == EndpointState::Unknown));
+        settle().await;
+        assert_eq!(state_of(&pool, up_addr), EndpointState::Healthy);
+        assert_eq!(state_of(&pool, down), EndpointState::Unhealthy);
+        let check = pool.endpoints()[1].last_check().unwrap();
+        assert_eq!(check.result, CheckResult::ConnectError);
+        assert!(check.reason.contains("refused"), "{}", check.reason);
+        assert_eq!(pool.checks[CheckResult::Ok.index()].get(), 1);
+        assert_eq!(pool.checks[CheckResult::ConnectError.index()].get(), 1);
+    }
+
+    /// Connects through the pool `n` times, each bounded by 1 s.
+    async fn connect_n(pool: &Pool, n: usize) -> usize {
+        let mut ok = 0;
+        for _ in 0..n {
+            if pool.connect(Duration::from_secs(1)).await.is_ok() {
+                ok += 1;
+            }
+        }
+        ok
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_failures_in_a_row_eject_and_ejections_double() {
+        let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (up_addr, down) = (up.local_addr().unwrap(), refusing_port());
+        // Round robin, checks off: every other connection tries `down` first.
+        let pool = Pool::start(key_named(
+            "doubling",
+            &format!("    upstreams: [\"{down}\", \"{up_addr}\"]\n    balance: round_robin\n    health_check: false\n"),
+        ));
+        let ep = pool.endpoints()[0].clone();
+        // Two failures: not yet (and one failure never ejects).
+        while ep.connect_failures() < 2 {
+            assert_eq!(connect_n(&pool, 1).await, 1, "the other endpoint takes it");
+        }
+        assert_eq!(ep.state(), EndpointState::Healthy);
+        while ep.connect_failures() < 3 {
+            connect_n(&pool, 1).await;
+        }
+        assert_eq!(ep.state(), EndpointState::Ejected);
+        assert_eq!(pool.ejections.get(), 1);
+        assert!(ep.reason().contains("ejected for 10s"), "{}", ep.reason());
+        // While ejected it gets no connection attempt.
+        connect_n(&pool, 6).await;
+        assert_eq!(ep.connect_failures(), 3);
+        // The ejection ends after 10 s (no checks: nothing else to pass).
+        tokio::time::advance(Duration::from_millis(9_900)).await;
+        connect_n(&pool, 1).await;
+        assert_eq!(ep.state(), EndpointState::Ejected);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        let (candidates, _) = pool.candidates_and_excluded();
+        assert_eq!(candidates.len(), 2, "back after 10 s");
+        assert_eq!(ep.state(), EndpointState::Healthy);
+        // Still refusing: ejected again, now for 20 s, then 40 s.
+        for (n, secs) in [(2u64, 20u64), (3, 40)] {
+            while ep.state() != EndpointState::Ejected {
+                connect_n(&pool, 1).await;
+            }
+            assert_eq!(pool.ejections.get(), n);
+            assert!(
+                ep.reason().contains(&format!("ejected for {secs}s")),
+                "{}",
+                ep.reason()
+            );
+            tokio::time::advance(Duration::from_secs(secs) - Duration::from_millis(100)).await;
+            let _ = pool.candidates_and_excluded();
+            assert_eq!(
+                ep.state(),
+                EndpointState::Ejected,
+                "still out just before {secs}s"
+            );
+            tokio::time::advance(Duration::from_millis(200)).await;
+            let _ = pool.candidates_and_excluded();
+            assert_eq!(ep.state(), EndpointState::Healthy);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejections_stay_within_the_limits() {
+        // Every endpoint refuses: at most 50 % ejected, one always stays.
+        let ports: Vec<SocketAddr> = (0..4).map(|_| refusing_port()).collect();
+        let list: Vec<String> = ports.iter().map(|a| format!("\"{a}\"")).collect();
+        let pool = Pool::start(key_named(
+            "limits",
+            &format!(
+                "    upstreams: [{}]\n    health_check: false\n",
+                list.join(", ")
+            ),
+        ));
+        assert_eq!(connect_n(&pool, 40).await, 0);
+        let ejected = |pool: &Pool| {
+            pool.endpoints()
+                .iter()
+                .filter(|ep| ep.state() == EndpointState::Ejected)
+                .count()
+        };
+        assert_eq!(ejected(&pool), 2, "50 % of 4");
+        assert_eq!(pool.ejections.get(), 2);
+        // A single endpoint is never ejected, whatever it does.
+        let alone = Pool::start(key(&format!(
+            "    upstreams: [\"{}\"]\n    health_check: false\n    outlier_detection: {{max_ejected_percent: 100}}\n",
+            ports[0]
+        )));
+        assert_eq!(connect_n(&alone, 10).await, 0);
+        assert_eq!(ejected(&alone), 0);
+        // 100 %: all but one.
+        let all = Pool::start(key(&format!(
+            "    upstreams: [{}]\n    health_check: false\n    outlier_detection: {{max_ejected_percent: 100}}\n",
+            list.join(", ")
+        )));
+        assert_eq!(connect_n(&all, 40).await, 0);
+        assert_eq!(ejected(&all), 3);
+        // Off: never.
+        let off = Pool::start(key(&format!(
+            "    upstreams: [{}]\n    health_check: false\n    outlier_detection: false\n",
+            list.join(", ")
+        )));
+        assert_eq!(connect_n(&off, 40).await, 0);
+        assert_eq!(ejected(&off), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_between_failures_keeps_a_healthy_endpoint_in() {
+        let flaky = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = flaky.local_addr().unwrap();
+        let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let pool = Pool::start(key_named(
+            "flaky",
+            &format!(
+                "    upstreams: [\"{addr}\", \"{}\"]\n    balance: round_robin\n    health_check: false\n",
+                up.local_addr().unwrap()
+            ),
+        ));
+        let ep = pool.endpoints()[0].clone();
+        drop(flaky);
+        for round in 0..3 {
+            // Two failures, then a success: never three in a row.
+            let before = ep.connect_failures();
+            while ep.connect_failures() < before + 2 {
+                connect_n(&pool, 1).await;
+            }
+            let back = std::net::TcpListener::bind(addr).unwrap();
+            loop {
+                match pool.connect(Duration::from_secs(1)).await {
+                    Ok((_, guard, _)) if Arc::ptr_eq(guard.endpoint(), &ep) => break,
+                    _ => {}
+                }
+            }
+            drop(back);
+            assert_eq!(ep.state(), EndpointState::Healthy, "round {round}");
+        }
+        assert_eq!(pool.ejections.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_checks_an_ejected_endpoint_returns_on_a_passing_check() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let pool = Pool::start(key(&format!(
+            "    upstreams: [\"{addr}\", \"{}\"]\n    balance: round_robin\n    health_check: {{interval: 5s, timeout: 1s}}\n",
+            up.local_addr().unwrap()
+        )));
+        settle().await;
+        let ep = pool.endpoints()[0].clone();
+        assert_eq!(ep.state(), EndpointState::Healthy);
+        drop(listener);
+        while ep.state() != EndpointState::Ejected {
+            connect_n(&pool, 1).await;
+        }
+        // The port accepts again, but checks within the ejection do not
+        // end it, and its end alone does not either: a check must pass.
+        let _back = std::net::TcpListener::bind(addr).unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        settle().await;
+        assert_eq!(
+            ep.state(),
+            EndpointState::Ejected,
+            "a check within the 10 s"
+        );
+        tokio::time::advance(Duration::from_millis(5_100)).await;
+        let _ = pool.candidates_and_excluded();
+        assert_eq!(ep.state(), EndpointState::Ejected, "over, but no check yet");
+        tokio::time::advance(Duration::from_millis(4_900)).await;
+        settle().await;
+        assert_eq!(ep.state(), EndpointState::Healthy, "the next check passed");
     }
 }
