@@ -7,9 +7,10 @@
 //! - `POST /api/v1` `{"type":"GET_STATE"}` (`Content-Type` and `Accept`
 //!   `application/json`): `{"type":"GET_STATE","get_state":{...}}` with
 //!   `get_tasks`, `get_frameworks`, `get_agents` and `get_executors`;
-//! - `POST /api/v1` `{"type":"SUBSCRIBE"}` (`Accept: application/recordio`,
-//!   `Message-Accept: application/json`): a chunked
-//!   `application/recordio` stream of JSON events, `SUBSCRIBED` first
+//! - `POST /api/v1` `{"type":"SUBSCRIBE"}` (`Accept: application/json`; the
+//!   master answers 406 when `Accept` allows neither JSON nor protobuf, as
+//!   `Master::Http::api` does): a chunked `application/json` response of
+//!   RecordIO-framed JSON events (docs/operator-http-api.md), `SUBSCRIBED` first
 //!   (the state and `heartbeat_interval_seconds`), then `TASK_ADDED`,
 //!   `TASK_UPDATED`, ... and a `HEARTBEAT` every interval. Every record is
 //!   written in two chunks cut inside it, so records arrive split;
@@ -182,6 +183,17 @@ impl FakeMesos {
     /// Replaces the tasks without any event (what a lost stream misses).
     fn set_tasks_silently(&self, tasks: Vec<Value>) {
         self.state.lock().unwrap().tasks = tasks;
+    }
+
+    /// Writes the first half of an event's record to every stream, then
+    /// closes them (a master that dies mid-write).
+    fn cut_streams_mid_event(&self, event: &Value) {
+        let record = recordio(event);
+        let half = &record[..record.len() / 2];
+        for mut stream in self.state.lock().unwrap().streams.drain(..) {
+            let _ = write_split(&mut stream, half);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     fn set_garbage(&self, garbage: bool) {
@@ -361,9 +373,16 @@ fn serve(mut stream: TcpStream, state: &Arc<Mutex<State>>) {
         }
         "SUBSCRIBE" => {
             s.subscribe_requests += 1;
-            assert_eq!(header("accept"), "application/recordio", "{headers:?}");
-            assert_eq!(header("message-accept"), "application/json", "{headers:?}");
-            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/recordio\r\nMessage-Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+            if !header("accept").contains("application/json") {
+                drop(s);
+                return respond(
+                    &mut stream,
+                    "406 Not Acceptable",
+                    "",
+                    "Expecting 'Accept' to allow 'application/x-protobuf' or 'application/json'",
+                );
+            }
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
             if stream.write_all(head.as_bytes()).is_err() {
                 return;
             }
@@ -628,6 +647,35 @@ fn a_stream_without_heartbeats_is_replaced_from_the_full_state() {
             && l["reason"].as_str().is_some_and(|r| r.contains("stalled"))
     });
     assert_eq!(reached(&router, 4), names(&["b"]));
+}
+
+#[test]
+fn a_stream_cut_inside_an_event_is_replaced_from_the_full_state() {
+    let _turn = crate::common::light();
+    let (a, b) = (
+        Upstream::start("a", Behaviour::Greet),
+        Upstream::start("b", Behaviour::Greet),
+    );
+    let mesos = FakeMesos::leader(vec![k8s_task(0, &a)]);
+    let router = Router::start(&config(&[mesos.url()], K8S_ROUTE));
+    wait_endpoints(&router, &[a.addr]);
+    wait(
+        || mesos.open_streams() == 1,
+        || "the router subscribed".into(),
+    );
+    // Task 1 is launched, but its TASK_ADDED is cut in half with the stream.
+    mesos.set_tasks_silently(vec![k8s_task(0, &a), k8s_task(1, &b)]);
+    mesos.cut_streams_mid_event(
+        &json!({"type": "TASK_ADDED", "task_added": {"task": k8s_task(1, &b)}}),
+    );
+    wait_endpoints(&router, &[a.addr, b.addr]);
+    let m = &status(&router)["discovery"]["mesos"];
+    assert!(m["stream_reconnects"].as_u64().unwrap() >= 1, "{m}");
+    assert_eq!(
+        m["sync_failures"], 0,
+        "a cut stream is no malformed JSON: {m}"
+    );
+    assert_eq!(reached(&router, 8), names(&["a", "b"]));
 }
 
 #[test]
