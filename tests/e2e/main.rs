@@ -14,7 +14,7 @@
 //! | [`docs`] | README's crate picture against the manifests |
 //! | [`deploy`] | everything in `deploy/` |
 //! | [`proxy_protocol`] | PROXY protocol from a front load balancer (`accept_proxy_protocol`): v1, v2, `LOCAL`, optional headers, `allow_sources`, access log and `/status` by the header's address; missing, stacked, truncated and garbage headers and headers from untrusted peers refused as `bad_proxy_header` |
-//! | [`mesos`] | Mesos discovery against a fake Mesos master (operator API: GET_STATE, the SUBSCRIBE RecordIO stream): tasks added, killed, moved and flipping health, a non-leader's 307 after a dead first URL, a stream without heartbeats, malformed JSON, `/readyz` until the first sync, and the seed scenario: kubectl to a `kube-control-plane` task through sniroute with mTLS |
+//! | [`mesos`] | Mesos discovery against a fake Mesos master (operator API: GET_STATE, the SUBSCRIBE RecordIO stream): tasks added, killed, moved and flipping health, a non-leader's 307 after a dead first URL, a stream without heartbeats, a stream cut inside an event, resyncs, malformed JSON, `/readyz` until the first sync, and the seed scenario: kubectl to a `kube-control-plane` task through sniroute with mTLS |
 //! | [`marathon`] | Marathon discovery against a fake Marathon: tasks that start, die and fail health checks, a dropped event stream, 503 without a leader and a non-leader's 302, `/readyz` until the first sync |
 //!
 //! Tests take turns through [`common::light`] and [`common::heavy`]: heavy

@@ -679,6 +679,37 @@ fn a_stream_cut_inside_an_event_is_replaced_from_the_full_state() {
 }
 
 #[test]
+fn every_resync_subscribes_again_from_the_full_state() {
+    let _turn = crate::common::light();
+    let (a, b) = (
+        Upstream::start("a", Behaviour::Greet),
+        Upstream::start("b", Behaviour::Greet),
+    );
+    let mesos = FakeMesos::leader(vec![k8s_task(0, &a)]);
+    let yaml = config(&[mesos.url()], K8S_ROUTE)
+        .replace("  mesos:\n    urls:", "  mesos:\n    resync: 1s\n    urls:");
+    assert!(yaml.contains("resync: 1s"), "{yaml}");
+    let router = Router::start(&yaml);
+    wait_endpoints(&router, &[a.addr]);
+    // A change no event tells of: the next resync finds it.
+    mesos.set_tasks_silently(vec![k8s_task(1, &b)]);
+    wait_endpoints(&router, &[b.addr]);
+    wait(
+        || {
+            let (states, subscribes, _, _) = mesos.counts();
+            states >= 3 && subscribes >= 3
+        },
+        || format!("not resynced: {:?}", mesos.counts()),
+    );
+    let m = &status(&router)["discovery"]["mesos"];
+    assert_eq!(m["sync_failures"], 0, "{m}");
+    assert!(
+        m["syncs"].as_u64().unwrap() >= 5,
+        "each GET_STATE and SUBSCRIBED counts (the last SUBSCRIBED may not be read yet): {m}"
+    );
+}
+
+#[test]
 fn malformed_json_keeps_the_last_good_endpoints() {
     let _turn = crate::common::light();
     let a = Upstream::start("a", Behaviour::Greet);
