@@ -7,9 +7,10 @@
 //! - `POST /api/v1` `{"type":"GET_STATE"}` (`Content-Type` and `Accept`
 //!   `application/json`): `{"type":"GET_STATE","get_state":{...}}` with
 //!   `get_tasks`, `get_frameworks`, `get_agents` and `get_executors`;
-//! - `POST /api/v1` `{"type":"SUBSCRIBE"}` (`Accept: application/recordio`,
-//!   `Message-Accept: application/json`): a chunked
-//!   `application/recordio` stream of JSON events, `SUBSCRIBED` first
+//! - `POST /api/v1` `{"type":"SUBSCRIBE"}` (`Accept: application/json`; the
+//!   master answers 406 when `Accept` allows neither JSON nor protobuf, as
+//!   `Master::Http::api` does): a chunked `application/json` response of
+//!   RecordIO-framed JSON events (docs/operator-http-api.md), `SUBSCRIBED` first
 //!   (the state and `heartbeat_interval_seconds`), then `TASK_ADDED`,
 //!   `TASK_UPDATED`, ... and a `HEARTBEAT` every interval. Every record is
 //!   written in two chunks cut inside it, so records arrive split;
@@ -36,7 +37,7 @@ use clienthello::synth::HelloBuilder;
 
 /// The heartbeat interval the fake announces and keeps (the router's
 /// stall timeout is three of them).
-const HEARTBEAT: Duration = Duration::from_millis(200);
+const HEARTBEAT: Duration = Duration::from_millis(400);
 const FRAMEWORK: &str = "dev/kubernetes01";
 
 /// How a fake master answers.
@@ -182,6 +183,17 @@ impl FakeMesos {
     /// Replaces the tasks without any event (what a lost stream misses).
     fn set_tasks_silently(&self, tasks: Vec<Value>) {
         self.state.lock().unwrap().tasks = tasks;
+    }
+
+    /// Writes the first half of an event's record to every stream, then
+    /// closes them (a master that dies mid-write).
+    fn cut_streams_mid_event(&self, event: &Value) {
+        let record = recordio(event);
+        let half = &record[..record.len() / 2];
+        for mut stream in self.state.lock().unwrap().streams.drain(..) {
+            let _ = write_split(&mut stream, half);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     fn set_garbage(&self, garbage: bool) {
@@ -361,9 +373,16 @@ fn serve(mut stream: TcpStream, state: &Arc<Mutex<State>>) {
         }
         "SUBSCRIBE" => {
             s.subscribe_requests += 1;
-            assert_eq!(header("accept"), "application/recordio", "{headers:?}");
-            assert_eq!(header("message-accept"), "application/json", "{headers:?}");
-            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/recordio\r\nMessage-Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+            if !header("accept").contains("application/json") {
+                drop(s);
+                return respond(
+                    &mut stream,
+                    "406 Not Acceptable",
+                    "",
+                    "Expecting 'Accept' to allow 'application/x-protobuf' or 'application/json'",
+                );
+            }
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
             if stream.write_all(head.as_bytes()).is_err() {
                 return;
             }
@@ -549,7 +568,6 @@ fn tasks_are_added_killed_moved_and_flip_health() {
     assert_eq!(reached(&router, 4), names(&["c"]));
     let m = &status(&router)["discovery"]["mesos"];
     assert_eq!(m["synced"], true, "{m}");
-    assert_eq!(m["stream_reconnects"], 0, "{m}");
     assert_eq!(m["sync_failures"], 0, "{m}");
 }
 
@@ -569,15 +587,19 @@ fn a_307_from_a_non_leader_is_followed_after_the_first_url_fails() {
         K8S_ROUTE,
     ));
     wait_endpoints(&router, &[a.addr]);
+    // The full sync comes first; then the stream opens on the leader.
+    wait(
+        || leader.open_streams() == 1,
+        || "the router subscribed at the leader".into(),
+    );
     let (_, _, redirects, _) = follower.counts();
     assert!(redirects >= 2, "GET_STATE and SUBSCRIBE were redirected");
     let (syncs, subscribes, _, _) = leader.counts();
     assert!(syncs >= 1 && subscribes >= 1, "{syncs} {subscribes}");
-    let m = &status(&router)["discovery"]["mesos"];
-    assert_eq!(
-        m["following"],
-        format!("{}/api/v1", leader.url()),
-        "the stream is the leader's: {m}"
+    let want = format!("{}/api/v1", leader.url());
+    wait(
+        || status(&router)["discovery"]["mesos"]["following"] == want.as_str(),
+        || format!("the stream is not the leader's: {}", status(&router)),
     );
     // Events come through the leader's stream.
     let b = Upstream::start("b", Behaviour::Greet);
@@ -614,7 +636,10 @@ fn a_stream_without_heartbeats_is_replaced_from_the_full_state() {
     mesos.set_tasks_silently(vec![k8s_task(1, &b)]);
     wait_endpoints(&router, &[b.addr]);
     mesos.heartbeats.store(true, Ordering::SeqCst);
-    assert!(mesos.counts().1 > subscribes, "subscribed again");
+    wait(
+        || mesos.counts().1 > subscribes,
+        || "never subscribed again".into(),
+    );
     let m = &status(&router)["discovery"]["mesos"];
     assert!(m["stream_reconnects"].as_u64().unwrap() >= 1, "{m}");
     router.wait_log(Duration::from_secs(5), |l| {
@@ -622,6 +647,66 @@ fn a_stream_without_heartbeats_is_replaced_from_the_full_state() {
             && l["reason"].as_str().is_some_and(|r| r.contains("stalled"))
     });
     assert_eq!(reached(&router, 4), names(&["b"]));
+}
+
+#[test]
+fn a_stream_cut_inside_an_event_is_replaced_from_the_full_state() {
+    let _turn = crate::common::light();
+    let (a, b) = (
+        Upstream::start("a", Behaviour::Greet),
+        Upstream::start("b", Behaviour::Greet),
+    );
+    let mesos = FakeMesos::leader(vec![k8s_task(0, &a)]);
+    let router = Router::start(&config(&[mesos.url()], K8S_ROUTE));
+    wait_endpoints(&router, &[a.addr]);
+    wait(
+        || mesos.open_streams() == 1,
+        || "the router subscribed".into(),
+    );
+    // Task 1 is launched, but its TASK_ADDED is cut in half with the stream.
+    mesos.set_tasks_silently(vec![k8s_task(0, &a), k8s_task(1, &b)]);
+    mesos.cut_streams_mid_event(
+        &json!({"type": "TASK_ADDED", "task_added": {"task": k8s_task(1, &b)}}),
+    );
+    wait_endpoints(&router, &[a.addr, b.addr]);
+    let m = &status(&router)["discovery"]["mesos"];
+    assert!(m["stream_reconnects"].as_u64().unwrap() >= 1, "{m}");
+    assert_eq!(
+        m["sync_failures"], 0,
+        "a cut stream is no malformed JSON: {m}"
+    );
+    assert_eq!(reached(&router, 8), names(&["a", "b"]));
+}
+
+#[test]
+fn every_resync_subscribes_again_from_the_full_state() {
+    let _turn = crate::common::light();
+    let (a, b) = (
+        Upstream::start("a", Behaviour::Greet),
+        Upstream::start("b", Behaviour::Greet),
+    );
+    let mesos = FakeMesos::leader(vec![k8s_task(0, &a)]);
+    let yaml = config(&[mesos.url()], K8S_ROUTE)
+        .replace("  mesos:\n    urls:", "  mesos:\n    resync: 1s\n    urls:");
+    assert!(yaml.contains("resync: 1s"), "{yaml}");
+    let router = Router::start(&yaml);
+    wait_endpoints(&router, &[a.addr]);
+    // A change no event tells of: the next resync finds it.
+    mesos.set_tasks_silently(vec![k8s_task(1, &b)]);
+    wait_endpoints(&router, &[b.addr]);
+    wait(
+        || {
+            let (states, subscribes, _, _) = mesos.counts();
+            states >= 3 && subscribes >= 3
+        },
+        || format!("not resynced: {:?}", mesos.counts()),
+    );
+    let m = &status(&router)["discovery"]["mesos"];
+    assert_eq!(m["sync_failures"], 0, "{m}");
+    assert!(
+        m["syncs"].as_u64().unwrap() >= 5,
+        "each GET_STATE and SUBSCRIBED counts (the last SUBSCRIBED may not be read yet): {m}"
+    );
 }
 
 #[test]

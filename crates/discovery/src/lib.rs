@@ -34,8 +34,9 @@
 //!   multi-line `data:`, records split anywhere);
 //! - `http`: a small HTTP/1.1 client.
 //!
-//! Why a hand-written HTTP client rather than hyper: discovery needs one
-//! verb (`GET`), one request per connection, plain `http://` (Marathon on
+//! Why a hand-written HTTP client rather than hyper: discovery needs two
+//! verbs (`GET`, and `POST` with a small body for Mesos' operator API), one
+//! request per connection, plain `http://` (Marathon on
 //! DC/OS is `http://marathon.mesos:8080`), and a body read either whole or
 //! as it arrives (Content-Length, chunked, or to the close). That is about
 //! 300 lines with the chunked decoder, each part unit-tested, with every
@@ -45,8 +46,8 @@
 //! a TLS client is needed anyway, and moving to hyper on rustls is then
 //! the better trade.
 //!
-//! Stale is better than empty: a sync that fails (Marathon unreachable, an
-//! error status, JSON that does not parse) keeps the last good endpoints
+//! Stale is better than empty: a sync that fails (the source unreachable,
+//! an error status, JSON that does not parse) keeps the last good endpoints
 //! and is recorded in [`Discovered::last_error`] and the counters.
 
 mod apps;
@@ -95,8 +96,8 @@ pub enum PortSelector {
 /// What a source knows now.
 #[derive(Clone, Debug, Default)]
 pub struct Discovered {
-    /// Per route name, the endpoints (sorted; empty when the app has no
-    /// task that counts, or is absent).
+    /// Per route name, the endpoints (sorted; empty when no task counts,
+    /// or the app or framework is absent).
     pub routes: Arc<HashMap<String, Vec<SocketAddr>>>,
     /// The label-driven routes with their endpoints, and what was refused
     /// (empty without label settings).

@@ -4,8 +4,10 @@
 //!    following redirects (a non-leading master answers 307 with a
 //!    scheme-relative `Location`, `//host:5050/api/v1`). It replaces the
 //!    task table and publishes the endpoints.
-//! 2. `POST /api/v1` `{"type":"SUBSCRIBE"}` (`Accept: application/recordio`,
-//!    `Message-Accept: application/json`): a RecordIO stream of JSON events.
+//! 2. `POST /api/v1` `{"type":"SUBSCRIBE"}` (`Accept: application/json`:
+//!    the master answers 406 to anything that does not allow JSON or
+//!    protobuf, `Message-Accept` is for the agent's streaming calls only):
+//!    a chunked stream of RecordIO-framed JSON events.
 //!    Its first event, `SUBSCRIBED`, carries the full state again (the
 //!    snapshot the events that follow apply to) and the heartbeat interval.
 //! 3. Apply the events as they come; publish when endpoints change.
@@ -184,14 +186,7 @@ impl Worker {
     async fn session(&mut self, url: &Url, backoff: &mut Backoff) -> Result<End, String> {
         self.sync(url).await?;
         let (stream, at) = self
-            .call(
-                url,
-                "SUBSCRIBE",
-                &[
-                    ("Accept", "application/recordio"),
-                    ("Message-Accept", "application/json"),
-                ],
-            )
+            .call(url, "SUBSCRIBE", &[("Accept", "application/json")])
             .await?;
         tracing::info!(mesos = %url, events = %at, "following the Mesos master's event stream");
         self.update(|d| d.following = Some(at.clone()));

@@ -42,15 +42,16 @@ use crate::TaskSelector;
 const MAX_STATUSES: usize = 4;
 
 /// States after which a task never runs again: it leaves the table.
+/// `TASK_LOST`, `TASK_UNREACHABLE` and `TASK_GONE_BY_OPERATOR` are not
+/// among them: `mesos.proto` says such a task may come back to
+/// `TASK_RUNNING` when its agent reregisters (it does not count meanwhile).
 const TERMINAL: &[&str] = &[
     "TASK_FINISHED",
     "TASK_FAILED",
     "TASK_KILLED",
     "TASK_ERROR",
-    "TASK_LOST",
     "TASK_DROPPED",
     "TASK_GONE",
-    "TASK_GONE_BY_OPERATOR",
 ];
 
 /// `null` reads as the default.
