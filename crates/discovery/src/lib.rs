@@ -37,18 +37,21 @@
 //! and is recorded in [`Discovered::last_error`] and the counters.
 
 mod apps;
+mod auth;
 mod http;
 mod marathon;
 mod sse;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-pub use http::Url;
+pub use auth::AuthSettings;
+pub use http::{Scheme, Url};
 
 /// One route's app port.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -106,6 +109,12 @@ pub struct MarathonSettings {
     pub stall_timeout: Duration,
     /// Bound on one request: connect and head, and a whole app list.
     pub request_timeout: Duration,
+    /// PEM file of the CA certificates trusted for `https://` URLs (and
+    /// the login URL); only they are trusted, not the system's roots.
+    /// Read when the source starts.
+    pub ca_file: Option<PathBuf>,
+    /// Credentials sent with each request.
+    pub auth: Option<AuthSettings>,
 }
 
 impl MarathonSettings {
@@ -116,6 +125,8 @@ impl MarathonSettings {
             resync: Duration::from_secs(300),
             stall_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(30),
+            ca_file: None,
+            auth: None,
         }
     }
 }
