@@ -49,19 +49,51 @@ pub(crate) struct RawDiscovery {
     pub(crate) marathon: Option<RawMarathon>,
 }
 
-/// `discovery.marathon`. `auth`, `ca_file` and the label keys are not
-/// implemented yet, so they are unknown keys (errors), never ignored.
+/// `discovery.marathon`. The label keys are not implemented yet, so they
+/// are unknown keys (errors), never ignored.
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "Marathon settings: a mapping with `urls` and optionally `resync` and `required`"
+    expecting = "Marathon settings: a mapping with `urls` and optionally `auth`, `ca_file`, `resync` and `required`"
 )]
 pub(crate) struct RawMarathon {
     pub(crate) urls: NonEmpty<Parsed<MarathonUrl>>,
     #[serde(default)]
+    pub(crate) auth: Option<RawDiscoveryAuth>,
+    #[serde(default)]
+    pub(crate) ca_file: Option<String>,
+    #[serde(default)]
     pub(crate) resync: Option<Parsed<NonZeroDuration>>,
     #[serde(default)]
     pub(crate) required: Option<bool>,
+}
+
+/// A discovery source's `auth` (the same for every source: Marathon and
+/// Mesos both sit behind DC/OS's Admin Router): exactly one of
+/// `token_file` and `service_account`, checked in `validate`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "DC/OS credentials: a mapping with `token_file` or `service_account`"
+)]
+pub(crate) struct RawDiscoveryAuth {
+    #[serde(default)]
+    pub(crate) token_file: Option<String>,
+    #[serde(default)]
+    pub(crate) service_account: Option<RawServiceAccount>,
+}
+
+/// `auth.service_account`: a DC/OS service account that logs in with its
+/// private key.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a DC/OS service account: a mapping with `uid`, `private_key_file` and `login_url`"
+)]
+pub(crate) struct RawServiceAccount {
+    pub(crate) uid: String,
+    pub(crate) private_key_file: String,
+    pub(crate) login_url: Parsed<LoginUrl>,
 }
 
 /// A route's `marathon_app`.
@@ -462,56 +494,73 @@ impl Scalar for IpNet {
     }
 }
 
-/// A Marathon URL: plain `http://host[:port][/prefix]` (https is not
-/// implemented yet: refused, never half-working).
+/// An `http[s]://host[:port][/path]` URL without user, query or fragment.
+fn parse_http_url(s: &str, example: &str) -> Result<String, ValueError> {
+    let bad = |why: &str| Err(ValueError::new(format!("`{s}`: {why}")));
+    let Some(rest) = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+    else {
+        return bad(&format!("expected an http or https URL such as `{example}`"));
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if authority.contains(['@', '?', '#']) || path.contains(['?', '#']) {
+        return bad("a discovery URL has no user, query or fragment");
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, after)) if h.parse::<std::net::Ipv6Addr>().is_ok() => {
+                (h, after.strip_prefix(':'))
+            }
+            _ => return bad("not a valid IPv6 address in brackets"),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+    {
+        return bad("the host is missing or not a valid name");
+    }
+    if let Some(p) = port {
+        if !matches!(p.parse::<u16>(), Ok(n) if n > 0) {
+            return bad(&format!("`{p}` is not a port"));
+        }
+    }
+    if !path
+        .chars()
+        .all(|c| c.is_ascii_graphic() && !matches!(c, '%' | '"' | '<' | '>' | '\\'))
+    {
+        return bad("the path may hold plain characters only");
+    }
+    Ok(s.to_owned())
+}
+
+/// A Marathon URL: `http[s]://host[:port][/prefix]` (https needs the
+/// source's `ca_file`, checked in `validate`).
 #[derive(Debug)]
 pub(crate) struct MarathonUrl;
 impl Scalar for MarathonUrl {
     type Output = String;
     const EXPECTING: &'static str = "a Marathon URL such as `http://marathon.mesos:8080`";
     fn parse(s: &str) -> Result<String, ValueError> {
-        let bad = |why: &str| Err(ValueError::new(format!("`{s}`: {why}")));
-        if s.starts_with("https://") {
-            return bad("https is not supported yet; use Marathon's plain http URL, such as `http://marathon.mesos:8080`");
-        }
-        let Some(rest) = s.strip_prefix("http://") else {
-            return bad("expected an http URL such as `http://marathon.mesos:8080`");
-        };
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        if authority.contains(['@', '?', '#']) || path.contains(['?', '#']) {
-            return bad("a Marathon URL has no user, query or fragment");
-        }
-        let (host, port) = match authority.strip_prefix('[') {
-            Some(v6) => match v6.split_once(']') {
-                Some((h, after)) if h.parse::<std::net::Ipv6Addr>().is_ok() => {
-                    (h, after.strip_prefix(':'))
-                }
-                _ => return bad("not a valid IPv6 address in brackets"),
-            },
-            None => match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            },
-        };
-        if host.is_empty()
-            || !host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
-        {
-            return bad("the host is missing or not a valid name");
-        }
-        if let Some(p) = port {
-            if !matches!(p.parse::<u16>(), Ok(n) if n > 0) {
-                return bad(&format!("`{p}` is not a port"));
-            }
-        }
-        if !path
-            .chars()
-            .all(|c| c.is_ascii_graphic() && !matches!(c, '%' | '"' | '<' | '>' | '\\'))
-        {
-            return bad("the path may hold plain characters only");
-        }
-        Ok(s.to_owned())
+        parse_http_url(s, "http://marathon.mesos:8080")
+    }
+}
+
+/// A DC/OS login URL (`https://leader.mesos/acs/api/v1/auth/login`).
+#[derive(Debug)]
+pub(crate) struct LoginUrl;
+impl Scalar for LoginUrl {
+    type Output = String;
+    const EXPECTING: &'static str =
+        "a DC/OS login URL such as `https://leader.mesos/acs/api/v1/auth/login`";
+    fn parse(s: &str) -> Result<String, ValueError> {
+        parse_http_url(s, "https://leader.mesos/acs/api/v1/auth/login")
     }
 }
 

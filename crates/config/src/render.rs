@@ -98,6 +98,24 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
                 "not required: ready before the first sync"
             }
         )?;
+        if let Some(ca) = &m.ca_file {
+            writeln!(out, "  ca_file: {} (the only CA trusted for https)", ca.display())?;
+        }
+        match &m.auth {
+            None => {}
+            Some(crate::DiscoveryAuth::TokenFile(f)) => {
+                writeln!(out, "  auth: token from {} (read on each request)", f.display())?;
+            }
+            Some(crate::DiscoveryAuth::ServiceAccount {
+                uid,
+                private_key_file,
+                login_url,
+            }) => writeln!(
+                out,
+                "  auth: service account `{uid}`, key {}, login at {login_url}",
+                private_key_file.display()
+            )?,
+        }
     }
     writeln!(
         out,

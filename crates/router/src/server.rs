@@ -289,8 +289,30 @@ impl Discovery {
                     }
                 })
                 .collect();
+            let auth = m.auth.as_ref().and_then(|a| match a {
+                config::DiscoveryAuth::TokenFile(f) => {
+                    Some(discovery::AuthSettings::TokenFile(f.clone()))
+                }
+                config::DiscoveryAuth::ServiceAccount {
+                    uid,
+                    private_key_file,
+                    login_url,
+                } => match discovery::Url::parse(login_url) {
+                    Ok(login_url) => Some(discovery::AuthSettings::ServiceAccount {
+                        uid: uid.clone(),
+                        private_key_file: private_key_file.clone(),
+                        login_url,
+                    }),
+                    Err(e) => {
+                        tracing::error!(url = %login_url, error = %e, "DC/OS login URL left out");
+                        None
+                    }
+                },
+            });
             discovery::MarathonSettings {
                 resync: m.resync,
+                ca_file: m.ca_file.clone(),
+                auth,
                 ..discovery::MarathonSettings::new(urls)
             }
         });
