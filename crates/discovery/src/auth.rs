@@ -270,8 +270,17 @@ fn token_lifetime(token: &str) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    use std::collections::HashSet;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use crate::http::ClientSettings;
 
     fn unsigned(claims: &str) -> String {
         let key = jsonwebtoken::EncodingKey::from_secret(b"k");
@@ -283,9 +292,18 @@ mod tests {
     fn lifetimes_come_from_exp_or_the_dcos_default() {
         let in_an_hour = unsigned(&format!("{{\"uid\":\"u\",\"exp\":{}}}", unix_now() + 3600));
         let got = token_lifetime(&in_an_hour);
-        assert!(got > Duration::from_secs(3590) && got <= Duration::from_secs(3600), "{got:?}");
-        assert_eq!(token_lifetime(&unsigned("{\"uid\":\"u\",\"exp\":5}")), Duration::ZERO);
-        assert_eq!(token_lifetime(&unsigned("{\"uid\":\"u\"}")), DEFAULT_TOKEN_LIFETIME);
+        assert!(
+            got > Duration::from_secs(3590) && got <= Duration::from_secs(3600),
+            "{got:?}"
+        );
+        assert_eq!(
+            token_lifetime(&unsigned("{\"uid\":\"u\",\"exp\":5}")),
+            Duration::ZERO
+        );
+        assert_eq!(
+            token_lifetime(&unsigned("{\"uid\":\"u\"}")),
+            DEFAULT_TOKEN_LIFETIME
+        );
         assert_eq!(token_lifetime("opaque-token"), DEFAULT_TOKEN_LIFETIME);
     }
 
@@ -295,5 +313,327 @@ mod tests {
         assert!(check_token("", "t").is_err());
         assert!(check_token("a b", "t").is_err());
         assert!(check_token("a\r\nX-Evil: 1", "t").is_err());
+    }
+
+    /// An RSA key pair made with `openssl genpkey` in `dir`: the private
+    /// key's path and the public key in PEM.
+    pub(crate) fn rsa_keypair(dir: &std::path::Path, name: &str) -> (PathBuf, String) {
+        let key = dir.join(format!("{name}.pem"));
+        let public = dir.join(format!("{name}.pub.pem"));
+        let ok = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+            .arg(&key)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+            && std::process::Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&public)
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "openssl could not make an RSA key");
+        (key, std::fs::read_to_string(public).unwrap())
+    }
+
+    /// What the fake DC/OS has seen and accepts.
+    #[derive(Debug, Default)]
+    struct DcosState {
+        /// Tokens the API accepts (issued by logins, or set by the test
+        /// for token files).
+        valid: HashSet<String>,
+        logins: usize,
+        refused_logins: usize,
+        /// API requests answered 401.
+        unauthorized: usize,
+        /// The `Authorization` headers of API requests.
+        seen: Vec<Option<String>>,
+    }
+
+    /// Stands for DC/OS's IAM login (`POST /acs/api/v1/auth/login`, as
+    /// its documentation describes service-account logins) and for a
+    /// Marathon API behind Admin Router that answers 401 without a valid
+    /// `Authorization: token=...`.
+    ///
+    /// The login checks the JWT's RS256 signature with the account's
+    /// public key, its `uid` (the same as the body's) and its `exp` (in
+    /// the future, at most 10 minutes away), and issues tokens valid for
+    /// `ttl` seconds.
+    struct FakeDcos {
+        addr: SocketAddr,
+        state: Arc<Mutex<DcosState>>,
+    }
+
+    impl FakeDcos {
+        async fn start(uid: &'static str, public_pem: String, ttl: u64) -> FakeDcos {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let state = Arc::new(Mutex::new(DcosState::default()));
+            let shared = state.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((conn, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let state = shared.clone();
+                    let public_pem = public_pem.clone();
+                    tokio::spawn(async move {
+                        let _ = serve(conn, &state, uid, &public_pem, ttl).await;
+                    });
+                }
+            });
+            FakeDcos { addr, state }
+        }
+
+        fn url(&self, path: &str) -> Url {
+            Url::parse(&format!("http://{}{path}", self.addr)).unwrap()
+        }
+
+        fn with<T>(&self, f: impl FnOnce(&mut DcosState) -> T) -> T {
+            f(&mut self.state.lock().unwrap())
+        }
+    }
+
+    async fn serve(
+        mut conn: TcpStream,
+        state: &Mutex<DcosState>,
+        uid: &str,
+        public_pem: &str,
+        ttl: u64,
+    ) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            let n = conn.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+        };
+        let len: usize = header("content-length").map_or(0, |v| v.parse().unwrap());
+        let mut body = buf[head_end + 4..].to_vec();
+        while body.len() < len {
+            let n = conn.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        let (status, answer) = if head.starts_with("POST /acs/api/v1/auth/login ") {
+            match check_login(&body, uid, public_pem) {
+                Ok(()) => {
+                    let token = jsonwebtoken::encode(
+                        &jsonwebtoken::Header::default(),
+                        &serde_json::json!({"uid": uid, "exp": unix_now() + ttl}),
+                        &jsonwebtoken::EncodingKey::from_secret(b"iam secret"),
+                    )
+                    .unwrap();
+                    let mut s = state.lock().unwrap();
+                    s.logins += 1;
+                    s.valid.insert(token.clone());
+                    ("200 OK", serde_json::json!({ "token": token }).to_string())
+                }
+                Err(why) => {
+                    state.lock().unwrap().refused_logins += 1;
+                    (
+                        "401 Unauthorized",
+                        serde_json::json!({"title": "Invalid authentication credentials", "description": why, "code": "ERR_INVALID_CREDENTIALS"}).to_string(),
+                    )
+                }
+            }
+        } else {
+            let auth = header("authorization");
+            let mut s = state.lock().unwrap();
+            s.seen.push(auth.clone());
+            let ok = auth
+                .as_deref()
+                .and_then(|a| a.strip_prefix("token="))
+                .is_some_and(|t| s.valid.contains(t) && !expired(t));
+            if ok {
+                ("200 OK", "{\"apps\":[]}".to_owned())
+            } else {
+                s.unauthorized += 1;
+                ("401 Unauthorized", "{\"message\":\"unauthorized\"}".to_owned())
+            }
+        };
+        let reply = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+            answer.len()
+        );
+        conn.write_all(reply.as_bytes()).await?;
+        conn.shutdown().await
+    }
+
+    /// An issued token (a JWT) past its `exp`; tokens set by the test
+    /// (token files) do not expire.
+    fn expired(token: &str) -> bool {
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        v.leeway = 0;
+        v.required_spec_claims.clear();
+        let decoded = jsonwebtoken::decode::<serde_json::Value>(
+            token,
+            &jsonwebtoken::DecodingKey::from_secret(b"iam secret"),
+            &v,
+        );
+        matches!(decoded, Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::ExpiredSignature)
+    }
+
+    fn check_login(body: &[u8], uid: &str, public_pem: &str) -> Result<(), String> {
+        #[derive(serde::Deserialize)]
+        struct Login {
+            uid: String,
+            token: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Claims {
+            uid: String,
+            exp: u64,
+        }
+        let login: Login = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(public_pem.as_bytes()).unwrap();
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        v.required_spec_claims = ["exp".to_owned()].into();
+        v.leeway = 0;
+        let claims = jsonwebtoken::decode::<Claims>(&login.token, &key, &v)
+            .map_err(|e| format!("login token: {e}"))?
+            .claims;
+        if claims.uid != login.uid || login.uid != uid {
+            return Err(format!("unknown uid {}", login.uid));
+        }
+        if claims.exp > unix_now() + 600 {
+            return Err("the login token lives too long".to_owned());
+        }
+        Ok(())
+    }
+
+    fn client(auth: AuthSettings) -> Client {
+        Client::new(&ClientSettings {
+            ca_file: None,
+            auth: Some(auth),
+            request_timeout: Duration::from_secs(5),
+        })
+        .unwrap()
+    }
+
+    async fn get(client: &Client, dcos: &FakeDcos) -> Result<u16, String> {
+        let url = dcos.url("/marathon");
+        let resp = client
+            .open(Method::Get, &url, "/v2/apps", &[], None)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(resp.status)
+    }
+
+    #[tokio::test]
+    async fn a_token_file_is_read_again_on_each_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let dcos = FakeDcos::start("u", String::new(), 60).await;
+        let file = dir.path().join("token");
+        std::fs::write(&file, "first-token\n").unwrap();
+        dcos.with(|s| s.valid.insert("first-token".into()));
+        let client = client(AuthSettings::TokenFile(file.clone()));
+        assert_eq!(get(&client, &dcos).await, Ok(200));
+        // Rotated on disk: the old one is revoked, the new one works at once.
+        std::fs::write(&file, "  second-token  \n").unwrap();
+        dcos.with(|s| {
+            s.valid.clear();
+            s.valid.insert("second-token".into())
+        });
+        assert_eq!(get(&client, &dcos).await, Ok(200));
+        let seen = dcos.with(|s| s.seen.clone());
+        assert_eq!(
+            seen,
+            [
+                Some("token=first-token".to_owned()),
+                Some("token=second-token".to_owned())
+            ]
+        );
+        // A token file that went away is a clear error, not a request
+        // without credentials.
+        std::fs::remove_file(&file).unwrap();
+        let e = get(&client, &dcos).await.unwrap_err();
+        assert!(e.contains("authentication: token_file") && e.contains("No such file"), "{e}");
+        std::fs::write(&file, "two\nlines").unwrap();
+        let e = get(&client, &dcos).await.unwrap_err();
+        assert!(e.contains("visible ASCII"), "{e}");
+        assert_eq!(dcos.with(|s| s.seen.len()), 2);
+    }
+
+    #[tokio::test]
+    async fn a_service_account_logs_in_and_refreshes_before_expiry_and_after_a_401() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, public) = rsa_keypair(dir.path(), "sa");
+        // Tokens valid for 2 s: the client logs in again after about 1 s.
+        let dcos = FakeDcos::start("sniroute", public, 2).await;
+        let client = client(AuthSettings::ServiceAccount {
+            uid: "sniroute".into(),
+            private_key_file: key,
+            login_url: dcos.url("/acs/api/v1/auth/login"),
+        });
+        assert_eq!(get(&client, &dcos).await, Ok(200));
+        assert_eq!(get(&client, &dcos).await, Ok(200));
+        assert_eq!(dcos.with(|s| s.logins), 1, "the token is reused");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while dcos.with(|s| s.logins) < 2 {
+            assert!(Instant::now() < deadline, "no refresh before expiry");
+            assert_eq!(get(&client, &dcos).await, Ok(200));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            dcos.with(|s| s.unauthorized),
+            0,
+            "refreshed before it expired"
+        );
+        // Revoked (IAM restarted, say): a 401, a login, one retry.
+        dcos.with(|s| s.valid.clear());
+        let logins = dcos.with(|s| s.logins);
+        assert_eq!(get(&client, &dcos).await, Ok(200));
+        assert_eq!(
+            dcos.with(|s| (s.logins, s.unauthorized)),
+            (logins + 1, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, public) = rsa_keypair(dir.path(), "right");
+        let (wrong, _) = rsa_keypair(dir.path(), "wrong");
+        let dcos = FakeDcos::start("sniroute", public, 60).await;
+        let login_url = dcos.url("/acs/api/v1/auth/login");
+        let c = client(AuthSettings::ServiceAccount {
+            uid: "sniroute".into(),
+            private_key_file: wrong,
+            login_url: login_url.clone(),
+        });
+        let e = get(&c, &dcos).await.unwrap_err();
+        assert!(
+            e.contains("login at http://") && e.contains("as `sniroute`") && e.contains("refused with 401"),
+            "{e}"
+        );
+        assert_eq!(dcos.with(|s| (s.refused_logins, s.seen.len())), (1, 0));
+        // Not a key at all.
+        let not_key = dir.path().join("not-a-key.pem");
+        std::fs::write(&not_key, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+        let c = client(AuthSettings::ServiceAccount {
+            uid: "sniroute".into(),
+            private_key_file: not_key,
+            login_url,
+        });
+        let e = get(&c, &dcos).await.unwrap_err();
+        assert!(e.contains("not an RSA private key in PEM"), "{e}");
     }
 }

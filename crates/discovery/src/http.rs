@@ -655,4 +655,95 @@ mod tests {
         assert!(e.contains("no response head within"), "{e}");
         drop(listener);
     }
+
+    /// An https server on loopback with a certificate for 127.0.0.1 from
+    /// `ca`: answers one request `200 secure`, or fails the handshake.
+    async fn https_server(ca: &demo::Ca) -> (SocketAddr, tokio::task::JoinHandle<bool>) {
+        let identity = ca.server_identity(&["127.0.0.1", "localhost"]);
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(identity.cert_chain(), identity.private_key())
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(mut s) = acceptor.accept(tcp).await else {
+                return false;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecure")
+                .await
+                .unwrap();
+            s.shutdown().await.ok();
+            true
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn https_trusts_the_ca_file_and_only_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = demo::Ca::new("DC/OS test CA");
+        let ca_file = dir.path().join("dcos-ca.crt");
+        let other = dir.path().join("other-ca.crt");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        std::fs::write(&other, demo::Ca::new("another CA").cert_pem()).unwrap();
+        let client = |ca_file: Option<&std::path::Path>| {
+            Client::new(&ClientSettings {
+                ca_file: ca_file.map(Into::into),
+                auth: None,
+                request_timeout: Duration::from_secs(5),
+            })
+            .unwrap()
+        };
+
+        let (addr, server) = https_server(&ca).await;
+        let url = Url::parse(&format!("https://{addr}")).unwrap();
+        let resp = client(Some(&ca_file))
+            .open(Method::Get, &url, "/v2/apps", &[], None)
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body(100).await.unwrap(), b"secure");
+        assert!(server.await.unwrap());
+
+        for trusted in [Some(other.as_path()), None] {
+            let (addr, server) = https_server(&ca).await;
+            let url = Url::parse(&format!("https://{addr}")).unwrap();
+            let e = client(trusted)
+                .open(Method::Get, &url, "/v2/apps", &[], None)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("certificate") || e.contains("UnknownIssuer"), "{e}");
+            assert!(!server.await.unwrap());
+        }
+    }
+
+    #[test]
+    fn ca_files_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.crt");
+        std::fs::write(&empty, "no PEM here\n").unwrap();
+        let e = Client::new(&ClientSettings {
+            ca_file: Some(empty),
+            auth: None,
+            request_timeout: Duration::from_secs(1),
+        })
+        .unwrap_err();
+        assert!(e.contains("no `BEGIN CERTIFICATE` block"), "{e}");
+        let e = read_ca_file(&dir.path().join("missing.crt")).unwrap_err();
+        assert!(e.contains("missing.crt") && e.contains("No such file"), "{e}");
+    }
 }
