@@ -14,6 +14,7 @@
 //! | [`docs`] | README's crate picture against the manifests |
 //! | [`deploy`] | everything in `deploy/` |
 //! | [`proxy_protocol`] | PROXY protocol from a front load balancer (`accept_proxy_protocol`): v1, v2, `LOCAL`, optional headers, `allow_sources`, access log and `/status` by the header's address; missing, stacked, truncated and garbage headers and headers from untrusted peers refused as `bad_proxy_header` |
+//! | [`discovery_auth`] | Marathon discovery behind DC/OS authentication: a token file rotated on disk, a service-account login over https (`ca_file`) refreshed before expiry and after a 401, a wrong key counted with the last endpoints kept |
 //! | [`marathon`] | Marathon discovery against a fake Marathon: tasks that start, die and fail health checks, a dropped event stream, 503 without a leader and a non-leader's 302, `/readyz` until the first sync |
 //!
 //! Tests take turns through [`common::light`] and [`common::heavy`]: heavy
@@ -23,6 +24,7 @@
 mod admin;
 mod common;
 mod deploy;
+mod discovery_auth;
 mod docs;
 mod limits;
 mod marathon;
