@@ -274,7 +274,14 @@ fn rsa_keypair(dir: &Path, name: &str) -> (PathBuf, String) {
     let key = dir.join(format!("{name}.pem"));
     let public = dir.join(format!("{name}.pub.pem"));
     let ok = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
         .arg(&key)
         .stderr(std::process::Stdio::null())
         .status()
@@ -353,7 +360,14 @@ fn ports(router: &Router) -> BTreeSet<u16> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["address"].as_str().unwrap().parse::<SocketAddr>().unwrap().port())
+        .map(|e| {
+            e["address"]
+                .as_str()
+                .unwrap()
+                .parse::<SocketAddr>()
+                .unwrap()
+                .port()
+        })
         .collect()
 }
 
@@ -375,13 +389,12 @@ fn wait_ports(router: &Router, want: &[u16]) {
 fn admin_router_tls(dir: &Path) -> (Arc<rustls::ServerConfig>, PathBuf) {
     let ca = demo::Ca::new("DC/OS test cluster CA");
     let identity = ca.server_identity(&["127.0.0.1"]);
-    let config =
-        rustls::ServerConfig::builder_with_provider(Arc::new(demo::crypto_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(identity.cert_chain(), identity.private_key())
-            .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(demo::crypto_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(identity.cert_chain(), identity.private_key())
+        .unwrap();
     let ca_file = dir.join("dcos-ca.crt");
     std::fs::write(&ca_file, ca.cert_pem()).unwrap();
     (Arc::new(config), ca_file)

@@ -501,7 +501,9 @@ fn parse_http_url(s: &str, example: &str) -> Result<String, ValueError> {
         .strip_prefix("http://")
         .or_else(|| s.strip_prefix("https://"))
     else {
-        return bad(&format!("expected an http or https URL such as `{example}`"));
+        return bad(&format!(
+            "expected an http or https URL such as `{example}`"
+        ));
     };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     if authority.contains(['@', '?', '#']) || path.contains(['?', '#']) {

@@ -99,12 +99,20 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
             }
         )?;
         if let Some(ca) = &m.ca_file {
-            writeln!(out, "  ca_file: {} (the only CA trusted for https)", ca.display())?;
+            writeln!(
+                out,
+                "  ca_file: {} (the only CA trusted for https)",
+                ca.display()
+            )?;
         }
         match &m.auth {
             None => {}
             Some(crate::DiscoveryAuth::TokenFile(f)) => {
-                writeln!(out, "  auth: token from {} (read on each request)", f.display())?;
+                writeln!(
+                    out,
+                    "  auth: token from {} (read on each request)",
+                    f.display()
+                )?;
             }
             Some(crate::DiscoveryAuth::ServiceAccount {
                 uid,

@@ -1504,8 +1504,11 @@ fn marathon_https_ca_file_and_auth_files_are_read_and_checked() {
     let token = dir.path().join("token");
     std::fs::write(&token, "abc\n").unwrap();
     let key = dir.path().join("key.pem");
-    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n")
-        .unwrap();
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     let not_pem = dir.path().join("not-pem");
     std::fs::write(&not_pem, "just text\n").unwrap();
     let route = "routes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n";
@@ -1589,6 +1592,9 @@ fn marathon_https_ca_file_and_auth_files_are_read_and_checked() {
             shown.starts_with(&format!("f.yaml:{line}:")) && shown.contains(fragment),
             "{marathon}: {shown}"
         );
-        assert!(shown.contains(&format!("(at {path})")), "{marathon}: {shown}");
+        assert!(
+            shown.contains(&format!("(at {path})")),
+            "{marathon}: {shown}"
+        );
     }
 }

@@ -15,8 +15,8 @@ use super::raw::{
 use super::source_map::{locate_by_libyaml, second_document_by_libyaml, At, Pos, SourceMap};
 use super::values::{NamePattern, UpstreamAddr, DCOS_APISERVER_PORT};
 use super::{
-    AcceptProxyProtocol, AdminConfig, Config, ConfigSource, DiscoveryAuth, HealthCheck, Host, Limits,
-    ListenerConfig, RouteConfig, Timeouts, MAX_CLIENT_HELLO_BYTES, MAX_TCP_USER_TIMEOUT,
+    AcceptProxyProtocol, AdminConfig, Config, ConfigSource, DiscoveryAuth, HealthCheck, Host,
+    Limits, ListenerConfig, RouteConfig, Timeouts, MAX_CLIENT_HELLO_BYTES, MAX_TCP_USER_TIMEOUT,
     MIN_CLIENT_HELLO_BYTES,
 };
 
@@ -515,8 +515,7 @@ impl<'a> Checker<'a> {
                     }
                     (None, Some(sa)) => {
                         let at = at.key("service_account");
-                        if sa.uid.trim().is_empty()
-                            || !sa.uid.bytes().all(|b| b.is_ascii_graphic())
+                        if sa.uid.trim().is_empty() || !sa.uid.bytes().all(|b| b.is_ascii_graphic())
                         {
                             return Err(self.at(
                                 &at.key("uid"),
@@ -526,9 +525,7 @@ impl<'a> Checker<'a> {
                         }
                         let key = &sa.private_key_file;
                         let text = check_file(key)
-                            .and_then(|()| {
-                                std::fs::read_to_string(key).map_err(|e| e.to_string())
-                            })
+                            .and_then(|()| std::fs::read_to_string(key).map_err(|e| e.to_string()))
                             .map_err(|e| {
                                 self.at(
                                     &at.key("private_key_file"),

@@ -221,13 +221,11 @@ impl Auth {
             .await
             .map_err(|e| failed(e.to_string()))?;
         let status = resp.status;
-        let answer = tokio::time::timeout(
-            Duration::from_secs(30),
-            resp.body(MAX_TOKEN_BYTES as usize),
-        )
-        .await
-        .map_err(|_| failed("the answer took too long".to_owned()))?
-        .map_err(|e| failed(e.to_string()))?;
+        let answer =
+            tokio::time::timeout(Duration::from_secs(30), resp.body(MAX_TOKEN_BYTES as usize))
+                .await
+                .map_err(|_| failed("the answer took too long".to_owned()))?
+                .map_err(|e| failed(e.to_string()))?;
         if status != 200 {
             let text = String::from_utf8_lossy(&answer);
             let text: String = text.chars().take(300).collect();
@@ -321,7 +319,14 @@ pub(crate) mod tests {
         let key = dir.join(format!("{name}.pem"));
         let public = dir.join(format!("{name}.pub.pem"));
         let ok = std::process::Command::new("openssl")
-            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
             .arg(&key)
             .stderr(std::process::Stdio::null())
             .status()
@@ -466,7 +471,10 @@ pub(crate) mod tests {
                 ("200 OK", "{\"apps\":[]}".to_owned())
             } else {
                 s.unauthorized += 1;
-                ("401 Unauthorized", "{\"message\":\"unauthorized\"}".to_owned())
+                (
+                    "401 Unauthorized",
+                    "{\"message\":\"unauthorized\"}".to_owned(),
+                )
             }
         };
         let reply = format!(
@@ -565,7 +573,10 @@ pub(crate) mod tests {
         // without credentials.
         std::fs::remove_file(&file).unwrap();
         let e = get(&client, &dcos).await.unwrap_err();
-        assert!(e.contains("authentication: token_file") && e.contains("No such file"), "{e}");
+        assert!(
+            e.contains("authentication: token_file") && e.contains("No such file"),
+            "{e}"
+        );
         std::fs::write(&file, "two\nlines").unwrap();
         let e = get(&client, &dcos).await.unwrap_err();
         assert!(e.contains("visible ASCII"), "{e}");
@@ -601,10 +612,7 @@ pub(crate) mod tests {
         dcos.with(|s| s.valid.clear());
         let logins = dcos.with(|s| s.logins);
         assert_eq!(get(&client, &dcos).await, Ok(200));
-        assert_eq!(
-            dcos.with(|s| (s.logins, s.unauthorized)),
-            (logins + 1, 1)
-        );
+        assert_eq!(dcos.with(|s| (s.logins, s.unauthorized)), (logins + 1, 1));
     }
 
     #[tokio::test]
@@ -621,13 +629,19 @@ pub(crate) mod tests {
         });
         let e = get(&c, &dcos).await.unwrap_err();
         assert!(
-            e.contains("login at http://") && e.contains("as `sniroute`") && e.contains("refused with 401"),
+            e.contains("login at http://")
+                && e.contains("as `sniroute`")
+                && e.contains("refused with 401"),
             "{e}"
         );
         assert_eq!(dcos.with(|s| (s.refused_logins, s.seen.len())), (1, 0));
         // Not a key at all.
         let not_key = dir.path().join("not-a-key.pem");
-        std::fs::write(&not_key, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+        std::fs::write(
+            &not_key,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
         let c = client(AuthSettings::ServiceAccount {
             uid: "sniroute".into(),
             private_key_file: not_key,

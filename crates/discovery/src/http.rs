@@ -453,9 +453,7 @@ impl Response {
         let mut body = Vec::new();
         while let Some(piece) = self.next().await? {
             if body.len() + piece.len() > limit {
-                return Err(Error::Protocol(format!(
-                    "body over the {limit} byte limit"
-                )));
+                return Err(Error::Protocol(format!("body over the {limit} byte limit")));
             }
             body.extend_from_slice(&piece);
         }
@@ -588,14 +586,26 @@ mod tests {
         .await;
         let url = Url::parse(&format!("http://{addr}/m")).unwrap();
         let resp = plain_client()
-            .open(Method::Get, &url, "/v2/apps?x=1", &[("Accept", "a/b")], None)
+            .open(
+                Method::Get,
+                &url,
+                "/v2/apps?x=1",
+                &[("Accept", "a/b")],
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(resp.status, 200);
         assert_eq!(resp.body(1024).await.unwrap(), b"hello world!\nmore");
         let head = server.await.unwrap();
-        assert!(head.starts_with("GET /m/v2/apps?x=1 HTTP/1.1\r\n"), "{head}");
-        assert!(head.to_ascii_lowercase().contains("accept: a/b\r\n"), "{head}");
+        assert!(
+            head.starts_with("GET /m/v2/apps?x=1 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase().contains("accept: a/b\r\n"),
+            "{head}"
+        );
 
         let (addr, _server) =
             serve_once(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: //h:5050/api/v1\r\nContent-Length: 0\r\n\r\n")
@@ -611,8 +621,7 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_over_the_limit_and_cut_short_are_errors() {
-        let (addr, _s) =
-            serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n").await;
+        let (addr, _s) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n").await;
         let url = Url::parse(&format!("http://{addr}")).unwrap();
         let resp = plain_client()
             .open(Method::Get, &url, "/", &[], None)
@@ -726,7 +735,10 @@ mod tests {
                 .await
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains("certificate") || e.contains("UnknownIssuer"), "{e}");
+            assert!(
+                e.contains("certificate") || e.contains("UnknownIssuer"),
+                "{e}"
+            );
             assert!(!server.await.unwrap());
         }
     }
@@ -744,6 +756,9 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("no `BEGIN CERTIFICATE` block"), "{e}");
         let e = read_ca_file(&dir.path().join("missing.crt")).unwrap_err();
-        assert!(e.contains("missing.crt") && e.contains("No such file"), "{e}");
+        assert!(
+            e.contains("missing.crt") && e.contains("No such file"),
+            "{e}"
+        );
     }
 }

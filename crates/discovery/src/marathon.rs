@@ -219,13 +219,15 @@ impl Worker {
                     path = to_path;
                 }
                 503 => return Err(format!("{shown}: 503 Service Unavailable (no leader?)")),
-                401 | 403 => {
-                    return Err(format!(
-                        "{shown}: {} {}: check discovery.marathon.auth and the account's permissions",
-                        resp.status,
-                        if resp.status == 401 { "Unauthorized" } else { "Forbidden" }
-                    ))
-                }
+                401 | 403 => return Err(format!(
+                    "{shown}: {} {}: check discovery.marathon.auth and the account's permissions",
+                    resp.status,
+                    if resp.status == 401 {
+                        "Unauthorized"
+                    } else {
+                        "Forbidden"
+                    }
+                )),
                 s => return Err(format!("{shown}: unexpected status {s}")),
             }
         }
