@@ -455,10 +455,17 @@ fn a_service_account_over_https_logs_in_and_refreshes_before_expiry_and_after_a_
     wait_ports(&router, &[20012]);
     assert_eq!(dcos.with(|s| s.unauthorized), 0);
 
+    // From now on tokens last an hour: wait for the router to hold one
+    // (a login counted after the change issued it), so that no refresh
+    // is due when it is revoked below.
+    let logins = dcos.with(|s| {
+        s.ttl = 3600;
+        s.logins
+    });
+    dcos.wait("issued a long token", |s| s.logins > logins);
     // Every token revoked (the IAM's key rotated, say): a 401, a login,
     // the request again.
     dcos.with(|s| {
-        s.ttl = 3600;
         s.valid.clear();
         s.apps = web_app(&[20013]);
     });

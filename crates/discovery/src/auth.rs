@@ -354,6 +354,8 @@ pub(crate) mod tests {
         refused_logins: usize,
         /// API requests answered 401.
         unauthorized: usize,
+        /// How long issued tokens are valid, in seconds.
+        ttl: u64,
         /// The `Authorization` headers of API requests.
         seen: Vec<Option<String>>,
     }
@@ -376,7 +378,10 @@ pub(crate) mod tests {
         async fn start(uid: &'static str, public_pem: String, ttl: u64) -> FakeDcos {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let state = Arc::new(Mutex::new(DcosState::default()));
+            let state = Arc::new(Mutex::new(DcosState {
+                ttl,
+                ..DcosState::default()
+            }));
             let shared = state.clone();
             tokio::spawn(async move {
                 loop {
@@ -386,7 +391,7 @@ pub(crate) mod tests {
                     let state = shared.clone();
                     let public_pem = public_pem.clone();
                     tokio::spawn(async move {
-                        let _ = serve(conn, &state, uid, &public_pem, ttl).await;
+                        let _ = serve(conn, &state, uid, &public_pem).await;
                     });
                 }
             });
@@ -407,7 +412,6 @@ pub(crate) mod tests {
         state: &Mutex<DcosState>,
         uid: &str,
         public_pem: &str,
-        ttl: u64,
     ) -> std::io::Result<()> {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
@@ -440,13 +444,13 @@ pub(crate) mod tests {
         let (status, answer) = if head.starts_with("POST /acs/api/v1/auth/login ") {
             match check_login(&body, uid, public_pem) {
                 Ok(()) => {
+                    let mut s = state.lock().unwrap();
                     let token = jsonwebtoken::encode(
                         &jsonwebtoken::Header::default(),
-                        &serde_json::json!({"uid": uid, "exp": unix_now() + ttl}),
+                        &serde_json::json!({"uid": uid, "exp": unix_now() + s.ttl}),
                         &jsonwebtoken::EncodingKey::from_secret(b"iam secret"),
                     )
                     .unwrap();
-                    let mut s = state.lock().unwrap();
                     s.logins += 1;
                     s.valid.insert(token.clone());
                     ("200 OK", serde_json::json!({ "token": token }).to_string())
@@ -608,6 +612,20 @@ pub(crate) mod tests {
             0,
             "refreshed before it expired"
         );
+        // Tokens last an hour from now on: once the client holds one (a
+        // login counted after the change issued it), no refresh is due.
+        let logins = dcos.with(|s| {
+            s.ttl = 3600;
+            s.logins
+        });
+        while dcos.with(|s| s.logins) == logins {
+            assert!(
+                Instant::now() < deadline + Duration::from_secs(10),
+                "no refresh"
+            );
+            assert_eq!(get(&client, &dcos).await, Ok(200));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         // Revoked (IAM restarted, say): a 401, a login, one retry.
         dcos.with(|s| s.valid.clear());
         let logins = dcos.with(|s| s.logins);
