@@ -358,4 +358,44 @@ default_route: dev-kubernetes01
             "{out}"
         );
     }
+
+    #[test]
+    fn render_shows_discovery_ca_file_and_auth() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        let token = dir.path().join("token");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&ca, crate::tests::CA_PEM).unwrap();
+        std::fs::write(&token, "t").unwrap();
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let route = "routes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n";
+        let out = render(&config(&format!(
+            "listeners: [\"0.0.0.0:6443\"]\ndiscovery: {{marathon: {{urls: [\"https://m/marathon\"], ca_file: {}, auth: {{token_file: {}}}}}}}\n{route}",
+            ca.display(),
+            token.display()
+        )));
+        assert!(
+            out.contains(&format!(
+                "\n  ca_file: {} (the only CA trusted for https)\n  auth: token from {} (read on each request)\n",
+                ca.display(),
+                token.display()
+            )),
+            "{out}"
+        );
+        let out = render(&config(&format!(
+            "listeners: [\"0.0.0.0:6443\"]\ndiscovery: {{marathon: {{urls: [\"http://m\"], auth: {{service_account: {{uid: sniroute, private_key_file: {}, login_url: \"http://m/acs/api/v1/auth/login\"}}}}}}}}\n{route}",
+            key.display()
+        )));
+        assert!(
+            out.contains(&format!(
+                "\n  auth: service account `sniroute`, key {}, login at http://m/acs/api/v1/auth/login\n",
+                key.display()
+            )),
+            "{out}"
+        );
+    }
 }

@@ -1483,7 +1483,7 @@ fn listeners_accept_proxy_protocol() {
 }
 
 /// A CA certificate (public, self-signed, P-256), as a `ca_file` holds.
-const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+pub(crate) const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
 MIIBjTCCATOgAwIBAgIUCgH43mJq/UiueAeIKc8BFao5xPUwCgYIKoZIzj0EAwIw
 GzEZMBcGA1UEAwwQc25pcm91dGUgdGVzdCBDQTAgFw0yNjExMjkxOTMxMzNaGA8y
 MTI2MTEwNTE5MzEzM1owGzEZMBcGA1UEAwwQc25pcm91dGUgdGVzdCBDQTBZMBMG
