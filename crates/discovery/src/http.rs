@@ -607,7 +607,7 @@ mod tests {
             "{head}"
         );
 
-        let (addr, _server) =
+        let (addr, server) =
             serve_once(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: //h:5050/api/v1\r\nContent-Length: 0\r\n\r\n")
                 .await;
         let url = Url::parse(&format!("http://{addr}")).unwrap();
@@ -617,6 +617,9 @@ mod tests {
             .unwrap();
         assert_eq!(resp.status, 307);
         assert_eq!(resp.header("location"), Some("//h:5050/api/v1"));
+        let head = server.await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("post /api/v1 http/1.1\r\n"), "{head}");
+        assert!(head.contains("content-length: 2\r\n"), "{head}");
     }
 
     #[tokio::test]
