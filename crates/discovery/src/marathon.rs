@@ -219,7 +219,8 @@ impl Worker {
                     path = to_path;
                 }
                 503 => return Err(format!("{shown}: 503 Service Unavailable (no leader?)")),
-                401 | 403 => return Err(format!(
+                401 | 403 => {
+                    return Err(format!(
                     "{shown}: {} {}: check discovery.marathon.auth and the account's permissions",
                     resp.status,
                     if resp.status == 401 {
@@ -227,7 +228,8 @@ impl Worker {
                     } else {
                         "Forbidden"
                     }
-                )),
+                ))
+                }
                 s => return Err(format!("{shown}: unexpected status {s}")),
             }
         }
