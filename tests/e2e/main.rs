@@ -16,6 +16,7 @@
 //! | [`proxy_protocol`] | PROXY protocol from a front load balancer (`accept_proxy_protocol`): v1, v2, `LOCAL`, optional headers, `allow_sources`, access log and `/status` by the header's address; missing, stacked, truncated and garbage headers and headers from untrusted peers refused as `bad_proxy_header` |
 //! | [`mesos`] | Mesos discovery against a fake Mesos master (operator API: GET_STATE, the SUBSCRIBE RecordIO stream): tasks added, killed, moved and flipping health, a non-leader's 307 after a dead first URL, a stream without heartbeats, a stream cut inside an event, resyncs, malformed JSON, `/readyz` until the first sync, and the seed scenario: kubectl to a `kube-control-plane` task through sniroute with mTLS |
 //! | [`health`] | health checks against a fake kube-apiserver (`/readyz` 200 and 503, other CAs and names: misrouted, handshake failures, timeouts, client certificates, CA rotation), outlier detection on live traffic, `sniroute check` errors |
+//! | [`discovery_auth`] | Marathon discovery behind DC/OS authentication: a token file rotated on disk, a service-account login over https (`ca_file`) refreshed before expiry and after a 401, a wrong key counted with the last endpoints kept |
 //! | [`marathon`] | Marathon discovery against a fake Marathon: tasks that start, die and fail health checks, a dropped event stream, 503 without a leader and a non-leader's 302, `/readyz` until the first sync |
 //! | [`marathon_labels`] | label-driven routes from the fake Marathon's app labels: a route that appears (real TLS) and goes without a new generation while its tunnel stays, names outside the allow-list and malformed labels, every kind of conflict, Marathon-LB tcp and http apps |
 //!
@@ -26,6 +27,7 @@
 mod admin;
 mod common;
 mod deploy;
+mod discovery_auth;
 mod docs;
 mod health;
 mod limits;

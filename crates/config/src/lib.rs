@@ -119,8 +119,13 @@ pub struct Discovery {
 /// `discovery.mesos`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MesosConfig {
-    /// Plain `http://host[:port][/prefix]` URLs of masters, tried in order.
+    /// `http[s]://host[:port][/prefix]` URLs of masters, tried in order.
     pub urls: Vec<String>,
+    /// PEM file of the CA certificates trusted for `https://` URLs (and
+    /// the login URL); required with https, refused without.
+    pub ca_file: Option<PathBuf>,
+    /// Credentials sent with each request (DC/OS strict mode).
+    pub auth: Option<DiscoveryAuth>,
     /// Period of full re-reads (the event stream is opened again; default
     /// [`DEFAULT_MESOS_RESYNC`]).
     pub resync: Duration,
@@ -157,8 +162,14 @@ impl std::fmt::Display for MesosTasks {
 /// `discovery.marathon`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MarathonConfig {
-    /// Plain `http://host[:port][/prefix]` URLs, tried in order.
+    /// `http[s]://host[:port][/prefix]` URLs, tried in order.
     pub urls: Vec<String>,
+    /// PEM file of the CA certificates trusted for https URLs (then
+    /// required), and only them. Checked to hold a certificate when the
+    /// config is read; the source reads it again when it starts.
+    pub ca_file: Option<PathBuf>,
+    /// Credentials sent with each request.
+    pub auth: Option<DiscoveryAuth>,
     /// Full re-read period (default [`DEFAULT_MARATHON_RESYNC`]).
     pub resync: Duration,
     /// `/readyz` answers 503 until the first successful sync (default
@@ -181,6 +192,27 @@ pub struct MarathonLabels {
     /// Also read Marathon-LB's `HAPROXY_GROUP` and `HAPROXY_{n}_VHOST`, for
     /// ports labelled `HAPROXY_{n}_MODE=tcp` only.
     pub marathon_lb: bool,
+}
+
+/// A discovery source's `auth` (Marathon's; Mesos' takes the same).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum DiscoveryAuth {
+    /// `token_file: PATH`: `Authorization: token=<the file, trimmed>`,
+    /// read again on each request.
+    TokenFile(PathBuf),
+    /// `service_account: {uid, private_key_file, login_url}`: a DC/OS
+    /// service-account login (RS256 JWT signed by the key), refreshed
+    /// before the token expires and on a 401.
+    ServiceAccount {
+        /// The account's id.
+        uid: String,
+        /// Its RSA private key (PEM). Checked to hold a private key when
+        /// the config is read; read again at each login.
+        private_key_file: PathBuf,
+        /// `https://leader.mesos/acs/api/v1/auth/login` (https needs the
+        /// source's `ca_file`).
+        login_url: String,
+    },
 }
 
 /// Default `discovery.marathon.resync`: 5 minutes.

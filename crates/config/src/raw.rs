@@ -51,15 +51,18 @@ pub(crate) struct RawDiscovery {
     pub(crate) mesos: Option<RawMesos>,
 }
 
-/// `discovery.mesos`. `auth` and `ca_file` are not implemented yet, so
-/// they are unknown keys (errors), never ignored.
+/// `discovery.mesos`.
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "Mesos master settings: a mapping with `urls` and optionally `resync` and `required`"
+    expecting = "Mesos master settings: a mapping with `urls` and optionally `auth`, `ca_file`, `resync` and `required`"
 )]
 pub(crate) struct RawMesos {
     pub(crate) urls: NonEmpty<Parsed<MesosUrl>>,
+    #[serde(default)]
+    pub(crate) auth: Option<RawDiscoveryAuth>,
+    #[serde(default)]
+    pub(crate) ca_file: Option<String>,
     #[serde(default)]
     pub(crate) resync: Option<Parsed<NonZeroDuration>>,
     #[serde(default)]
@@ -78,16 +81,19 @@ pub(crate) struct RawMesosTasks {
     pub(crate) port_name: Parsed<PortName>,
 }
 
-/// `discovery.marathon`. `auth` and `ca_file` are not implemented yet, so
-/// they are unknown keys (errors), never ignored.
+/// `discovery.marathon`.
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "Marathon settings: a mapping with `urls` and optionally `resync`, `required`, \
-                 `label_group`, `label_server_names_allowed` and `marathon_lb_labels`"
+    expecting = "Marathon settings: a mapping with `urls` and optionally `auth`, `ca_file`, `resync`, \
+                 `required`, `label_group`, `label_server_names_allowed` and `marathon_lb_labels`"
 )]
 pub(crate) struct RawMarathon {
     pub(crate) urls: NonEmpty<Parsed<MarathonUrl>>,
+    #[serde(default)]
+    pub(crate) auth: Option<RawDiscoveryAuth>,
+    #[serde(default)]
+    pub(crate) ca_file: Option<String>,
     #[serde(default)]
     pub(crate) resync: Option<Parsed<NonZeroDuration>>,
     #[serde(default)]
@@ -98,6 +104,34 @@ pub(crate) struct RawMarathon {
     pub(crate) label_server_names_allowed: Option<Vec<Parsed<NamePattern>>>,
     #[serde(default)]
     pub(crate) marathon_lb_labels: Option<bool>,
+}
+
+/// A discovery source's `auth` (the same for every source: Marathon and
+/// Mesos both sit behind DC/OS's Admin Router): exactly one of
+/// `token_file` and `service_account`, checked in `validate`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "DC/OS credentials: a mapping with `token_file` or `service_account`"
+)]
+pub(crate) struct RawDiscoveryAuth {
+    #[serde(default)]
+    pub(crate) token_file: Option<String>,
+    #[serde(default)]
+    pub(crate) service_account: Option<RawServiceAccount>,
+}
+
+/// `auth.service_account`: a DC/OS service account that logs in with its
+/// private key.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a DC/OS service account: a mapping with `uid`, `private_key_file` and `login_url`"
+)]
+pub(crate) struct RawServiceAccount {
+    pub(crate) uid: String,
+    pub(crate) private_key_file: String,
+    pub(crate) login_url: Parsed<LoginUrl>,
 }
 
 /// A route's `marathon_app`.
@@ -594,44 +628,20 @@ impl Scalar for LabelGroup {
     }
 }
 
-/// A Marathon URL: plain `http://host[:port][/prefix]` (https is not
-/// implemented yet: refused, never half-working).
-#[derive(Debug)]
-pub(crate) struct MarathonUrl;
-impl Scalar for MarathonUrl {
-    type Output = String;
-    const EXPECTING: &'static str = "a Marathon URL such as `http://marathon.mesos:8080`";
-    fn parse(s: &str) -> Result<String, ValueError> {
-        http_url(s, "Marathon", "http://marathon.mesos:8080")
-    }
-}
-
-/// A Mesos master URL: plain `http://host[:port][/prefix]`, as
-/// [`MarathonUrl`].
-#[derive(Debug)]
-pub(crate) struct MesosUrl;
-impl Scalar for MesosUrl {
-    type Output = String;
-    const EXPECTING: &'static str = "a Mesos master URL such as `http://leader.mesos:5050`";
-    fn parse(s: &str) -> Result<String, ValueError> {
-        http_url(s, "Mesos", "http://leader.mesos:5050")
-    }
-}
-
-/// A plain `http://host[:port][/prefix]` URL of `product`.
-fn http_url(s: &str, product: &str, example: &str) -> Result<String, ValueError> {
+/// An `http[s]://host[:port][/path]` URL without user, query or fragment.
+fn parse_http_url(s: &str, example: &str) -> Result<String, ValueError> {
     let bad = |why: &str| Err(ValueError::new(format!("`{s}`: {why}")));
-    if s.starts_with("https://") {
+    let Some(rest) = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+    else {
         return bad(&format!(
-            "https is not supported yet; use {product}'s plain http URL, such as `{example}`"
+            "expected an http or https URL such as `{example}`"
         ));
-    }
-    let Some(rest) = s.strip_prefix("http://") else {
-        return bad(&format!("expected an http URL such as `{example}`"));
     };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     if authority.contains(['@', '?', '#']) || path.contains(['?', '#']) {
-        return bad(&format!("a {product} URL has no user, query or fragment"));
+        return bad("a discovery URL has no user, query or fragment");
     }
     let (host, port) = match authority.strip_prefix('[') {
         Some(v6) => match v6.split_once(']') {
@@ -664,6 +674,30 @@ fn http_url(s: &str, product: &str, example: &str) -> Result<String, ValueError>
         return bad("the path may hold plain characters only");
     }
     Ok(s.to_owned())
+}
+
+/// A Marathon URL: `http[s]://host[:port][/prefix]` (https needs the
+/// source's `ca_file`, checked in `validate`).
+#[derive(Debug)]
+pub(crate) struct MarathonUrl;
+impl Scalar for MarathonUrl {
+    type Output = String;
+    const EXPECTING: &'static str = "a Marathon URL such as `http://marathon.mesos:8080`";
+    fn parse(s: &str) -> Result<String, ValueError> {
+        parse_http_url(s, "http://marathon.mesos:8080")
+    }
+}
+
+/// A Mesos master URL: `http[s]://host[:port][/prefix]`, as
+/// [`MarathonUrl`].
+#[derive(Debug)]
+pub(crate) struct MesosUrl;
+impl Scalar for MesosUrl {
+    type Output = String;
+    const EXPECTING: &'static str = "a Mesos master URL such as `http://leader.mesos:5050`";
+    fn parse(s: &str) -> Result<String, ValueError> {
+        parse_http_url(s, "http://leader.mesos:5050")
+    }
 }
 
 /// A Mesos framework's name (`dev/kubernetes01`): not empty, no control
@@ -720,6 +754,18 @@ impl Scalar for PortName {
             return Err(ValueError::new("port_name is empty"));
         }
         Ok(s.to_owned())
+    }
+}
+
+/// A DC/OS login URL (`https://leader.mesos/acs/api/v1/auth/login`).
+#[derive(Debug)]
+pub(crate) struct LoginUrl;
+impl Scalar for LoginUrl {
+    type Output = String;
+    const EXPECTING: &'static str =
+        "a DC/OS login URL such as `https://leader.mesos/acs/api/v1/auth/login`";
+    fn parse(s: &str) -> Result<String, ValueError> {
+        parse_http_url(s, "https://leader.mesos/acs/api/v1/auth/login")
     }
 }
 

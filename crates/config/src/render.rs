@@ -98,6 +98,7 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
                 "not required: ready before the first sync"
             }
         )?;
+        render_access(out, m.ca_file.as_deref(), m.auth.as_ref())?;
         if let Some(l) = &m.labels {
             let allowed: Vec<String> = l
                 .server_names_allowed
@@ -133,6 +134,7 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
                 "not required: ready before the first sync"
             }
         )?;
+        render_access(out, m.ca_file.as_deref(), m.auth.as_ref())?;
     }
     writeln!(
         out,
@@ -447,4 +449,79 @@ default_route: dev-kubernetes01
             "{out}"
         );
     }
+
+    #[test]
+    fn render_shows_discovery_ca_file_and_auth() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        let token = dir.path().join("token");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&ca, crate::tests::CA_PEM).unwrap();
+        std::fs::write(&token, "t").unwrap();
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let route = "routes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n";
+        let out = render(&config(&format!(
+            "listeners: [\"0.0.0.0:6443\"]\ndiscovery: {{marathon: {{urls: [\"https://m/marathon\"], ca_file: {}, auth: {{token_file: {}}}}}}}\n{route}",
+            ca.display(),
+            token.display()
+        )));
+        assert!(
+            out.contains(&format!(
+                "\n  ca_file: {} (the only CA trusted for https)\n  auth: token from {} (read on each request)\n",
+                ca.display(),
+                token.display()
+            )),
+            "{out}"
+        );
+        let out = render(&config(&format!(
+            "listeners: [\"0.0.0.0:6443\"]\ndiscovery: {{marathon: {{urls: [\"http://m\"], auth: {{service_account: {{uid: sniroute, private_key_file: {}, login_url: \"http://m/acs/api/v1/auth/login\"}}}}}}}}\n{route}",
+            key.display()
+        )));
+        assert!(
+            out.contains(&format!(
+                "\n  auth: service account `sniroute`, key {}, login at http://m/acs/api/v1/auth/login\n",
+                key.display()
+            )),
+            "{out}"
+        );
+    }
+}
+
+/// A discovery source's `ca_file` and `auth`, indented under its line.
+fn render_access(
+    out: &mut String,
+    ca_file: Option<&std::path::Path>,
+    auth: Option<&crate::DiscoveryAuth>,
+) -> std::fmt::Result {
+    if let Some(ca) = ca_file {
+        writeln!(
+            out,
+            "  ca_file: {} (the only CA trusted for https)",
+            ca.display()
+        )?;
+    }
+    match auth {
+        None => {}
+        Some(crate::DiscoveryAuth::TokenFile(f)) => {
+            writeln!(
+                out,
+                "  auth: token from {} (read on each request)",
+                f.display()
+            )?;
+        }
+        Some(crate::DiscoveryAuth::ServiceAccount {
+            uid,
+            private_key_file,
+            login_url,
+        }) => writeln!(
+            out,
+            "  auth: service account `{uid}`, key {}, login at {login_url}",
+            private_key_file.display()
+        )?,
+    }
+    Ok(())
 }

@@ -1280,20 +1280,6 @@ fn bad_marathon_settings_are_pointed_at() {
             "route `web` takes its endpoints from Marathon, but `discovery.marathon` is not configured",
         ),
         (
-            "auth is not implemented yet",
-            "discovery:\n  marathon:\n    urls: [\"http://m:8080\"]\n    auth: {token_file: /t}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
-            (5, 5),
-            "discovery.marathon.auth",
-            "unknown key `auth`, expected one of `urls`, `resync`, `required`",
-        ),
-        (
-            "ca_file is not implemented yet",
-            "discovery: {marathon: {urls: [\"http://m:8080\"], ca_file: /ca.crt}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
-            (2, 49),
-            "discovery.marathon.ca_file",
-            "unknown key `ca_file`",
-        ),
-        (
             "label_server_names_allowed without label_group",
             "discovery:\n  marathon:\n    urls: [\"http://m:8080\"]\n    label_server_names_allowed: [\"*.apps.test\"]\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
             (5, 5),
@@ -1329,18 +1315,67 @@ fn bad_marathon_settings_are_pointed_at() {
             "unknown key `consul`, expected `marathon` or `mesos`",
         ),
         (
-            "an https URL",
+            "an https URL without ca_file",
             "discovery: {marathon: {urls: [\"https://leader.mesos/marathon\"]}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
             (2, 31),
             "discovery.marathon.urls[0]",
-            "https is not supported yet",
+            "an https URL needs `ca_file`",
+        ),
+        (
+            "a ca_file without https",
+            "discovery: {marathon: {urls: [\"http://m:8080\"], ca_file: /ca.crt}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (2, 49),
+            "discovery.marathon.ca_file",
+            "ca_file is only used for https URLs",
+        ),
+        (
+            "a missing ca_file",
+            "discovery: {marathon: {urls: [\"https://m\"], ca_file: /nonexistent/ca.crt}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (2, 54),
+            "discovery.marathon.ca_file",
+            "ca_file `/nonexistent/ca.crt`: No such file",
+        ),
+        (
+            "auth without a kind",
+            "discovery:\n  marathon:\n    urls: [\"http://m:8080\"]\n    auth: {}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (5, 11),
+            "discovery.marathon.auth",
+            "auth needs `token_file` or `service_account`",
+        ),
+        (
+            "an unknown auth kind",
+            "discovery:\n  marathon:\n    urls: [\"http://m:8080\"]\n    auth: {password: x}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (5, 12),
+            "discovery.marathon.auth.password",
+            "unknown key `password`, expected `token_file` or `service_account`",
+        ),
+        (
+            "a missing token_file",
+            "discovery:\n  marathon:\n    urls: [\"http://m:8080\"]\n    auth: {token_file: /nonexistent/token}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (5, 24),
+            "discovery.marathon.auth.token_file",
+            "token_file `/nonexistent/token`: No such file",
+        ),
+        (
+            "a service account without login_url",
+            "discovery:\n  marathon:\n    urls: [\"http://m:8080\"]\n    auth: {service_account: {uid: sniroute, private_key_file: /k}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (5, 29),
+            "discovery.marathon.auth.service_account",
+            "missing required key `login_url`",
+        ),
+        (
+            "a missing private key",
+            "discovery:\n  marathon:\n    urls: [\"http://m:8080\"]\n    auth: {service_account: {uid: sniroute, private_key_file: /nonexistent/k, login_url: \"http://l/acs\"}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
+            (5, 63),
+            "discovery.marathon.auth.service_account.private_key_file",
+            "private_key_file `/nonexistent/k`: No such file",
         ),
         (
             "a URL without a scheme",
             "discovery: {marathon: {urls: [\"marathon.mesos:8080\"]}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]",
             (2, 31),
             "discovery.marathon.urls[0]",
-            "expected an http URL",
+            "expected an http or https URL",
         ),
         (
             "no URLs",
@@ -1537,6 +1572,8 @@ routes:
                 "http://leader.mesos:5050".into(),
                 "http://10.0.0.2:5050".into()
             ],
+            ca_file: None,
+            auth: None,
             resync: Duration::from_secs(120),
             required: true,
         }
@@ -1589,18 +1626,18 @@ fn bad_mesos_settings_are_pointed_at() {
             "route `k` takes its endpoints from Mesos tasks, but `discovery.mesos` is not configured",
         ),
         (
-            "auth is not implemented yet",
-            "discovery:\n  mesos:\n    urls: [\"http://m:5050\"]\n    auth: {token_file: /t}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]".into(),
-            (5, 5),
-            "discovery.mesos.auth",
-            "unknown key `auth`, expected one of `urls`, `resync`, `required`",
-        ),
-        (
-            "an https URL",
+            "an https URL without ca_file",
             "discovery: {mesos: {urls: [\"https://leader.mesos/mesos\"]}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]".into(),
             (2, 28),
             "discovery.mesos.urls[0]",
-            "https is not supported yet; use Mesos's plain http URL, such as `http://leader.mesos:5050`",
+            "an https URL needs `ca_file`",
+        ),
+        (
+            "a ca_file without https",
+            "discovery: {mesos: {urls: [\"http://m:5050\"], ca_file: /ca.crt}}\nroutes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]".into(),
+            (2, 46),
+            "discovery.mesos.ca_file",
+            "ca_file is only used for https URLs",
         ),
         (
             "no URLs",
@@ -1838,4 +1875,121 @@ fn https_and_kubernetes_health_checks() {
         "{err}"
     );
     assert!(err.message().contains("at least 2"), "{err}");
+}
+
+/// A CA certificate (public, self-signed, P-256), as a `ca_file` holds.
+pub(crate) const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBjTCCATOgAwIBAgIUCgH43mJq/UiueAeIKc8BFao5xPUwCgYIKoZIzj0EAwIw
+GzEZMBcGA1UEAwwQc25pcm91dGUgdGVzdCBDQTAgFw0yNjExMjkxOTMxMzNaGA8y
+MTI2MTEwNTE5MzEzM1owGzEZMBcGA1UEAwwQc25pcm91dGUgdGVzdCBDQTBZMBMG
+ByqGSM49AgEGCCqGSM49AwEHA0IABLbuazMhSFvUfI5ps7DNFzp9GfKUo9sLFPne
+LvbcoovliVLr13/4+z1WQDRTRQd1+S5vBNj0nSDBEpLq0wCLPXijUzBRMB0GA1Ud
+DgQWBBTYFXrK087jncqnxYjKu3anVooLizAfBgNVHSMEGDAWgBTYFXrK087jncqn
+xYjKu3anVooLizAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCICj0
+UDp4HP1M27PJaTluNR9TFAa50EWfpAMBkVPg4eMnAiEArGvoOCWavj8DtIjHHpvD
+0V2I6w/lS2L/YLN4gg3rgDA=
+-----END CERTIFICATE-----
+";
+
+#[test]
+fn marathon_https_ca_file_and_auth_files_are_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("dcos-ca.crt");
+    std::fs::write(&ca, CA_PEM).unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "abc\n").unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let not_pem = dir.path().join("not-pem");
+    std::fs::write(&not_pem, "just text\n").unwrap();
+    let route = "routes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n";
+    let yaml = |marathon: &str| {
+        format!("listeners: [\"127.0.0.1:6443\"]\ndiscovery:\n  marathon:\n{marathon}{route}")
+    };
+
+    let config = parse(&yaml(&format!(
+        "    urls: [\"https://leader.mesos/marathon\"]\n    ca_file: {}\n    auth: {{token_file: {}}}\n",
+        ca.display(),
+        token.display()
+    )));
+    let m = config.discovery.marathon.unwrap();
+    assert_eq!(m.ca_file.as_deref(), Some(ca.as_path()));
+    assert_eq!(m.auth, Some(DiscoveryAuth::TokenFile(token.clone())));
+
+    let config = parse(&yaml(&format!(
+        "    urls: [\"http://marathon.mesos:8080\"]\n    ca_file: {}\n    auth:\n      service_account:\n        uid: sniroute\n        private_key_file: {}\n        login_url: https://leader.mesos/acs/api/v1/auth/login\n",
+        ca.display(),
+        key.display()
+    )));
+    assert_eq!(
+        config.discovery.marathon.unwrap().auth,
+        Some(DiscoveryAuth::ServiceAccount {
+            uid: "sniroute".into(),
+            private_key_file: key.clone(),
+            login_url: "https://leader.mesos/acs/api/v1/auth/login".into(),
+        })
+    );
+
+    // (marathon section, line, path, message fragment)
+    let bad = [
+        (
+            format!("    urls: [\"https://m\"]\n    ca_file: {}\n", not_pem.display()),
+            5,
+            "discovery.marathon.ca_file",
+            "no certificate (`BEGIN CERTIFICATE` block) in it",
+        ),
+        (
+            format!(
+                "    urls: [\"https://m\"]\n    ca_file: {}\n",
+                dir.path().display()
+            ),
+            5,
+            "discovery.marathon.ca_file",
+            "not a regular file",
+        ),
+        (
+            format!(
+                "    urls: [\"http://m\"]\n    auth: {{service_account: {{uid: s, private_key_file: {}, login_url: \"https://l/acs/api/v1/auth/login\"}}}}\n",
+                key.display()
+            ),
+            5,
+            "discovery.marathon.auth.service_account.login_url",
+            "an https URL needs `ca_file`",
+        ),
+        (
+            format!(
+                "    urls: [\"http://m\"]\n    auth: {{service_account: {{uid: s, private_key_file: {}, login_url: \"http://l/acs\"}}}}\n",
+                not_pem.display()
+            ),
+            5,
+            "discovery.marathon.auth.service_account.private_key_file",
+            "holds no RSA private key in PEM",
+        ),
+        (
+            format!(
+                "    urls: [\"http://m\"]\n    auth: {{token_file: {}, service_account: {{uid: s, private_key_file: {}, login_url: \"http://l/acs\"}}}}\n",
+                token.display(),
+                key.display()
+            ),
+            5,
+            "discovery.marathon.auth.service_account",
+            "not both",
+        ),
+    ];
+    for (marathon, line, path, fragment) in bad {
+        let e = Config::from_yaml_str(&yaml(&marathon), "f.yaml").unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(&format!("f.yaml:{line}:")) && shown.contains(fragment),
+            "{marathon}: {shown}"
+        );
+        assert!(
+            shown.contains(&format!("(at {path})")),
+            "{marathon}: {shown}"
+        );
+    }
 }

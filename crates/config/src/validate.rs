@@ -7,17 +7,49 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::error::{ConfigError, Path};
+use std::path::PathBuf;
+
 use super::raw::{
-    Count, RawAdmin, RawCheckKind, RawConfig, RawHealthCheck, RawHealthCheckMap, RawListener,
-    RawOutlierDetection, RawRoute,
+    Count, RawAdmin, RawCheckKind, RawConfig, RawDiscoveryAuth, RawHealthCheck, RawHealthCheckMap,
+    RawListener, RawOutlierDetection, RawRoute,
 };
 use super::source_map::{locate_by_libyaml, second_document_by_libyaml, At, Pos, SourceMap};
 use super::values::{NamePattern, UpstreamAddr, DCOS_APISERVER_PORT};
 use super::{
-    AcceptProxyProtocol, AdminConfig, CheckAuth, CheckKind, Config, ConfigSource, HealthCheck,
-    Host, HttpsCheck, Limits, ListenerConfig, OutlierDetection, RouteConfig, ServerName, Timeouts,
-    MAX_CLIENT_HELLO_BYTES, MAX_TCP_USER_TIMEOUT, MIN_CLIENT_HELLO_BYTES,
+    AcceptProxyProtocol, AdminConfig, CheckAuth, CheckKind, Config, ConfigSource, DiscoveryAuth,
+    HealthCheck, Host, HttpsCheck, Limits, ListenerConfig, OutlierDetection, RouteConfig,
+    ServerName, Timeouts, MAX_CLIENT_HELLO_BYTES, MAX_TCP_USER_TIMEOUT, MIN_CLIENT_HELLO_BYTES,
 };
+
+/// The largest credentials or CA file accepted.
+const MAX_SECRET_FILE_BYTES: u64 = 1024 * 1024;
+
+/// `path` is a regular file of a sensible size that can be opened.
+fn check_file(path: &str) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    if meta.len() > MAX_SECRET_FILE_BYTES {
+        return Err(format!("{} bytes is too large", meta.len()));
+    }
+    std::fs::File::open(path).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// `path` holds at least one certificate in PEM, and nothing unreadable.
+fn check_ca_file(path: &str) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    check_file(path)?;
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate (`BEGIN CERTIFICATE` block) in it".to_owned());
+    }
+    Ok(())
+}
 
 const MORE_THAN_ONE_DOCUMENT: &str =
     "the text holds more than one YAML document (`---`): a config is one document";
@@ -432,22 +464,38 @@ impl<'a> Checker<'a> {
                         None
                     }
                 };
+                let urls: Vec<String> = m.urls.0.into_iter().map(|u| u.0).collect();
+                let (ca_file, auth) = self.source_access(&at, &urls, m.ca_file, m.auth)?;
                 Some(super::MarathonConfig {
-                    urls: m.urls.0.into_iter().map(|u| u.0).collect(),
+                    urls,
+                    ca_file,
+                    auth,
                     resync: m.resync.map_or(super::DEFAULT_MARATHON_RESYNC, |v| v.0),
                     required: m.required.unwrap_or(true),
                     labels,
                 })
             }
         };
-        let discovery = super::Discovery {
-            marathon,
-            mesos: raw_discovery.mesos.map(|m| super::MesosConfig {
-                urls: m.urls.0.into_iter().map(|u| u.0).collect(),
-                resync: m.resync.map_or(super::DEFAULT_MESOS_RESYNC, |v| v.0),
-                required: m.required.unwrap_or(true),
-            }),
+        let mesos = match raw_discovery.mesos {
+            None => None,
+            Some(m) => {
+                let urls: Vec<String> = m.urls.0.into_iter().map(|u| u.0).collect();
+                let (ca_file, auth) = self.source_access(
+                    &root.key("discovery").key("mesos"),
+                    &urls,
+                    m.ca_file,
+                    m.auth,
+                )?;
+                Some(super::MesosConfig {
+                    urls,
+                    ca_file,
+                    auth,
+                    resync: m.resync.map_or(super::DEFAULT_MESOS_RESYNC, |v| v.0),
+                    required: m.required.unwrap_or(true),
+                })
+            }
         };
+        let discovery = super::Discovery { marathon, mesos };
         if discovery.mesos.is_none() {
             if let Some(i) = routes.iter().position(|r| r.mesos_tasks.is_some()) {
                 return Err(self.at(
@@ -504,6 +552,128 @@ impl<'a> Checker<'a> {
             discovery,
             source,
         })
+    }
+
+    /// A discovery source's `ca_file` and `auth` (at `path`), for its
+    /// `urls`: https (of a URL or of the login URL) needs the `ca_file`,
+    /// a `ca_file` needs an https URL to be used for, and every file named
+    /// is there and holds what it should (read now, without the network).
+    pub(crate) fn source_access(
+        &self,
+        path: &Path,
+        urls: &[String],
+        ca_file: Option<String>,
+        auth: Option<RawDiscoveryAuth>,
+    ) -> Result<(Option<PathBuf>, Option<DiscoveryAuth>), ConfigError> {
+        let auth = match auth {
+            None => None,
+            Some(a) => {
+                let at = path.key("auth");
+                match (a.token_file, a.service_account) {
+                    (Some(file), None) => {
+                        let at = at.key("token_file");
+                        check_file(&file).map_err(|e| {
+                            self.at(&at, At::Value, format!("token_file `{file}`: {e}"))
+                        })?;
+                        Some((DiscoveryAuth::TokenFile(PathBuf::from(file)), at))
+                    }
+                    (None, Some(sa)) => {
+                        let at = at.key("service_account");
+                        if sa.uid.trim().is_empty() || !sa.uid.bytes().all(|b| b.is_ascii_graphic())
+                        {
+                            return Err(self.at(
+                                &at.key("uid"),
+                                At::Value,
+                                "uid must be the service account's id, such as `sniroute`",
+                            ));
+                        }
+                        let key = &sa.private_key_file;
+                        let text = check_file(key)
+                            .and_then(|()| std::fs::read_to_string(key).map_err(|e| e.to_string()))
+                            .map_err(|e| {
+                                self.at(
+                                    &at.key("private_key_file"),
+                                    At::Value,
+                                    format!("private_key_file `{key}`: {e}"),
+                                )
+                            })?;
+                        if !(text.contains("-----BEGIN PRIVATE KEY-----")
+                            || text.contains("-----BEGIN RSA PRIVATE KEY-----"))
+                        {
+                            return Err(self.at(
+                                &at.key("private_key_file"),
+                                At::Value,
+                                format!(
+                                    "private_key_file `{key}` holds no RSA private key in PEM \
+                                     (`BEGIN PRIVATE KEY` or `BEGIN RSA PRIVATE KEY`), such as \
+                                     `dcos security org service-accounts keypair` writes"
+                                ),
+                            ));
+                        }
+                        Some((
+                            DiscoveryAuth::ServiceAccount {
+                                uid: sa.uid,
+                                private_key_file: PathBuf::from(&sa.private_key_file),
+                                login_url: sa.login_url.0,
+                            },
+                            at.key("login_url"),
+                        ))
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(self.at(
+                            &at.key("service_account"),
+                            At::Key,
+                            "auth takes one of `token_file` and `service_account`, not both",
+                        ))
+                    }
+                    (None, None) => {
+                        return Err(self.at(
+                            &at,
+                            At::Value,
+                            "auth needs `token_file` or `service_account`",
+                        ))
+                    }
+                }
+            }
+        };
+        let https_at = urls
+            .iter()
+            .position(|u| u.starts_with("https://"))
+            .map(|i| path.key("urls").index(i))
+            .or_else(|| match &auth {
+                Some((DiscoveryAuth::ServiceAccount { login_url, .. }, at))
+                    if login_url.starts_with("https://") =>
+                {
+                    Some(at.clone())
+                }
+                _ => None,
+            });
+        let ca_file = match (ca_file, https_at) {
+            (None, None) => None,
+            (None, Some(at)) => {
+                return Err(self.at(
+                    &at,
+                    At::Value,
+                    "an https URL needs `ca_file` beside `urls`: the PEM file of the CA that signed the \
+                     server's certificate (on DC/OS, `dcos-ca.crt` from https://leader.mesos/ca/dcos-ca.crt); \
+                     only that CA is trusted, not the system's",
+                ))
+            }
+            (Some(_), None) => {
+                return Err(self.at(
+                    &path.key("ca_file"),
+                    At::Key,
+                    "ca_file is only used for https URLs, and none is https: remove it, or use https",
+                ))
+            }
+            (Some(file), Some(_)) => {
+                let at = path.key("ca_file");
+                check_ca_file(&file)
+                    .map_err(|e| self.at(&at, At::Value, format!("ca_file `{file}`: {e}")))?;
+                Some(PathBuf::from(file))
+            }
+        };
+        Ok((ca_file, auth.map(|(a, _)| a)))
     }
 
     /// Converts route `index` (at `path`), claiming its server names.

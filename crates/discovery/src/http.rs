@@ -1,51 +1,85 @@
-//! A small HTTP/1.1 client over tokio: `GET`, and `POST` with a small body
-//! (Mesos' operator API), one request per
-//! connection (`Connection: close`), bodies framed by `Content-Length`,
-//! chunked transfer coding or the end of the connection, every size and
-//! wait bounded. [`get`] reads a whole body; [`open`] hands the body out as
-//! it arrives, for the event stream.
+//! The HTTP client the sources share: reqwest (on hyper, HTTP/1.1 only)
+//! over rustls with `ring`, behind a small crate-internal API.
 //!
-//! Plain `http://` only: https (Admin Router, a `ca_file`) is not
-//! implemented yet, and config validation refuses https URLs.
+//! - One [`Client`] per source, built from its `ca_file`, its `auth` and
+//!   its request timeout; cloning it is cheap (one connection pool).
+//! - `https://` URLs trust exactly the CA certificates of `ca_file` (DC/OS
+//!   strict mode signs Admin Router's certificate with its own CA), never
+//!   the system roots; without a `ca_file` no https server is trusted.
+//! - Redirects are not followed here: the sources follow them (a
+//!   non-leader Marathon's 302, a non-leading Mesos master's 307 with a
+//!   scheme-relative `Location`) and log them, through [`Url::redirect`].
+//! - Every wait is bounded: the response head by the request timeout, the
+//!   head's size by hyper (its read buffer, about 400 KiB), the
+//!   body by the caller ([`Response::next`] under its stall timeout,
+//!   [`Response::body`] under a byte limit and a timeout).
+//! - With `auth`, each request carries `Authorization: token=...`
+//!   ([`crate::auth`]); a 401 with a service account logs in again and
+//!   retries the request once.
 
 use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use crate::auth::{Auth, AuthSettings};
 
-/// The largest response head accepted.
-pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// The largest chunk-size line (with extensions) accepted.
-const MAX_CHUNK_LINE: usize = 1024;
+/// The largest `ca_file` read.
+const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
 
-/// An `http://host[:port][/prefix]` URL, the prefix without a trailing
+/// `http` or `https`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// Plain HTTP (`http://marathon.mesos:8080`).
+    Http,
+    /// HTTP over TLS, verified against the source's `ca_file`
+    /// (`https://leader.mesos/marathon`).
+    Https,
+}
+
+impl Scheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+/// An `http[s]://host[:port][/prefix]` URL, the prefix without a trailing
 /// slash (Marathon behind a path, as Admin Router serves it).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Url {
+    /// `http` or `https`.
+    pub scheme: Scheme,
     /// Host name or IP address (IPv6 without brackets).
     pub host: String,
-    /// Port (80 when not written).
+    /// Port (80 or 443 when not written).
     pub port: u16,
     /// Path prefix, empty or starting with `/`, no trailing `/`.
     pub prefix: String,
 }
 
 impl Url {
-    /// Parses `http://host[:port][/prefix]`.
+    /// Parses `http[s]://host[:port][/prefix]`.
     ///
     /// # Errors
-    /// A message saying what is wrong, for an https URL too.
+    /// A message saying what is wrong.
     pub fn parse(s: &str) -> Result<Url, String> {
-        let rest = if let Some(rest) = s.strip_prefix("http://") {
-            rest
-        } else if s.starts_with("https://") {
-            return Err(format!(
-                "`{s}`: https is not supported yet; use Marathon's plain http URL (http://marathon.mesos:8080)"
-            ));
+        let (scheme, rest) = if let Some(rest) = s.strip_prefix("http://") {
+            (Scheme::Http, rest)
+        } else if let Some(rest) = s.strip_prefix("https://") {
+            (Scheme::Https, rest)
         } else {
             return Err(format!(
-                "`{s}` is not an http URL such as `http://marathon.mesos:8080`"
+                "`{s}` is not an http or https URL such as `http://marathon.mesos:8080`"
             ));
         };
         let (authority, path) = match rest.find('/') {
@@ -54,7 +88,7 @@ impl Url {
         };
         if path.contains(['?', '#']) || authority.contains(['@', '?', '#']) {
             return Err(format!(
-                "`{s}`: a Marathon URL has no user, query or fragment"
+                "`{s}`: a discovery URL has no user, query or fragment"
             ));
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
@@ -76,7 +110,7 @@ impl Url {
             return Err(format!("`{s}`: the host is missing or not a valid name"));
         }
         let port = match port {
-            None => 80,
+            None => scheme.default_port(),
             Some(p) => match p.parse::<u16>() {
                 Ok(p) if p > 0 => p,
                 _ => return Err(format!("`{s}`: `{p}` is not a port")),
@@ -89,13 +123,14 @@ impl Url {
             return Err(format!("`{s}`: the path may hold plain characters only"));
         }
         Ok(Url {
+            scheme,
             host: host.to_owned(),
             port,
             prefix: path.trim_end_matches('/').to_owned(),
         })
     }
 
-    /// `host:port` as the `Host` header writes it.
+    /// `host:port`, the IPv6 address in brackets.
     fn authority(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
@@ -105,9 +140,11 @@ impl Url {
     }
 
     /// Where a `Location` header points, relative to this URL's request:
-    /// an absolute `http://` URL or an absolute path on the same server.
-    /// The result is the full URL of the target (path included) and the
-    /// request path to use on it.
+    /// an absolute `http://` or `https://` URL, a scheme-relative one
+    /// (`//host:port/path`, which a non-leading Mesos master sends; it
+    /// keeps this URL's scheme), or an absolute path on the same server.
+    /// The result is the target's server (without prefix) and the request
+    /// path to use on it, query included.
     pub(crate) fn redirect(&self, location: &str) -> Option<(Url, String)> {
         if location.starts_with('/') && !location.starts_with("//") {
             let base = Url {
@@ -116,249 +153,299 @@ impl Url {
             };
             return Some((base, location.to_owned()));
         }
-        // Absolute, or scheme-relative (`//host:port/path`).
-        let scheme_rest = match location.strip_prefix("//") {
-            Some(rest) => rest,
-            None => location.strip_prefix("http://")?,
+        let (scheme, rest) = if let Some(rest) = location.strip_prefix("//") {
+            (self.scheme, rest)
+        } else if let Some(rest) = location.strip_prefix("http://") {
+            (Scheme::Http, rest)
+        } else if let Some(rest) = location.strip_prefix("https://") {
+            (Scheme::Https, rest)
+        } else {
+            return None;
         };
-        let (authority, path) = match scheme_rest.find('/') {
-            Some(i) => (&scheme_rest[..i], &scheme_rest[i..]),
-            None => (scheme_rest, "/"),
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) if rest[i..].starts_with('?') => (&rest[..i], format!("/{}", &rest[i..])),
+            Some(i) => (&rest[..i], rest[i..].to_owned()),
+            None => (rest, "/".to_owned()),
         };
-        let base = Url::parse(&format!("http://{authority}")).ok()?;
-        Some((base, path.to_owned()))
+        let base = Url::parse(&format!("{}://{authority}", scheme.as_str())).ok()?;
+        Some((base, path))
     }
 }
 
 impl fmt::Display for Url {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority(), self.prefix)
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme.as_str(),
+            self.authority(),
+            self.prefix
+        )
     }
+}
+
+/// The request methods the sources use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Method {
+    /// `GET` (Marathon).
+    Get,
+    /// `POST` with a body (Mesos' operator API, the DC/OS login).
+    Post,
 }
 
 /// Why a request failed.
 #[derive(Debug)]
 pub(crate) enum Error {
-    /// Connect, read or write failed, or took too long.
-    Io(std::io::Error),
-    /// The server answered something that is not HTTP/1.x as we read it,
-    /// or too large.
+    /// Connect, TLS, read or write failed, or took too long.
+    Transport(String),
+    /// The server answered something we do not accept (too large, not
+    /// HTTP, a body cut short).
     Protocol(String),
+    /// Getting the credentials failed (token file, service-account login).
+    Auth(String),
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Io(e) => write!(f, "{e}"),
-            Self::Protocol(m) => f.write_str(m),
+            Self::Transport(m) | Self::Protocol(m) => f.write_str(m),
+            Self::Auth(m) => write!(f, "authentication: {m}"),
         }
     }
 }
 
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Self {
-        Self::Io(e)
+/// A reqwest error with its causes (`error sending request: ... :
+/// invalid peer certificate: UnknownIssuer`), which its `Display` leaves
+/// out.
+fn transport(e: reqwest::Error) -> Error {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    if e.is_body() || e.is_decode() {
+        Error::Protocol(text)
+    } else {
+        Error::Transport(text)
     }
 }
 
-fn protocol(m: impl Into<String>) -> Error {
-    Error::Protocol(m.into())
+/// How a [`Client`] is built.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ClientSettings {
+    /// PEM file with the CA certificates trusted for https (and only
+    /// them); `None`: no https server is trusted.
+    pub(crate) ca_file: Option<std::path::PathBuf>,
+    /// Credentials sent with each request.
+    pub(crate) auth: Option<AuthSettings>,
+    /// Bound on connecting and reading a response head.
+    pub(crate) request_timeout: Duration,
 }
 
-/// A response head.
-#[derive(Debug)]
-pub(crate) struct Head {
-    pub(crate) status: u16,
-    headers: Vec<(String, String)>,
+/// A source's HTTP client. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct Client {
+    inner: reqwest::Client,
+    auth: Option<Arc<Auth>>,
+    timeout: Duration,
 }
 
-impl Head {
-    /// The first header named `name` (ASCII case-insensitive).
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Parses a complete head (status line and headers, without the empty
-/// line that ends it).
-pub(crate) fn parse_head(text: &[u8]) -> Result<Head, Error> {
-    let text = std::str::from_utf8(text).map_err(|_| protocol("response head is not UTF-8"))?;
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(protocol(format!(
-            "not an HTTP/1.x response: `{status_line}`"
-        )));
-    }
-    let status = parts
-        .next()
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|s| (100..1000).contains(s))
-        .ok_or_else(|| protocol(format!("bad status line `{status_line}`")))?;
-    let mut headers = Vec::new();
-    for line in lines {
-        let (k, v) = line
-            .split_once(':')
-            .ok_or_else(|| protocol(format!("bad header line `{line}`")))?;
-        headers.push((k.trim().to_owned(), v.trim().to_owned()));
-    }
-    Ok(Head { status, headers })
-}
-
-/// How a body ends.
-#[derive(Debug)]
-enum Framing {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    Close,
-}
-
-/// The chunked transfer coding, decoded incrementally: bytes go in as they
-/// arrive, split anywhere.
-#[derive(Debug, Default)]
-pub(crate) struct ChunkedDecoder {
-    state: ChunkState,
-    line: Vec<u8>,
-}
-
-#[derive(Debug, Default, PartialEq)]
-enum ChunkState {
-    /// Reading a chunk-size line.
-    #[default]
-    Size,
-    /// This many data bytes left in the chunk.
-    Data(u64),
-    /// The CRLF after a chunk's data.
-    DataEnd,
-    /// Trailer lines after the last chunk, up to an empty line.
-    Trailers,
-    Done,
-}
-
-impl ChunkedDecoder {
-    /// Decodes `input` into `out`; `Ok(true)` once the last chunk and the
-    /// trailers are complete (bytes after that are ignored).
-    pub(crate) fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<bool, Error> {
-        while !input.is_empty() {
-            match self.state {
-                ChunkState::Done => return Ok(true),
-                ChunkState::Data(n) => {
-                    let take = (n.min(input.len() as u64)) as usize;
-                    out.extend_from_slice(&input[..take]);
-                    input = &input[take..];
-                    let left = n - take as u64;
-                    self.state = if left == 0 {
-                        ChunkState::DataEnd
-                    } else {
-                        ChunkState::Data(left)
-                    };
-                }
-                ChunkState::Size | ChunkState::DataEnd | ChunkState::Trailers => {
-                    let Some(nl) = input.iter().position(|&b| b == b'\n') else {
-                        self.line.extend_from_slice(input);
-                        if self.line.len() > MAX_CHUNK_LINE {
-                            return Err(protocol("chunk line too long"));
-                        }
-                        return Ok(false);
-                    };
-                    self.line.extend_from_slice(&input[..nl]);
-                    input = &input[nl + 1..];
-                    if self.line.len() > MAX_CHUNK_LINE {
-                        return Err(protocol("chunk line too long"));
-                    }
-                    let line = std::mem::take(&mut self.line);
-                    let line = line.strip_suffix(b"\r").unwrap_or(&line);
-                    self.state = match self.state {
-                        ChunkState::DataEnd if line.is_empty() => ChunkState::Size,
-                        ChunkState::DataEnd => {
-                            return Err(protocol("chunk data longer than its size"))
-                        }
-                        ChunkState::Trailers if line.is_empty() => ChunkState::Done,
-                        ChunkState::Trailers => ChunkState::Trailers,
-                        _ => {
-                            let hex = line.split(|&b| b == b';').next().unwrap_or_default();
-                            let hex = std::str::from_utf8(hex)
-                                .ok()
-                                .map(str::trim)
-                                .filter(|h| !h.is_empty() && h.len() <= 15)
-                                .and_then(|h| u64::from_str_radix(h, 16).ok())
-                                .ok_or_else(|| protocol("bad chunk size"))?;
-                            if hex == 0 {
-                                ChunkState::Trailers
-                            } else {
-                                ChunkState::Data(hex)
-                            }
-                        }
-                    };
-                }
+impl Client {
+    /// Builds the client, reading `ca_file` now.
+    ///
+    /// # Errors
+    /// The CA file cannot be read or holds no certificate; the TLS
+    /// settings are refused.
+    pub(crate) fn new(settings: &ClientSettings) -> Result<Client, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(path) = &settings.ca_file {
+            for cert in read_ca_file(path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
             }
         }
-        Ok(self.state == ChunkState::Done)
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS settings: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let inner = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(settings.request_timeout)
+            .tcp_nodelay(true)
+            .http1_only()
+            .user_agent(concat!("sniroute/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("HTTP client: {}", transport(e)))?;
+        let mut client = Client {
+            inner,
+            auth: None,
+            timeout: settings.request_timeout,
+        };
+        if let Some(auth) = &settings.auth {
+            client.auth = Some(Arc::new(Auth::new(auth.clone(), client.clone())));
+        }
+        Ok(client)
     }
+
+    /// Sends `method path` (under `url`'s prefix) with `headers` and
+    /// `body`, and reads the response head within the request timeout.
+    /// With `auth`, the request carries the token; a 401 when the token
+    /// came from a service-account login logs in again and retries once.
+    /// Redirects are returned, not followed.
+    ///
+    /// # Errors
+    /// The credentials cannot be had, the server cannot be reached, or
+    /// answers no HTTP response head in time.
+    pub(crate) async fn open(
+        &self,
+        method: Method,
+        url: &Url,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Response, Error> {
+        let token = match &self.auth {
+            Some(auth) => Some(auth.token().await?),
+            None => None,
+        };
+        let resp = self
+            .send(method, url, path, headers, body.clone(), token.as_deref())
+            .await?;
+        match (&self.auth, token) {
+            (Some(auth), Some(token)) if resp.status == 401 && auth.renews_on_401() => {
+                tracing::info!(url = %url, "401 Unauthorized: logging in again, then retrying once");
+                auth.forget(&token).await;
+                let token = auth.token().await?;
+                self.send(method, url, path, headers, body, Some(&token))
+                    .await
+            }
+            _ => Ok(resp),
+        }
+    }
+
+    /// One request, without credentials handling.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+        token: Option<&str>,
+    ) -> Result<Response, Error> {
+        let target = format!("{url}{path}");
+        let parsed = reqwest::Url::parse(&target)
+            .map_err(|e| Error::Protocol(format!("`{target}` is not a URL: {e}")))?;
+        let mut req = match method {
+            Method::Get => self.inner.get(parsed),
+            Method::Post => self.inner.post(parsed),
+        };
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(token) = token {
+            req = req.header("Authorization", format!("token={token}"));
+        }
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        match tokio::time::timeout(self.timeout, req.send()).await {
+            Ok(Ok(inner)) => Ok(Response {
+                status: inner.status().as_u16(),
+                inner,
+            }),
+            Ok(Err(e)) => Err(transport(e)),
+            Err(_) => Err(Error::Transport(format!(
+                "no response head within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+}
+
+/// The certificates of a PEM `ca_file`.
+///
+/// # Errors
+/// The file cannot be read, is too large, is not PEM or holds no
+/// certificate.
+pub(crate) fn read_ca_file(
+    path: &Path,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let shown = path.display();
+    let len = std::fs::metadata(path)
+        .map_err(|e| format!("ca_file {shown}: {e}"))?
+        .len();
+    if len > MAX_CA_FILE_BYTES {
+        return Err(format!(
+            "ca_file {shown}: {len} bytes is too large for a CA bundle"
+        ));
+    }
+    let pem = std::fs::read(path).map_err(|e| format!("ca_file {shown}: {e}"))?;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("ca_file {shown}: not PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "ca_file {shown}: no `BEGIN CERTIFICATE` block in it"
+        ));
+    }
+    Ok(certs)
 }
 
 /// A response whose body is read as it arrives.
 #[derive(Debug)]
 pub(crate) struct Response {
-    pub(crate) head: Head,
-    stream: TcpStream,
-    framing: Framing,
-    /// Body bytes read with the head, not handed out yet.
-    pending: Vec<u8>,
-    done: bool,
+    /// The status code.
+    pub(crate) status: u16,
+    inner: reqwest::Response,
 }
 
 impl Response {
-    /// The next decoded piece of the body; `None` at its end. Each read
-    /// waits for the stream: bound it with a timeout.
+    /// The first header named `name` (ASCII case-insensitive), if it is
+    /// text.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.inner.headers().get(name)?.to_str().ok()
+    }
+
+    /// The next piece of the body as it arrives (transfer coding
+    /// removed); `None` at its end. Each read waits for the server: bound
+    /// it with a timeout.
+    ///
+    /// # Errors
+    /// The connection broke, or the body was cut short.
     pub(crate) async fn next(&mut self) -> Result<Option<Vec<u8>>, Error> {
         loop {
-            if self.done {
-                return Ok(None);
-            }
-            let raw = if self.pending.is_empty() {
-                let mut buf = vec![0u8; 16 * 1024];
-                let n = self.stream.read(&mut buf).await?;
-                if n == 0 {
-                    self.done = true;
-                    return match self.framing {
-                        Framing::Close => Ok(None),
-                        Framing::Length(0) => Ok(None),
-                        _ => Err(protocol("the connection closed inside the body")),
-                    };
-                }
-                buf.truncate(n);
-                buf
-            } else {
-                std::mem::take(&mut self.pending)
-            };
-            let mut out = Vec::new();
-            match &mut self.framing {
-                Framing::Close => out = raw,
-                Framing::Length(left) => {
-                    let take = (*left).min(raw.len() as u64) as usize;
-                    out.extend_from_slice(&raw[..take]);
-                    *left -= take as u64;
-                    self.done = *left == 0;
-                }
-                Framing::Chunked(dec) => self.done = dec.feed(&raw, &mut out)?,
-            }
-            if !out.is_empty() {
-                return Ok(Some(out));
+            match self.inner.chunk().await {
+                Ok(Some(b)) if b.is_empty() => continue,
+                Ok(Some(b)) => return Ok(Some(b.to_vec())),
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(transport(e)),
             }
         }
     }
 
-    /// The whole body, refused past `limit` bytes.
+    /// The whole body, refused past `limit` bytes (before reading it when
+    /// `Content-Length` says so).
+    ///
+    /// # Errors
+    /// As [`Response::next`], and a body over the limit.
     pub(crate) async fn body(mut self, limit: usize) -> Result<Vec<u8>, Error> {
-        if let Framing::Length(n) = self.framing {
+        if let Some(n) = self.inner.content_length() {
             if n > limit as u64 {
-                return Err(protocol(format!(
+                return Err(Error::Protocol(format!(
                     "body of {n} bytes is over the {limit} byte limit"
                 )));
             }
@@ -366,7 +453,7 @@ impl Response {
         let mut body = Vec::new();
         while let Some(piece) = self.next().await? {
             if body.len() + piece.len() > limit {
-                return Err(protocol(format!("body over the {limit} byte limit")));
+                return Err(Error::Protocol(format!("body over the {limit} byte limit")));
             }
             body.extend_from_slice(&piece);
         }
@@ -374,96 +461,21 @@ impl Response {
     }
 }
 
-/// Sends `method path` (under `url`'s prefix) with `body` (none for
-/// `GET`) to `url`'s server and reads the response head within `timeout`.
-pub(crate) async fn open(
-    method: &str,
-    url: &Url,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-    timeout: Duration,
-) -> Result<Response, Error> {
-    let attempt = async {
-        let mut stream = TcpStream::connect((url.host.as_str(), url.port)).await?;
-        let _ = stream.set_nodelay(true);
-        let mut req = format!(
-            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: sniroute/{}\r\nConnection: close\r\n",
-            url.prefix,
-            url.authority(),
-            env!("CARGO_PKG_VERSION")
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        if method != "GET" {
-            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        req.push_str("\r\n");
-        let mut req = req.into_bytes();
-        req.extend_from_slice(body);
-        stream.write_all(&req).await?;
-        let mut buf = Vec::with_capacity(4096);
-        let mut chunk = [0u8; 4096];
-        let end = loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(protocol("the connection closed before a response"));
-            }
-            let from = buf.len().saturating_sub(3);
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
-                break from + i;
-            }
-            if buf.len() > MAX_HEAD_BYTES {
-                return Err(protocol("response head over 64 KiB"));
-            }
-        };
-        let head = parse_head(&buf[..end])?;
-        let pending = buf[end + 4..].to_vec();
-        let chunked = head
-            .header("transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-        let framing = if chunked {
-            Framing::Chunked(ChunkedDecoder::default())
-        } else if let Some(len) = head.header("content-length") {
-            Framing::Length(
-                len.parse()
-                    .map_err(|_| protocol(format!("bad Content-Length `{len}`")))?,
-            )
-        } else if head.status == 204 || head.status == 304 {
-            Framing::Length(0)
-        } else {
-            Framing::Close
-        };
-        let done = matches!(framing, Framing::Length(0));
-        Ok(Response {
-            head,
-            stream,
-            framing,
-            pending,
-            done,
-        })
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no response head within {timeout:?}"),
-        ))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
     #[test]
     fn urls() {
         let u = Url::parse("http://marathon.mesos:8080").unwrap();
         assert_eq!(
-            (u.host.as_str(), u.port, u.prefix.as_str()),
-            ("marathon.mesos", 8080, "")
+            (u.scheme, u.host.as_str(), u.port, u.prefix.as_str()),
+            (Scheme::Http, "marathon.mesos", 8080, "")
         );
         assert_eq!(u.to_string(), "http://marathon.mesos:8080");
         let u = Url::parse("http://10.0.0.1/marathon/").unwrap();
@@ -473,20 +485,26 @@ mod tests {
             (u.host.as_str(), u.to_string().as_str()),
             ("::1", "http://[::1]:8080")
         );
+        let u = Url::parse("https://leader.mesos/marathon").unwrap();
+        assert_eq!(
+            (u.scheme, u.port, u.to_string().as_str()),
+            (Scheme::Https, 443, "https://leader.mesos:443/marathon")
+        );
         for bad in [
-            "https://leader.mesos/marathon",
+            "ftp://leader.mesos/marathon",
             "marathon.mesos:8080",
             "http://:8080",
             "http://m:0",
             "http://m:99999",
             "http://u@m:1",
             "http://m:1/a?b",
+            "https://m:1/a b",
         ] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
-        assert!(Url::parse("https://x")
+        assert!(Url::parse("ftp://x")
             .unwrap_err()
-            .contains("not supported yet"));
+            .contains("not an http or https URL"));
     }
 
     #[test]
@@ -502,45 +520,248 @@ mod tests {
             (to.to_string(), path.as_str()),
             ("http://10.0.0.1:8080".into(), "/v2/events")
         );
-        let (to, _) = u.redirect("//10.0.0.3:8080/v2/events").unwrap();
-        assert_eq!(to.port, 8080);
-        assert!(u.redirect("https://elsewhere/").is_none());
+        // Scheme-relative, as a non-leading Mesos master answers: the
+        // scheme stays.
+        let (to, path) = u.redirect("//10.0.0.3:5050/api/v1").unwrap();
+        assert_eq!(
+            (to.to_string(), path.as_str()),
+            ("http://10.0.0.3:5050".into(), "/api/v1")
+        );
+        let s = Url::parse("https://leader.mesos/mesos").unwrap();
+        let (to, path) = s.redirect("//master2.mesos:5050/api/v1").unwrap();
+        assert_eq!(
+            (to.to_string(), path.as_str()),
+            ("https://master2.mesos:5050".into(), "/api/v1")
+        );
+        let (to, path) = u.redirect("https://elsewhere").unwrap();
+        assert_eq!(
+            (to.to_string(), path.as_str()),
+            ("https://elsewhere:443".into(), "/")
+        );
+        let (_, path) = u.redirect("//h:1?x=1").unwrap();
+        assert_eq!(path, "/?x=1");
+        for bad in ["ftp://x/", "v2/events", "//u@h/", "http://h:0/"] {
+            assert!(u.redirect(bad).is_none(), "{bad}");
+        }
     }
 
-    #[test]
-    fn heads() {
-        let h = parse_head(b"HTTP/1.1 302 Found\r\nLocation: http://a:1/x\r\ncontent-length: 0")
+    /// A one-shot HTTP/1.1 server on loopback: answers each connection
+    /// with `reply` and hands back the request head it read.
+    async fn serve_once(reply: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(reply).await.unwrap();
+            s.shutdown().await.ok();
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        (addr, task)
+    }
+
+    fn plain_client() -> Client {
+        Client::new(&ClientSettings {
+            ca_file: None,
+            auth: None,
+            request_timeout: Duration::from_secs(5),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_arrive_decoded_and_redirects_are_returned() {
+        let (addr, server) = serve_once(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5;ext=1\r\nhello\r\n1\r\n \r\nB\r\nworld!\nmore\r\n0\r\nX-T: y\r\n\r\n",
+        )
+        .await;
+        let url = Url::parse(&format!("http://{addr}/m")).unwrap();
+        let resp = plain_client()
+            .open(
+                Method::Get,
+                &url,
+                "/v2/apps?x=1",
+                &[("Accept", "a/b")],
+                None,
+            )
+            .await
             .unwrap();
-        assert_eq!(h.status, 302);
-        assert_eq!(h.header("location"), Some("http://a:1/x"));
-        assert!(parse_head(b"SSH-2.0-OpenSSH").is_err());
-        assert!(parse_head(b"HTTP/1.1 abc OK").is_err());
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body(1024).await.unwrap(), b"hello world!\nmore");
+        let head = server.await.unwrap();
+        assert!(
+            head.starts_with("GET /m/v2/apps?x=1 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase().contains("accept: a/b\r\n"),
+            "{head}"
+        );
+
+        let (addr, server) =
+            serve_once(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: //h:5050/api/v1\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        let url = Url::parse(&format!("http://{addr}")).unwrap();
+        let resp = plain_client()
+            .open(Method::Post, &url, "/api/v1", &[], Some(b"{}".to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 307);
+        assert_eq!(resp.header("location"), Some("//h:5050/api/v1"));
+        let head = server.await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("post /api/v1 http/1.1\r\n"), "{head}");
+        assert!(head.contains("content-length: 2\r\n"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_and_cut_short_are_errors() {
+        let (addr, _s) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n").await;
+        let url = Url::parse(&format!("http://{addr}")).unwrap();
+        let resp = plain_client()
+            .open(Method::Get, &url, "/", &[], None)
+            .await
+            .unwrap();
+        let e = resp.body(1000).await.unwrap_err().to_string();
+        assert!(e.contains("over the 1000 byte limit"), "{e}");
+
+        let (addr, _s) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nshort").await;
+        let url = Url::parse(&format!("http://{addr}")).unwrap();
+        let resp = plain_client()
+            .open(Method::Get, &url, "/", &[], None)
+            .await
+            .unwrap();
+        assert!(resp.body(1000).await.is_err());
+
+        let (addr, _s) = serve_once(b"SSH-2.0-OpenSSH_9.6\r\n\r\n").await;
+        let url = Url::parse(&format!("http://{addr}")).unwrap();
+        assert!(plain_client()
+            .open(Method::Get, &url, "/", &[], None)
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let client = Client::new(&ClientSettings {
+            ca_file: None,
+            auth: None,
+            request_timeout: Duration::from_millis(300),
+        })
+        .unwrap();
+        let e = client
+            .open(Method::Get, &url, "/", &[], None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no response head within"), "{e}");
+        drop(listener);
+    }
+
+    /// An https server on loopback with a certificate for 127.0.0.1 from
+    /// `ca`: answers one request `200 secure`, or fails the handshake.
+    async fn https_server(ca: &demo::Ca) -> (SocketAddr, tokio::task::JoinHandle<bool>) {
+        let identity = ca.server_identity(&["127.0.0.1", "localhost"]);
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(identity.cert_chain(), identity.private_key())
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(mut s) = acceptor.accept(tcp).await else {
+                return false;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecure")
+                .await
+                .unwrap();
+            s.shutdown().await.ok();
+            true
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn https_trusts_the_ca_file_and_only_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = demo::Ca::new("DC/OS test CA");
+        let ca_file = dir.path().join("dcos-ca.crt");
+        let other = dir.path().join("other-ca.crt");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        std::fs::write(&other, demo::Ca::new("another CA").cert_pem()).unwrap();
+        let client = |ca_file: Option<&std::path::Path>| {
+            Client::new(&ClientSettings {
+                ca_file: ca_file.map(Into::into),
+                auth: None,
+                request_timeout: Duration::from_secs(5),
+            })
+            .unwrap()
+        };
+
+        let (addr, server) = https_server(&ca).await;
+        let url = Url::parse(&format!("https://{addr}")).unwrap();
+        let resp = client(Some(&ca_file))
+            .open(Method::Get, &url, "/v2/apps", &[], None)
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body(100).await.unwrap(), b"secure");
+        assert!(server.await.unwrap());
+
+        for trusted in [Some(other.as_path()), None] {
+            let (addr, server) = https_server(&ca).await;
+            let url = Url::parse(&format!("https://{addr}")).unwrap();
+            let e = client(trusted)
+                .open(Method::Get, &url, "/v2/apps", &[], None)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("certificate") || e.contains("UnknownIssuer"),
+                "{e}"
+            );
+            assert!(!server.await.unwrap());
+        }
     }
 
     #[test]
-    fn chunked_bodies_split_at_every_byte() {
-        let wire = b"5;ext=1\r\nhello\r\n1\r\n \r\nB\r\nworld!\nmore\r\n0\r\nX-T: y\r\n\r\nignored";
-        for split in 0..wire.len() {
-            let mut dec = ChunkedDecoder::default();
-            let mut out = Vec::new();
-            let first = dec.feed(&wire[..split], &mut out).unwrap();
-            let done = first || dec.feed(&wire[split..], &mut out).unwrap();
-            assert!(done, "split {split}");
-            assert_eq!(out, b"hello world!\nmore", "split {split}");
-        }
-        // One byte at a time.
-        let mut dec = ChunkedDecoder::default();
-        let mut out = Vec::new();
-        let mut done = false;
-        for b in wire.iter() {
-            done = dec.feed(std::slice::from_ref(b), &mut out).unwrap() || done;
-        }
-        assert!(done);
-        assert_eq!(out, b"hello world!\nmore");
-        for bad in [&b"zz\r\n"[..], b"3\r\nabcd\r\n", b"fffffffffffffffff\r\n"] {
-            assert!(ChunkedDecoder::default()
-                .feed(bad, &mut Vec::new())
-                .is_err());
-        }
+    fn ca_files_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.crt");
+        std::fs::write(&empty, "no PEM here\n").unwrap();
+        let e = Client::new(&ClientSettings {
+            ca_file: Some(empty),
+            auth: None,
+            request_timeout: Duration::from_secs(1),
+        })
+        .unwrap_err();
+        assert!(e.contains("no `BEGIN CERTIFICATE` block"), "{e}");
+        let e = read_ca_file(&dir.path().join("missing.crt")).unwrap_err();
+        assert!(
+            e.contains("missing.crt") && e.contains("No such file"),
+            "{e}"
+        );
     }
 }

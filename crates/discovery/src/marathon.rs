@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::apps::{self, Apps, Target};
-use crate::http::{self, Response, Url};
+use crate::http::{Client, ClientSettings, Method, Response, Url};
 use crate::labels::{self, LabelRoutes};
 use crate::sse::{Event, Parser};
 use crate::{AppSelector, Discovered, MarathonSettings};
@@ -95,6 +95,7 @@ fn random_fraction() -> f64 {
 
 struct Worker {
     settings: MarathonSettings,
+    client: Client,
     selectors: watch::Receiver<Vec<AppSelector>>,
     out: watch::Sender<Discovered>,
     /// The last app list that parsed.
@@ -103,20 +104,60 @@ struct Worker {
     problems: Vec<String>,
 }
 
+/// The source's HTTP client. The files it reads (`ca_file`, a key) were
+/// fine when the config was checked; they may come back (a secret being
+/// written): tried again with back-off, each failure counted.
+pub(crate) async fn build_client(
+    settings: ClientSettings,
+    out: &watch::Sender<Discovered>,
+    backoff: &mut Backoff,
+    source: &str,
+) -> Client {
+    loop {
+        match Client::new(&settings) {
+            Ok(client) => {
+                backoff.reset();
+                return client;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "{source} discovery cannot build its HTTP client");
+                out.send_modify(|d| {
+                    d.sync_failures += 1;
+                    d.last_error = Some(e);
+                });
+                tokio::time::sleep(backoff.next()).await;
+            }
+        }
+    }
+}
+
 /// Runs the source until its handle is dropped.
 pub(crate) async fn run(
     settings: MarathonSettings,
     selectors: watch::Receiver<Vec<AppSelector>>,
     out: watch::Sender<Discovered>,
 ) {
+    let mut backoff = Backoff::new();
+    let client = build_client(
+        ClientSettings {
+            ca_file: settings.ca_file.clone(),
+            auth: settings.auth.clone(),
+            request_timeout: settings.request_timeout,
+        },
+        &out,
+        &mut backoff,
+        "Marathon",
+    )
+    .await;
+    backoff.reset();
     let mut w = Worker {
         settings,
+        client,
         selectors,
         out,
         apps: None,
         problems: Vec::new(),
     };
-    let mut backoff = Backoff::new();
     let mut index = 0;
     loop {
         let url = w.settings.urls[index].clone();
@@ -177,22 +218,16 @@ impl Worker {
         let mut url = url.clone();
         let mut path = path.to_owned();
         for _ in 0..=MAX_REDIRECTS {
-            let resp = http::open(
-                "GET",
-                &url,
-                &path,
-                &[("Accept", accept)],
-                &[],
-                self.settings.request_timeout,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            let resp = self
+                .client
+                .open(Method::Get, &url, &path, &[("Accept", accept)], None)
+                .await
+                .map_err(|e| e.to_string())?;
             let shown = format!("{url}{path}");
-            match resp.head.status {
+            match resp.status {
                 200 => return Ok((resp, shown)),
                 301 | 302 | 303 | 307 | 308 => {
                     let location = resp
-                        .head
                         .header("location")
                         .ok_or_else(|| format!("{shown}: redirect without Location"))?;
                     let (to, to_path) = url.redirect(location).ok_or_else(|| {
@@ -203,6 +238,17 @@ impl Worker {
                     path = to_path;
                 }
                 503 => return Err(format!("{shown}: 503 Service Unavailable (no leader?)")),
+                401 | 403 => {
+                    return Err(format!(
+                    "{shown}: {} {}: check discovery.marathon.auth and the account's permissions",
+                    resp.status,
+                    if resp.status == 401 {
+                        "Unauthorized"
+                    } else {
+                        "Forbidden"
+                    }
+                ))
+                }
                 s => return Err(format!("{shown}: unexpected status {s}")),
             }
         }

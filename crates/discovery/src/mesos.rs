@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::apps::Target;
-use crate::http::{self, Response, Url};
+use crate::http::{Client, ClientSettings, Method, Response, Url};
 use crate::marathon::{resolve, Backoff};
 use crate::mesos_state::{self, Applied, Table};
 use crate::recordio::Decoder;
@@ -59,6 +59,7 @@ enum End {
 
 struct Worker {
     settings: MesosSettings,
+    client: Client,
     selectors: watch::Receiver<Vec<TaskSelector>>,
     out: watch::Sender<Discovered>,
     /// The table as last synced and updated.
@@ -73,14 +74,26 @@ pub(crate) async fn run(
     selectors: watch::Receiver<Vec<TaskSelector>>,
     out: watch::Sender<Discovered>,
 ) {
+    let mut backoff = Backoff::new();
+    let client = crate::marathon::build_client(
+        ClientSettings {
+            ca_file: settings.ca_file.clone(),
+            auth: settings.auth.clone(),
+            request_timeout: settings.request_timeout,
+        },
+        &out,
+        &mut backoff,
+        "Mesos",
+    )
+    .await;
     let mut w = Worker {
         settings,
+        client,
         selectors,
         out,
         table: None,
         problems: Vec::new(),
     };
-    let mut backoff = Backoff::new();
     let mut index = 0;
     loop {
         let url = w.settings.urls[index].clone();
@@ -150,22 +163,22 @@ impl Worker {
         let mut url = url.clone();
         let mut path = API.to_owned();
         for _ in 0..=MAX_REDIRECTS {
-            let resp = http::open(
-                "POST",
-                &url,
-                &path,
-                &headers,
-                body.as_bytes(),
-                self.settings.request_timeout,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            let resp = self
+                .client
+                .open(
+                    Method::Post,
+                    &url,
+                    &path,
+                    &headers,
+                    Some(body.clone().into_bytes()),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
             let shown = format!("{url}{path}");
-            match resp.head.status {
+            match resp.status {
                 200 => return Ok((resp, shown)),
                 301 | 302 | 303 | 307 | 308 => {
                     let location = resp
-                        .head
                         .header("location")
                         .ok_or_else(|| format!("{shown}: redirect without Location"))?;
                     let (to, to_path) = url.redirect(location).ok_or_else(|| {

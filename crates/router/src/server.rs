@@ -272,6 +272,29 @@ fn source_urls(urls: &[String], what: &str) -> Vec<discovery::Url> {
         .collect()
 }
 
+/// A source's `auth` as discovery takes it; a login URL that does not
+/// parse (validation makes that impossible) is logged and left out.
+fn source_auth(auth: Option<&config::DiscoveryAuth>) -> Option<discovery::AuthSettings> {
+    match auth? {
+        config::DiscoveryAuth::TokenFile(f) => Some(discovery::AuthSettings::TokenFile(f.clone())),
+        config::DiscoveryAuth::ServiceAccount {
+            uid,
+            private_key_file,
+            login_url,
+        } => match discovery::Url::parse(login_url) {
+            Ok(login_url) => Some(discovery::AuthSettings::ServiceAccount {
+                uid: uid.clone(),
+                private_key_file: private_key_file.clone(),
+                login_url,
+            }),
+            Err(e) => {
+                tracing::error!(url = %login_url, error = %e, "DC/OS login URL left out");
+                None
+            }
+        },
+    }
+}
+
 /// Feeds what a source finds into the pools until the source stops.
 fn feeder(
     source: DiscoverySource,
@@ -343,6 +366,8 @@ impl Discovery {
                     allowed: l.server_names_allowed.clone(),
                     marathon_lb: l.marathon_lb,
                 }),
+                ca_file: m.ca_file.clone(),
+                auth: source_auth(m.auth.as_ref()),
                 ..discovery::MarathonSettings::new(source_urls(&m.urls, "Marathon"))
             });
         if let (Some((running, _)), Some(settings)) = (&self.marathon, &settings) {
@@ -385,6 +410,8 @@ impl Discovery {
             .as_ref()
             .map(|m| discovery::MesosSettings {
                 resync: m.resync,
+                ca_file: m.ca_file.clone(),
+                auth: source_auth(m.auth.as_ref()),
                 ..discovery::MesosSettings::new(source_urls(&m.urls, "Mesos"))
             });
         if let (Some((running, _)), Some(settings)) = (&self.mesos, &settings) {
