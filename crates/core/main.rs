@@ -80,8 +80,18 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, cli.log_level.as_deref());
     match cli.command {
         Command::Run { config } => {
+            // First, while this is the only thread: take the sockets
+            // systemd passed (socket activation) and clear LISTEN_*.
+            let inherited = match router::Inherited::from_env() {
+                Ok(inherited) => inherited,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("sniroute: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let source = ConfigSource::resolve(config.as_deref(), |k| std::env::var(k).ok());
-            run_router(source)
+            run_router(source, inherited)
         }
         Command::Check { config } => {
             let source = ConfigSource::resolve(config.as_deref(), |k| std::env::var(k).ok());
@@ -125,8 +135,8 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
-fn run_router(source: ConfigSource) -> ExitCode {
-    match runtime().block_on(router::run(source)) {
+fn run_router(source: ConfigSource, inherited: router::Inherited) -> ExitCode {
+    match runtime().block_on(router::run(source, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -156,7 +166,7 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {
         eprintln!("{}", config::render(&config));
         eprintln!("{}", demo.instructions);
         eprintln!("Press Ctrl-C to stop.\n");
-        router::run(ConfigSource::File(path))
+        router::run(ConfigSource::File(path), router::Inherited::none())
             .await
             .map_err(|e| e.to_string())
     });

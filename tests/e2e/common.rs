@@ -78,10 +78,28 @@ impl Router {
     /// Starts `sniroute run` with `yaml` without waiting for it; see
     /// [`Router::wait_ready`].
     pub(crate) fn spawn(yaml: &str, adjust: impl FnOnce(&mut Command)) -> Router {
+        Self::spawn_via(&[], yaml, adjust)
+    }
+
+    /// Like [`Router::spawn`], with the binary run by `wrapper` (a program
+    /// and its first arguments; the binary and its arguments follow), e.g.
+    /// a shell that sets up descriptors and `LISTEN_PID` first.
+    pub(crate) fn spawn_via(
+        wrapper: &[&str],
+        yaml: &str,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Router {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("sniroute.yaml");
         std::fs::write(&config_path, yaml).unwrap();
-        let mut cmd = Command::new(bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin());
+                cmd
+            }
+            None => Command::new(bin()),
+        };
         cmd.args([
             "--log-format",
             "json",

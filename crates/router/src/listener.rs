@@ -1,4 +1,5 @@
-//! Binding and accept loops.
+//! Binding (or adopting sockets inherited from systemd, see
+//! [`crate::activation`]) and accept loops.
 //!
 //! An accept loop never spins and never dies: when the process is out of
 //! file descriptors (EMFILE/ENFILE) it backs off, doubling from 10 ms to
@@ -47,21 +48,35 @@ pub(crate) fn bind(addr: SocketAddr, user_timeout: Duration) -> io::Result<TcpLi
     TcpListener::from_std(socket.into())
 }
 
+/// Makes an inherited listening socket (socket activation) a TLS listener:
+/// the per-connection options [`bind`] sets, set the same way (accepted
+/// sockets inherit them), and non-blocking. Its bind options (backlog,
+/// `IPV6_V6ONLY`) are the supervisor's.
+///
+/// # Errors
+/// A failed `setsockopt` or `fcntl`.
+pub(crate) fn adopt(socket: socket2::Socket, user_timeout: Duration) -> io::Result<TcpListener> {
+    pipeline::tune_socket(&socket, user_timeout)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// A running accept loop; dropping it does not stop it, [`Running::stop`] does.
 #[derive(Debug)]
 pub(crate) struct Running {
     /// The bound address (with the real port when 0 was configured).
     pub(crate) local: SocketAddr,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<TcpListener>,
 }
 
 impl Running {
-    /// Stops accepting and closes the listening socket; open connections
-    /// are not touched.
-    pub(crate) async fn stop(self) {
+    /// Stops accepting and returns the listening socket (`None` if its
+    /// task is gone), which closes when dropped; open connections are not
+    /// touched.
+    pub(crate) async fn stop(self) -> Option<TcpListener> {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        self.task.await.ok()
     }
 }
 
@@ -83,14 +98,14 @@ async fn accept_loop(
     configured: Arc<pipeline::Listener>,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
-) {
+) -> TcpListener {
     let mut backoff = Duration::ZERO;
     // The TCP_USER_TIMEOUT accepted sockets inherit; set again on the
     // listening socket when a reload changes it.
     let mut user_timeout = shared.current().config.timeouts.tcp_user_timeout;
     loop {
         let accepted = tokio::select! {
-            _ = stopped.wait_for(|&s| s) => return,
+            _ = stopped.wait_for(|&s| s) => return listener,
             r = listener.accept() => r,
         };
         match accepted {
@@ -127,7 +142,7 @@ async fn accept_loop(
                 tracing::warn!(listener = %configured.label, error = %e, backoff_ms = backoff.as_millis() as u64,
                     "accept failed; pausing this listener");
                 tokio::select! {
-                    _ = stopped.wait_for(|&s| s) => return,
+                    _ = stopped.wait_for(|&s| s) => return listener,
                     _ = tokio::time::sleep(backoff) => {}
                 }
             }

@@ -150,6 +150,12 @@ pub(crate) const BUILD_INFO: Family = family(
     Kind::Gauge,
     "Always 1; the version label tells the build.",
 );
+/// When the process started (the standard name of Prometheus clients).
+pub(crate) const PROCESS_START_TIME_SECONDS: Family = family(
+    "process_start_time_seconds",
+    Kind::Gauge,
+    "Start time of the process since the Unix epoch, in seconds.",
+);
 /// Tunnels still open when the drain time ran out, closed by sniroute.
 pub(crate) const DRAIN_CLOSED_TUNNELS_TOTAL: Family = family(
     "sniroute_drain_closed_tunnels_total",
@@ -225,6 +231,7 @@ pub(crate) const DISCOVERY_ENDPOINTS: Family = family(
 /// Every family, in the order `/metrics` shows them.
 const FAMILIES: &[&Family] = &[
     &BUILD_INFO,
+    &PROCESS_START_TIME_SECONDS,
     &CONFIG_GENERATION,
     &CONFIG_RELOADS_TOTAL,
     &CONNECTIONS_TOTAL,
@@ -659,6 +666,7 @@ pub(crate) struct ProcessMetrics {
     pub(crate) hello_seconds: Histogram,
     pub(crate) hello_bytes: Histogram,
     _build_info: Gauge,
+    _start_time: Gauge,
 }
 
 impl ProcessMetrics {
@@ -666,6 +674,8 @@ impl ProcessMetrics {
         let r = registry();
         let build_info = r.gauge(&BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))]);
         build_info.set(1);
+        let start_time = r.gauge(&PROCESS_START_TIME_SECONDS, &[]);
+        start_time.set(process_start_time());
         Self {
             accept_errors: AcceptError::ALL
                 .map_ref(|e| r.counter(&ACCEPT_ERRORS_TOTAL, &[("error", e.as_str())])),
@@ -677,6 +687,7 @@ impl ProcessMetrics {
             hello_seconds: r.histogram(&CLIENT_HELLO_SECONDS, &[]),
             hello_bytes: r.histogram(&CLIENT_HELLO_BYTES, &[]),
             _build_info: build_info,
+            _start_time: start_time,
         }
     }
 
@@ -687,6 +698,34 @@ impl ProcessMetrics {
     pub(crate) fn reload(&self, r: ReloadResult) {
         self.reloads[r.index()].increment(1);
     }
+}
+
+/// When this process started, in Unix seconds: from `/proc/self/stat`
+/// (start time after boot) and the boot time in `/proc/stat`, as
+/// Prometheus' own clients do; else now (the process state, which records
+/// it, is made within moments of the start).
+fn process_start_time() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    proc_start_time().unwrap_or(now)
+}
+
+fn proc_start_time() -> Option<i64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces and parentheses);
+    // `starttime` is field 22, the 20th after it.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let hz = rustix::param::clock_ticks_per_second();
+    Some((boot + ticks / hz.max(1)) as i64)
 }
 
 /// The admin endpoint's series, made when it starts (so they exist, at 0,
@@ -808,6 +847,18 @@ mod tests {
                 &Outcome::UpstreamUnavailable
             ]
         );
+    }
+
+    #[test]
+    fn the_process_start_time_is_before_now_and_recent() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let start = proc_start_time().expect("/proc/self/stat and /proc/stat readable");
+        // This test process started before now; a test run is not a day.
+        assert!(start <= now && start > now - 86_400, "{start} vs {now}");
+        assert_eq!(process_start_time(), start);
     }
 
     #[test]

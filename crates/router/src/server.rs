@@ -10,8 +10,12 @@
 //! - `SIGTERM`/`SIGINT`: `/readyz` turns 503, listeners close, open tunnels
 //!   may finish for `timeouts.drain`, then the rest are closed and counted.
 //!   A second signal ends at once.
+//! - Under systemd: listening sockets it passes (socket activation) are
+//!   used instead of binding (see [`crate::activation`]), and it is told
+//!   `READY=1`, `RELOADING=1`, `STOPPING=1` and watchdog pings (see
+//!   [`crate::notify`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,8 +23,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::activation::{ActivationError, Inherited, Target};
 use crate::listener::{self, Running};
 use crate::metrics::{DiscoveryMetrics, DiscoverySource, ReloadResult};
+use crate::notify::{self, Notifier};
 use crate::state::{Generation, Shared};
 use config::{Config, ConfigSource};
 
@@ -33,6 +39,8 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     /// The signal handlers could not be installed.
     Signals(std::io::Error),
+    /// Sockets inherited from systemd do not fit the config.
+    Activation(ActivationError),
 }
 
 impl std::fmt::Display for StartError {
@@ -41,6 +49,7 @@ impl std::fmt::Display for StartError {
             Self::Config(e) => write!(f, "{e}"),
             Self::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             Self::Signals(e) => write!(f, "cannot handle signals: {e}"),
+            Self::Activation(e) => write!(f, "{e}"),
         }
     }
 }
@@ -50,16 +59,23 @@ impl std::error::Error for StartError {
         match self {
             Self::Config(e) => Some(e),
             Self::Bind(_, e) | Self::Signals(e) => Some(e),
+            Self::Activation(e) => Some(e),
         }
     }
 }
 
-/// Runs the router until it is told to stop and has drained.
+/// How often a `READY=1` owed to systemd is checked for: it waits for a
+/// required discovery source's first sync, as `/readyz` does.
+const READY_POLL: Duration = Duration::from_millis(50);
+
+/// Runs the router until it is told to stop and has drained. `inherited`:
+/// listening sockets from systemd ([`Inherited::from_env`]), used instead
+/// of binding the listeners they match.
 ///
 /// # Errors
 /// [`StartError`] when it cannot start; once running it only stops on a
 /// signal.
-pub async fn run(source: ConfigSource) -> Result<(), StartError> {
+pub async fn run(source: ConfigSource, inherited: Inherited) -> Result<(), StartError> {
     // Signal handlers first: a SIGHUP (a reload sent by a too eager
     // supervisor) or SIGTERM during start-up must not kill the process with
     // the default action; they are handled once the loop below runs.
@@ -68,10 +84,16 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
     tracing::info!(source = %source.display_name(), "sniroute starting");
+    let notifier = Arc::new(Notifier::from_env());
+    let watchdog = notify::spawn_watchdog(&notifier);
     // The file's stamp before it is read: a change made while it is being
     // read (or until the watch loop starts) is then seen as a change.
     let mut watched = file_stamp(&source);
     let config = Config::load(&source).map_err(StartError::Config)?;
+    let wanted: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
+    let mut inherited = inherited
+        .assign(&wanted, config.admin.as_ref().map(|a| a.address))
+        .map_err(StartError::Activation)?;
     raise_nofile_limit();
     let shared = Shared::new(Generation::build(1, config, &[]));
     // Made now, so its counter is exported at 0 from the start.
@@ -81,18 +103,44 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     let mut discovery = Discovery::default();
     discovery.update(&generation.config, &shared);
 
-    let mut listeners: HashMap<SocketAddr, Running> = HashMap::new();
+    let mut listeners = Listeners::default();
+    let user_timeout = generation.config.timeouts.tcp_user_timeout;
     for l in &generation.config.listeners {
-        let bound = listener::bind(l.address, generation.config.timeouts.tcp_user_timeout)
-            .map_err(|e| StartError::Bind(l.address, e))?;
-        let running = listener::spawn(bound, l.address, shared.clone());
-        tracing::info!(listener = %l.address, local = %running.local, "listening");
-        listeners.insert(l.address, running);
+        let addr = l.address;
+        let running = match inherited.remove(&Target::Listener(addr)) {
+            Some(socket) => {
+                let from = socket.to_string();
+                let adopted = listener::adopt(socket.socket, user_timeout)
+                    .map_err(|e| StartError::Bind(addr, e))?;
+                let running = listener::spawn(adopted, addr, shared.clone());
+                tracing::info!(listener = %addr, local = %running.local, inherited = %from, "listening");
+                listeners.inherited.insert(addr);
+                running
+            }
+            None => {
+                let bound =
+                    listener::bind(addr, user_timeout).map_err(|e| StartError::Bind(addr, e))?;
+                let running = listener::spawn(bound, addr, shared.clone());
+                tracing::info!(listener = %addr, local = %running.local, "listening");
+                running
+            }
+        };
+        listeners.running.insert(addr, running);
     }
     let admin = match &generation.config.admin {
         Some(admin) => {
             let addr = admin.address;
-            let bound = crate::admin::bind(addr).map_err(|e| StartError::Bind(addr, e))?;
+            let (bound, from) = match inherited.remove(&Target::Admin) {
+                Some(socket) => {
+                    let from = socket.to_string();
+                    (crate::admin::adopt(socket.socket), Some(from))
+                }
+                None => (crate::admin::bind(addr), None),
+            };
+            let bound = bound.map_err(|e| StartError::Bind(addr, e))?;
+            if let Some(from) = from {
+                tracing::info!(admin = %addr, inherited = %from, "admin endpoint: socket inherited");
+            }
             let local = bound.local_addr().unwrap_or(addr);
             let allow: Vec<String> = admin
                 .allow_sources
@@ -114,13 +162,22 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     );
     drop(generation);
 
+    // READY=1 is owed to systemd until the router is ready as `/readyz`
+    // sees it: at start, and after each reload (RELOADING=1).
+    let mut ready_owed = Readiness::owed(&notifier);
+    let mut ready_poll = tokio::time::interval(READY_POLL);
     let mut watch_tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
+            _ = ready_poll.tick(), if ready_owed.is_some() => {
+                ready_owed = ready_owed.and_then(|r| r.check(&shared, &notifier));
+            }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
                 watched = file_stamp(&source);
+                notifier.reloading();
                 reload(&source, &shared, &mut listeners, &mut discovery).await;
+                ready_owed = Readiness::owed(&notifier).and_then(|r| r.check(&shared, &notifier));
             }
             _ = watch_tick.tick() => {
                 if shared.current().config.watch_config {
@@ -128,7 +185,9 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
                     if now != watched {
                         tracing::info!("config file changed: reloading");
                         watched = now;
+                        notifier.reloading();
                         reload(&source, &shared, &mut listeners, &mut discovery).await;
+                        ready_owed = Readiness::owed(&notifier).and_then(|r| r.check(&shared, &notifier));
                     }
                 }
             }
@@ -137,7 +196,14 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
         }
     }
 
+    notifier.stopping(&format!(
+        "draining: {} connections open",
+        shared.connections.load(Ordering::Acquire)
+    ));
     drain(&shared, listeners, &mut term, &mut int).await;
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     log_summaries.abort();
     crate::log_limit::limit().flush();
     if let Some(admin) = admin {
@@ -146,11 +212,61 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     Ok(())
 }
 
+/// A `READY=1` owed to systemd.
+#[derive(Debug, Clone, Copy)]
+struct Readiness {
+    /// Whether systemd was told what is awaited (`STATUS=`).
+    told_waiting: bool,
+}
+
+impl Readiness {
+    /// One owed, when systemd listens.
+    fn owed(notifier: &Notifier) -> Option<Self> {
+        notifier.enabled().then_some(Self {
+            told_waiting: false,
+        })
+    }
+
+    /// Sends `READY=1` if the router is ready (`/readyz`'s condition) and
+    /// returns `None`; else what is still owed.
+    fn check(mut self, shared: &Shared, notifier: &Notifier) -> Option<Self> {
+        if shared.ready.load(Ordering::Acquire) && shared.discovery_ready() {
+            let generation = shared.current();
+            notifier.ready(&format!(
+                "serving: config generation {}, {} routes",
+                generation.id,
+                generation.routes.len()
+            ));
+            tracing::info!(generation = generation.id, "systemd notified: ready");
+            return None;
+        }
+        if !self.told_waiting {
+            self.told_waiting = true;
+            notifier.status("waiting for the first discovery sync");
+        }
+        Some(self)
+    }
+}
+
+/// The TLS listeners.
+#[derive(Debug, Default)]
+struct Listeners {
+    /// Accepting, by configured address.
+    running: HashMap<SocketAddr, Running>,
+    /// The configured addresses whose socket came from systemd.
+    inherited: HashSet<SocketAddr>,
+    /// Inherited sockets a reload removed: kept open, not accepting, for a
+    /// reload that adds the address back. (Closing one would not free
+    /// the port: systemd holds the socket too, so sniroute could not bind
+    /// it again.)
+    parked: HashMap<SocketAddr, tokio::net::TcpListener>,
+}
+
 /// Loads the config again and puts it in force if it is valid.
 async fn reload(
     source: &ConfigSource,
     shared: &Arc<Shared>,
-    listeners: &mut HashMap<SocketAddr, Running>,
+    listeners: &mut Listeners,
     discovery: &mut Discovery,
 ) {
     let config = match Config::load(source) {
@@ -164,7 +280,9 @@ async fn reload(
     // Bind added listeners first: if one cannot be bound, nothing changes.
     let wanted: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
     let mut added = Vec::new();
-    for addr in wanted.iter().filter(|a| !listeners.contains_key(a)) {
+    let new =
+        |a: &&SocketAddr| !listeners.running.contains_key(a) && !listeners.parked.contains_key(a);
+    for addr in wanted.iter().filter(new) {
         match listener::bind(*addr, config.timeouts.tcp_user_timeout) {
             Ok(l) => added.push((*addr, l)),
             Err(e) => {
@@ -179,22 +297,38 @@ async fn reload(
     if admin_address(&config) != admin_address(&shared.current().config) {
         tracing::warn!("the admin address changed; it takes effect at the next restart");
     }
+    // Inherited sockets a previous reload removed come back.
+    for addr in &wanted {
+        if let Some(l) = listeners.parked.remove(addr) {
+            added.push((*addr, l));
+        }
+    }
     let generation = shared.install(config);
     discovery.update(&generation.config, shared);
     for (addr, l) in added {
         let running = listener::spawn(l, addr, shared.clone());
         tracing::info!(listener = %addr, local = %running.local, "listening (added by reload)");
-        listeners.insert(addr, running);
+        listeners.running.insert(addr, running);
     }
     let removed: Vec<SocketAddr> = listeners
+        .running
         .keys()
         .filter(|a| !wanted.contains(a))
         .copied()
         .collect();
     for addr in removed {
-        if let Some(running) = listeners.remove(&addr) {
-            running.stop().await;
-            tracing::info!(listener = %addr, "stopped listening (removed by reload)");
+        let Some(running) = listeners.running.remove(&addr) else {
+            continue;
+        };
+        let socket = running.stop().await;
+        match socket {
+            Some(socket) if listeners.inherited.contains(&addr) => {
+                listeners.parked.insert(addr, socket);
+                tracing::warn!(listener = %addr,
+                    "stopped accepting (removed by reload); the socket came from systemd and stays \
+                     open for a reload that adds it back: remove it from the socket unit to close it");
+            }
+            _ => tracing::info!(listener = %addr, "stopped listening (removed by reload)"),
         }
     }
     shared.metrics.reload(ReloadResult::Success);
@@ -207,16 +341,17 @@ async fn reload(
 
 async fn drain(
     shared: &Arc<Shared>,
-    listeners: HashMap<SocketAddr, Running>,
+    listeners: Listeners,
     term: &mut tokio::signal::unix::Signal,
     int: &mut tokio::signal::unix::Signal,
 ) {
     let drain_for = shared.current().config.timeouts.drain;
     shared.ready.store(false, Ordering::Release);
     shared.draining.store(true, Ordering::Release);
-    for (_, running) in listeners {
-        running.stop().await;
+    for (_, running) in listeners.running {
+        drop(running.stop().await);
     }
+    drop(listeners.parked);
     let open = shared.connections.load(Ordering::Acquire);
     tracing::info!(
         open_connections = open,
