@@ -125,13 +125,10 @@ routes:
 }
 
 /// Starts sniroute with `sockets` as descriptors 3 and 4 (at most two),
-/// named `names` when given.
-fn spawn_activated(
-    yaml: &str,
-    sockets: Vec<OwnedFd>,
-    names: Option<&str>,
-    adjust: impl FnOnce(&mut Command),
-) -> Router {
+/// named `names` when given: `sh` gets them as its standard input and
+/// output, moves them to 3 and 4 and `exec`s sniroute with `LISTEN_PID=$$`
+/// (its own PID, which `exec` keeps).
+fn spawn_activated(yaml: &str, sockets: Vec<OwnedFd>, names: Option<&str>) -> Router {
     assert!((1..=2).contains(&sockets.len()));
     let count = sockets.len();
     let moves = if count == 2 {
@@ -144,16 +141,34 @@ fn spawn_activated(
     let first = sockets.next().unwrap();
     let second = sockets.next();
     let names = names.map(str::to_owned);
-    Router::spawn_via(&["sh", "-c", &script, "sh"], yaml, move |cmd| {
-        cmd.stdin(Stdio::from(first));
-        if let Some(second) = second {
-            cmd.stdout(Stdio::from(second));
-        }
-        if let Some(names) = names {
-            cmd.env("LISTEN_FDNAMES", names);
-        }
-        adjust(cmd);
-    })
+    Router::spawn_wrapped(
+        yaml,
+        |_| {},
+        move |cmd| {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(script)
+                .arg("sh")
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            for (key, value) in cmd.get_envs() {
+                match value {
+                    Some(v) => sh.env(key, v),
+                    None => sh.env_remove(key),
+                };
+            }
+            if let Some(names) = names {
+                sh.env("LISTEN_FDNAMES", names);
+            }
+            sh.stdin(Stdio::from(first)).stderr(Stdio::piped());
+            if let Some(second) = second {
+                sh.stdout(Stdio::from(second));
+            } else {
+                sh.stdout(Stdio::null());
+            }
+            sh
+        },
+    )
 }
 
 /// What `/proc/<pid>/fd/<fd>` points at (`socket:[inode]` for a socket).
@@ -351,7 +366,6 @@ fn inherited_sockets_are_served_without_a_bind_and_survive_reloads() {
         &yaml,
         vec![tls.into(), admin.into()],
         Some("sniroute.socket:admin"),
-        |_| {},
     );
     router.wait_ready();
     assert_eq!(router.listener(&tls_addr.to_string()), tls_addr);
@@ -431,7 +445,7 @@ fn an_inherited_socket_no_listener_matches_stops_the_start() {
         "127.0.0.1:0",
         "127.0.0.1:9".parse().unwrap(),
     );
-    let mut router = spawn_activated(&yaml, vec![tls.into(), stray.into()], None, |_| {});
+    let mut router = spawn_activated(&yaml, vec![tls.into(), stray.into()], None);
     assert_eq!(router.wait_exit(Duration::from_secs(20)), Some(1));
     let error = router.wait_log(Duration::from_secs(5), |l| {
         l["level"] == "ERROR"
