@@ -910,7 +910,8 @@ fn systemd_unit_is_hardened_and_drains() {
     // sd_notify: systemd waits for READY=1 and follows reloads and the
     // drain; the watchdog catches a wedged process.
     assert_eq!(one("Type"), "notify");
-    assert!(matches!(one("NotifyAccess"), "main" | "all"));
+    // The new process of a USR2 upgrade sends MAINPID= before it is main.
+    assert_eq!(one("NotifyAccess"), "all");
     let watchdog = one("WatchdogSec");
     let watchdog = watchdog
         .parse::<f64>()
@@ -1489,6 +1490,10 @@ const NOT_A_PROGRAM: &[(&str, &str)] = &[
     ("crate::common::bin()", "the binary under test"),
     ("promtool()", "operations.rs: returns \"promtool\""),
     ("prometheus", "operations.rs: bound to \"prometheus\""),
+    (
+        "&binary",
+        "crates/router/src/upgrade.rs: sniroute's own new binary (kill -USR2)",
+    ),
 ];
 
 /// The programs the test sources spawn, each with where: the string

@@ -15,6 +15,12 @@
 //! 3. its bound address is a configured listener's address (IP and port,
 //!    as written), or the admin address: that one.
 //!
+//! The binary upgrade (`SIGUSR2`, [`crate::upgrade`]) hands its sockets
+//! over the same way, named in `$SNIROUTE_UPGRADE_FDS` instead, by the
+//! configured address as written (rule 0: a name equal to a configured
+//! listener's address; systemd's names cannot be one, they have no `:`),
+//! so that listeners on port 0 are found again.
+//!
 //! An inherited socket no rule matches, or two sockets for the same
 //! listener, stop the start with an error naming the descriptor. A
 //! configured listener no socket matches is bound by sniroute itself.
@@ -32,6 +38,10 @@ const FIRST_FD: RawFd = 3;
 /// error rather than a loop over thousands of descriptors.
 const MAX_FDS: usize = 1024;
 
+/// Ends the name of a socket handed over by an upgrade that systemd holds
+/// too (see [`Socket::from_systemd`]).
+pub(crate) const SYSTEMD_MARK: &str = "|systemd";
+
 /// Whether [`Inherited::from_env`] ran: descriptors are taken once, so no
 /// two owners can close the same one.
 static TAKEN: AtomicBool = AtomicBool::new(false);
@@ -41,6 +51,9 @@ static TAKEN: AtomicBool = AtomicBool::new(false);
 #[derive(Debug, Default)]
 pub struct Inherited {
     sockets: Vec<Socket>,
+    /// From a binary upgrade: the pipe to tell the old process that this
+    /// one is ready.
+    pub(crate) ready_pipe: Option<OwnedFd>,
 }
 
 /// One inherited listening socket.
@@ -53,6 +66,9 @@ pub(crate) struct Socket {
     /// Its bound address.
     pub(crate) local: SocketAddr,
     pub(crate) socket: socket2::Socket,
+    /// Whether systemd holds it too (socket activation, or handed over by
+    /// an upgrade from a process that had it from systemd).
+    pub(crate) from_systemd: bool,
 }
 
 impl std::fmt::Display for Socket {
@@ -177,6 +193,9 @@ impl Inherited {
             return Ok(Self::none());
         }
         let var = |k: &str| std::env::var(k).ok();
+        if let Some(fds) = var(crate::upgrade::FDS_VAR) {
+            return Self::from_upgrade(&fds, var(crate::upgrade::READY_FD_VAR).as_deref());
+        }
         let Some(names) = passed(
             var("LISTEN_PID").as_deref(),
             var("LISTEN_FDS").as_deref(),
@@ -197,9 +216,67 @@ impl Inherited {
                 name: name.clone(),
                 problem,
             })?;
-            sockets.push(check(fd, name, owned)?);
+            sockets.push(check(fd, name, owned, true)?);
         }
-        Ok(Self { sockets })
+        Ok(Self {
+            sockets,
+            ready_pipe: None,
+        })
+    }
+
+    /// The sockets and pipe an upgrading process passed (see
+    /// [`crate::upgrade`]): `fds` is `FD=NAME;...`.
+    fn from_upgrade(fds: &str, ready: Option<&str>) -> Result<Self, ActivationError> {
+        for k in [crate::upgrade::FDS_VAR, crate::upgrade::READY_FD_VAR] {
+            std::env::remove_var(k);
+        }
+        let bad = |value: &str| ActivationError::Variable {
+            name: crate::upgrade::FDS_VAR,
+            value: value.to_owned(),
+            problem: "not FD=NAME;...",
+        };
+        let mut sockets = Vec::new();
+        for entry in fds.split(';').filter(|e| !e.is_empty()).take(MAX_FDS) {
+            let (fd, name) = entry.split_once('=').ok_or_else(|| bad(fds))?;
+            // `NAME|systemd`: systemd holds this socket too.
+            let (name, from_systemd) = match name.strip_suffix(SYSTEMD_MARK) {
+                Some(name) => (name, true),
+                None => (name, false),
+            };
+            let fd: RawFd = fd.parse().map_err(|_| bad(fds))?;
+            if fd < FIRST_FD {
+                return Err(bad(fds));
+            }
+            let owned = claim(fd).map_err(|problem| ActivationError::NotListening {
+                fd,
+                name: name.to_owned(),
+                problem,
+            })?;
+            sockets.push(check(fd, name.to_owned(), owned, from_systemd)?);
+        }
+        let ready_pipe = match ready {
+            Some(text) => {
+                let fd: RawFd =
+                    text.parse()
+                        .ok()
+                        .filter(|fd| *fd >= FIRST_FD)
+                        .ok_or_else(|| ActivationError::Variable {
+                            name: crate::upgrade::READY_FD_VAR,
+                            value: text.to_owned(),
+                            problem: "not a descriptor number",
+                        })?;
+                Some(claim(fd).map_err(|problem| ActivationError::NotListening {
+                    fd,
+                    name: "upgrade readiness pipe".to_owned(),
+                    problem,
+                })?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            sockets,
+            ready_pipe,
+        })
     }
 
     /// How many sockets are left.
@@ -319,7 +396,12 @@ fn claim(fd: RawFd) -> Result<OwnedFd, String> {
 }
 
 /// Checks that `owned` is a listening TCP socket and learns its address.
-fn check(fd: RawFd, name: String, owned: OwnedFd) -> Result<Socket, ActivationError> {
+fn check(
+    fd: RawFd,
+    name: String,
+    owned: OwnedFd,
+    from_systemd: bool,
+) -> Result<Socket, ActivationError> {
     let socket = socket2::Socket::from(owned);
     let not = |problem: String| ActivationError::NotListening {
         fd,
@@ -346,6 +428,7 @@ fn check(fd: RawFd, name: String, owned: OwnedFd) -> Result<Socket, ActivationEr
         name,
         local,
         socket,
+        from_systemd,
     })
 }
 
@@ -356,6 +439,9 @@ fn target_of(
     listeners: &[SocketAddr],
     admin: Option<SocketAddr>,
 ) -> Option<Target> {
+    if let Some(l) = listeners.iter().find(|l| l.to_string() == name) {
+        return Some(Target::Listener(*l));
+    }
     if name == "admin" && admin.is_some() {
         return Some(Target::Admin);
     }
@@ -432,6 +518,12 @@ mod tests {
         ];
         let admin = Some(addr("127.0.0.1:9190"));
         let t = |name: &str, local: &str| target_of(name, addr(local), &listeners, admin);
+        // By the address as written (the upgrade handover), whatever the
+        // bound address.
+        assert_eq!(
+            t("[::]:6443", "[::]:40000"),
+            Some(Target::Listener(addr("[::]:6443")))
+        );
         // By name: `admin`, whatever the address.
         assert_eq!(t("admin", "10.0.0.1:1234"), Some(Target::Admin));
         // By port: only when one listener has it.
@@ -468,6 +560,7 @@ mod tests {
             name: "unknown".to_owned(),
             local,
             socket,
+            from_systemd: true,
         }
     }
 
@@ -480,6 +573,7 @@ mod tests {
         admin_socket.name = "admin".to_owned();
         let got = Inherited {
             sockets: vec![a, admin_socket],
+            ready_pipe: None,
         }
         .assign(&[la, lb], Some(addr("127.0.0.1:0")))
         .unwrap();
@@ -487,10 +581,13 @@ mod tests {
         assert_eq!(got[&Target::Listener(la)].local, la);
         assert!(got.contains_key(&Target::Admin));
 
-        let e = Inherited { sockets: vec![b] }
-            .assign(&[la], None)
-            .unwrap_err()
-            .to_string();
+        let e = Inherited {
+            sockets: vec![b],
+            ready_pipe: None,
+        }
+        .assign(&[la], None)
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("inherited fd ")
                 && e.contains(&lb.to_string())
@@ -504,6 +601,7 @@ mod tests {
         d.name = "admin".to_owned();
         let e = Inherited {
             sockets: vec![c, d],
+            ready_pipe: None,
         }
         .assign(&[], Some(addr("127.0.0.1:9190")))
         .unwrap_err()
@@ -517,14 +615,14 @@ mod tests {
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         bound.bind(&addr("127.0.0.1:0").into()).unwrap();
         let fd = bound.as_raw_fd();
-        let e = check(fd, "x".to_owned(), bound.into())
+        let e = check(fd, "x".to_owned(), bound.into(), true)
             .unwrap_err()
             .to_string();
         assert!(e.contains("but not listening"), "{e}");
 
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let fd = udp.as_raw_fd();
-        let e = check(fd, "x".to_owned(), udp.into())
+        let e = check(fd, "x".to_owned(), udp.into(), true)
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a stream socket"), "{e}");
@@ -532,14 +630,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let unix = std::os::unix::net::UnixListener::bind(dir.path().join("s")).unwrap();
         let fd = unix.as_raw_fd();
-        let e = check(fd, "x".to_owned(), unix.into())
+        let e = check(fd, "x".to_owned(), unix.into(), true)
             .unwrap_err()
             .to_string();
         assert!(e.contains("not an IP socket"), "{e}");
 
         let file = std::fs::File::open("/dev/null").unwrap();
         let fd = file.as_raw_fd();
-        let e = check(fd, "x".to_owned(), file.into())
+        let e = check(fd, "x".to_owned(), file.into(), true)
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a socket"), "{e}");

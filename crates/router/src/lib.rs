@@ -10,7 +10,8 @@
 //! Modules, in the order one connection meets them:
 //! - `server`: start-up, live reload and graceful drain; `activation`:
 //!   listening sockets inherited from systemd; `notify`: telling systemd
-//!   (`sd_notify`) when sniroute is ready, reloading, stopping, alive.
+//!   (`sd_notify`) when sniroute is ready, reloading, stopping, alive;
+//!   `upgrade`: the binary upgrade on `SIGUSR2`.
 //! - `listener`: binding and accept loops (EMFILE back-off); `admission`:
 //!   the limits a connection is counted against at accept (connections,
 //!   pending hellos, per source).
@@ -55,6 +56,7 @@ mod server;
 mod state;
 mod status_page;
 mod table;
+mod upgrade;
 mod upstream;
 
 pub use activation::{ActivationError, Inherited};

@@ -66,8 +66,11 @@ pub(crate) fn adopt(socket: socket2::Socket, user_timeout: Duration) -> io::Resu
 pub(crate) struct Running {
     /// The bound address (with the real port when 0 was configured).
     pub(crate) local: SocketAddr,
+    /// The listening socket, shared with the accept loop (the binary
+    /// upgrade hands it over).
+    pub(crate) listener: Arc<TcpListener>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<TcpListener>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -76,36 +79,43 @@ impl Running {
     /// touched.
     pub(crate) async fn stop(self) -> Option<TcpListener> {
         let _ = self.stop.send(true);
-        self.task.await.ok()
+        let _ = self.task.await;
+        Arc::try_unwrap(self.listener).ok()
     }
 }
 
 /// Starts the accept loop of `listener`, configured as `configured`.
 pub(crate) fn spawn(listener: TcpListener, configured: SocketAddr, shared: Arc<Shared>) -> Running {
     let local = listener.local_addr().unwrap_or(configured);
+    let listener = Arc::new(listener);
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(accept_loop(
-        listener,
+        listener.clone(),
         Arc::new(pipeline::Listener::new(configured)),
         shared,
         stopped,
     ));
-    Running { local, stop, task }
+    Running {
+        local,
+        listener,
+        stop,
+        task,
+    }
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     configured: Arc<pipeline::Listener>,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
-) -> TcpListener {
+) {
     let mut backoff = Duration::ZERO;
     // The TCP_USER_TIMEOUT accepted sockets inherit; set again on the
     // listening socket when a reload changes it.
     let mut user_timeout = shared.current().config.timeouts.tcp_user_timeout;
     loop {
         let accepted = tokio::select! {
-            _ = stopped.wait_for(|&s| s) => return listener,
+            _ = stopped.wait_for(|&s| s) => return,
             r = listener.accept() => r,
         };
         match accepted {
@@ -115,7 +125,7 @@ async fn accept_loop(
                 let wanted = generation.config.timeouts.tcp_user_timeout;
                 if wanted != user_timeout {
                     user_timeout = wanted;
-                    let _ = pipeline::set_user_timeout(socket2::SockRef::from(&listener), wanted);
+                    let _ = pipeline::set_user_timeout(socket2::SockRef::from(&*listener), wanted);
                     // This one was accepted before the change.
                     #[cfg(target_os = "linux")]
                     let _ = pipeline::set_user_timeout(socket2::SockRef::from(&stream), wanted);
@@ -142,7 +152,7 @@ async fn accept_loop(
                 tracing::warn!(listener = %configured.label, error = %e, backoff_ms = backoff.as_millis() as u64,
                     "accept failed; pausing this listener");
                 tokio::select! {
-                    _ = stopped.wait_for(|&s| s) => return listener,
+                    _ = stopped.wait_for(|&s| s) => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
             }

@@ -28,7 +28,7 @@
 //! Label values are bounded: `route` is a configured route name or `none`,
 //! `listener` a configured address, `upstream` a resolved endpoint; the
 //! fixed sets are the `ALL` lists of [`Outcome`], [`EndLabel`],
-//! [`AcceptError`], [`ReloadResult`], [`AdminClosed`], [`DiscoverySource`]
+//! [`AcceptError`], [`ReloadResult`], [`UpgradeResult`], [`AdminClosed`], [`DiscoverySource`]
 //! and [`SyncResult`]. Never a raw SNI,
 //! client address or anything else a client controls.
 
@@ -150,6 +150,12 @@ pub(crate) const BUILD_INFO: Family = family(
     Kind::Gauge,
     "Always 1; the version label tells the build.",
 );
+/// Binary upgrades (`SIGUSR2`): `{result}`, see [`UpgradeResult`].
+pub(crate) const UPGRADES_TOTAL: Family = family(
+    "sniroute_upgrades_total",
+    Kind::Counter,
+    "Binary upgrades by result: success (counted by the new process), failure (by the old one, which keeps serving).",
+);
 /// When the process started (the standard name of Prometheus clients).
 pub(crate) const PROCESS_START_TIME_SECONDS: Family = family(
     "process_start_time_seconds",
@@ -232,6 +238,7 @@ pub(crate) const DISCOVERY_ENDPOINTS: Family = family(
 const FAMILIES: &[&Family] = &[
     &BUILD_INFO,
     &PROCESS_START_TIME_SECONDS,
+    &UPGRADES_TOTAL,
     &CONFIG_GENERATION,
     &CONFIG_RELOADS_TOTAL,
     &CONNECTIONS_TOTAL,
@@ -381,6 +388,16 @@ label_enum! {
         Enfile => "enfile",
         /// Anything else.
         Other => "other",
+    }
+}
+
+label_enum! {
+    /// The `result` label of [`UPGRADES_TOTAL`].
+    UpgradeResult {
+        /// This process took over from the old one.
+        Success => "success",
+        /// The new process failed; this one keeps serving.
+        Failure => "failure",
     }
 }
 
@@ -660,6 +677,7 @@ impl Registry {
 pub(crate) struct ProcessMetrics {
     pub(crate) accept_errors: [Counter; AcceptError::ALL.len()],
     pub(crate) reloads: [Counter; ReloadResult::ALL.len()],
+    pub(crate) upgrades: [Counter; UpgradeResult::ALL.len()],
     pub(crate) drain_closed: Counter,
     pub(crate) generation: Gauge,
     pub(crate) tunnels_on_old_config: Gauge,
@@ -681,6 +699,8 @@ impl ProcessMetrics {
                 .map_ref(|e| r.counter(&ACCEPT_ERRORS_TOTAL, &[("error", e.as_str())])),
             reloads: ReloadResult::ALL
                 .map_ref(|e| r.counter(&CONFIG_RELOADS_TOTAL, &[("result", e.as_str())])),
+            upgrades: UpgradeResult::ALL
+                .map_ref(|e| r.counter(&UPGRADES_TOTAL, &[("result", e.as_str())])),
             drain_closed: r.counter(&DRAIN_CLOSED_TUNNELS_TOTAL, &[]),
             generation: r.gauge(&CONFIG_GENERATION, &[]),
             tunnels_on_old_config: r.gauge(&TUNNELS_ON_OLD_CONFIG, &[]),
@@ -697,6 +717,10 @@ impl ProcessMetrics {
 
     pub(crate) fn reload(&self, r: ReloadResult) {
         self.reloads[r.index()].increment(1);
+    }
+
+    pub(crate) fn upgrade(&self, r: UpgradeResult) {
+        self.upgrades[r.index()].increment(1);
     }
 }
 

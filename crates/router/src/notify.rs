@@ -117,6 +117,17 @@ impl Notifier {
         self.send(&format!("READY=1\nSTATUS={}", one_line(status)));
     }
 
+    /// `MAINPID=` (this process) and `READY=1`: sent by the new process of
+    /// a binary upgrade, which systemd must follow from now on (the unit
+    /// needs `NotifyAccess=all` for it).
+    pub(crate) fn ready_as_main(&self, status: &str) {
+        self.send(&format!(
+            "MAINPID={}\nREADY=1\nSTATUS={}",
+            std::process::id(),
+            one_line(status)
+        ));
+    }
+
     /// `RELOADING=1`: a reload starts; [`Notifier::ready`] ends it.
     pub(crate) fn reloading(&self) {
         let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -261,6 +272,11 @@ mod tests {
         assert_eq!(recv(&socket), "STOPPING=1\nSTATUS=draining");
         n.watchdog();
         assert_eq!(recv(&socket), "WATCHDOG=1");
+        n.ready_as_main("upgraded");
+        assert_eq!(
+            recv(&socket),
+            format!("MAINPID={}\nREADY=1\nSTATUS=upgraded", std::process::id())
+        );
     }
 
     #[cfg(target_os = "linux")]

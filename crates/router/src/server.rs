@@ -14,9 +14,14 @@
 //!   used instead of binding (see [`crate::activation`]), and it is told
 //!   `READY=1`, `RELOADING=1`, `STOPPING=1` and watchdog pings (see
 //!   [`crate::notify`]).
+//! - `SIGUSR2`: binary upgrade ([`crate::upgrade`]): a new process takes
+//!   the listening sockets over; once it is ready this one stops
+//!   accepting, drains and exits. A failed upgrade changes nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -25,7 +30,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::activation::{ActivationError, Inherited, Target};
 use crate::listener::{self, Running};
-use crate::metrics::{DiscoveryMetrics, DiscoverySource, ReloadResult};
+use crate::metrics::{DiscoveryMetrics, DiscoverySource, ReloadResult, UpgradeResult};
 use crate::notify::{self, Notifier};
 use crate::state::{Generation, Shared};
 use config::{Config, ConfigSource};
@@ -69,13 +74,18 @@ impl std::error::Error for StartError {
 const READY_POLL: Duration = Duration::from_millis(50);
 
 /// Runs the router until it is told to stop and has drained. `inherited`:
-/// listening sockets from systemd ([`Inherited::from_env`]), used instead
-/// of binding the listeners they match.
+/// listening sockets from systemd or an upgrading process
+/// ([`Inherited::from_env`]), used instead of binding the listeners they
+/// match. `upgrade_binary`: what `SIGUSR2` starts (default: this binary).
 ///
 /// # Errors
 /// [`StartError`] when it cannot start; once running it only stops on a
 /// signal.
-pub async fn run(source: ConfigSource, inherited: Inherited) -> Result<(), StartError> {
+pub async fn run(
+    source: ConfigSource,
+    mut inherited: Inherited,
+    upgrade_binary: Option<PathBuf>,
+) -> Result<(), StartError> {
     // Signal handlers first: a SIGHUP (a reload sent by a too eager
     // supervisor) or SIGTERM during start-up must not kill the process with
     // the default action; they are handled once the loop below runs.
@@ -83,7 +93,10 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> Result<(), Start
     let mut hup = signal(SignalKind::hangup()).map_err(signal_err)?;
     let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
+    let mut usr2 = signal(SignalKind::user_defined2()).map_err(signal_err)?;
     tracing::info!(source = %source.display_name(), "sniroute starting");
+    // From a binary upgrade: tell the old process once ready.
+    let upgrade_pipe = inherited.ready_pipe.take();
     let notifier = Arc::new(Notifier::from_env());
     let watchdog = notify::spawn_watchdog(&notifier);
     // The file's stamp before it is read: a change made while it is being
@@ -96,6 +109,9 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> Result<(), Start
         .map_err(StartError::Activation)?;
     raise_nofile_limit();
     let shared = Shared::new(Generation::build(1, config, &[]));
+    if upgrade_pipe.is_some() {
+        shared.metrics.upgrade(UpgradeResult::Success);
+    }
     // Made now, so its counter is exported at 0 from the start.
     crate::log_limit::limit();
     let log_summaries = tokio::spawn(crate::log_limit::summaries());
@@ -110,11 +126,13 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> Result<(), Start
         let running = match inherited.remove(&Target::Listener(addr)) {
             Some(socket) => {
                 let from = socket.to_string();
+                if socket.from_systemd {
+                    listeners.inherited.insert(addr);
+                }
                 let adopted = listener::adopt(socket.socket, user_timeout)
                     .map_err(|e| StartError::Bind(addr, e))?;
                 let running = listener::spawn(adopted, addr, shared.clone());
                 tracing::info!(listener = %addr, local = %running.local, inherited = %from, "listening");
-                listeners.inherited.insert(addr);
                 running
             }
             None => {
@@ -127,7 +145,7 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> Result<(), Start
         };
         listeners.running.insert(addr, running);
     }
-    let admin = match &generation.config.admin {
+    let mut admin = match &generation.config.admin {
         Some(admin) => {
             let addr = admin.address;
             let (bound, from) = match inherited.remove(&Target::Admin) {
@@ -149,7 +167,12 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> Result<(), Start
                 .collect();
             tracing::info!(admin = %addr, local = %local, allow_sources = %allow.join(", "),
                 "admin endpoint listening");
-            Some(crate::admin::spawn(bound, shared.clone(), admin.clone()))
+            // A copy, for the binary upgrade to hand over.
+            let handle = socket2::SockRef::from(&bound).try_clone().ok();
+            Some((
+                crate::admin::spawn(bound, shared.clone(), admin.clone()),
+                handle,
+            ))
         }
         None => None,
     };
@@ -164,7 +187,8 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> Result<(), Start
 
     // READY=1 is owed to systemd until the router is ready as `/readyz`
     // sees it: at start, and after each reload (RELOADING=1).
-    let mut ready_owed = Readiness::owed(&notifier);
+    let mut ready_owed = Readiness::owed(&notifier, upgrade_pipe);
+    let mut upgraded = None;
     let mut ready_poll = tokio::time::interval(READY_POLL);
     let mut watch_tick = tokio::time::interval(Duration::from_secs(2));
     loop {
@@ -177,7 +201,15 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> Result<(), Start
                 watched = file_stamp(&source);
                 notifier.reloading();
                 reload(&source, &shared, &mut listeners, &mut discovery).await;
-                ready_owed = Readiness::owed(&notifier).and_then(|r| r.check(&shared, &notifier));
+                ready_owed = Readiness::owed(&notifier, None).and_then(|r| r.check(&shared, &notifier));
+            }
+            _ = usr2.recv() => {
+                tracing::info!("SIGUSR2: upgrading the binary");
+                let admin_handle = admin.as_ref().and_then(|(_, h)| h.as_ref());
+                if let Some(pid) = upgrade(&shared, &listeners, admin_handle, upgrade_binary.as_ref()).await {
+                    upgraded = Some(pid);
+                    break;
+                }
             }
             _ = watch_tick.tick() => {
                 if shared.current().config.watch_config {
@@ -187,7 +219,7 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> Result<(), Start
                         watched = now;
                         notifier.reloading();
                         reload(&source, &shared, &mut listeners, &mut discovery).await;
-                        ready_owed = Readiness::owed(&notifier).and_then(|r| r.check(&shared, &notifier));
+                        ready_owed = Readiness::owed(&notifier, None).and_then(|r| r.check(&shared, &notifier));
                     }
                 }
             }
@@ -196,34 +228,99 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> Result<(), Start
         }
     }
 
-    notifier.stopping(&format!(
-        "draining: {} connections open",
-        shared.connections.load(Ordering::Acquire)
-    ));
+    match upgraded {
+        // The new process is systemd's main process now (MAINPID=), and it
+        // owns the admin endpoint: stop answering there at once.
+        Some(pid) => {
+            if let Some((task, _)) = admin.take() {
+                task.abort();
+            }
+            tracing::info!(
+                new_pid = pid,
+                open_connections = shared.connections.load(Ordering::Acquire),
+                "upgrade: the new process is ready; this one stops accepting and drains"
+            );
+        }
+        None => notifier.stopping(&format!(
+            "draining: {} connections open",
+            shared.connections.load(Ordering::Acquire)
+        )),
+    }
     drain(&shared, listeners, &mut term, &mut int).await;
+    if let Some(pid) = upgraded {
+        tracing::info!(
+            new_pid = pid,
+            drain_closed = shared.drain_closed.load(Ordering::Relaxed),
+            "upgrade: drained; the old process exits"
+        );
+    }
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
     log_summaries.abort();
     crate::log_limit::limit().flush();
-    if let Some(admin) = admin {
-        admin.abort();
+    if let Some((task, _)) = admin {
+        task.abort();
     }
     Ok(())
 }
 
-/// A `READY=1` owed to systemd.
-#[derive(Debug, Clone, Copy)]
+/// Starts the binary upgrade: hands the TLS listeners and the admin socket
+/// to a new process and waits until it is ready. Returns its PID, or
+/// `None` when it failed (logged and counted; this process goes on).
+async fn upgrade(
+    shared: &Shared,
+    listeners: &Listeners,
+    admin: Option<&socket2::Socket>,
+    binary: Option<&PathBuf>,
+) -> Option<u32> {
+    let mut sockets: Vec<(String, socket2::SockRef<'_>)> = listeners
+        .running
+        .iter()
+        .map(|(addr, running)| {
+            let mark = if listeners.inherited.contains(addr) {
+                crate::activation::SYSTEMD_MARK
+            } else {
+                ""
+            };
+            (
+                format!("{addr}{mark}"),
+                socket2::SockRef::from(&*running.listener),
+            )
+        })
+        .collect();
+    if let Some(admin) = admin {
+        sockets.push(("admin".to_owned(), socket2::SockRef::from(admin)));
+    }
+    let result = match crate::upgrade::binary(binary) {
+        Ok(binary) => crate::upgrade::start(binary, &sockets).await,
+        Err(e) => Err(crate::upgrade::UpgradeError::Io(e)),
+    };
+    match result {
+        Ok(pid) => Some(pid),
+        Err(e) => {
+            shared.metrics.upgrade(UpgradeResult::Failure);
+            tracing::error!(error = %e, "upgrade failed; this process keeps serving");
+            None
+        }
+    }
+}
+
+/// A `READY=1` owed to systemd, or to the old process of a binary upgrade.
+#[derive(Debug)]
 struct Readiness {
     /// Whether systemd was told what is awaited (`STATUS=`).
     told_waiting: bool,
+    /// The old process's readiness pipe (see [`crate::upgrade`]).
+    upgrade_pipe: Option<OwnedFd>,
 }
 
 impl Readiness {
-    /// One owed, when systemd listens.
-    fn owed(notifier: &Notifier) -> Option<Self> {
-        notifier.enabled().then_some(Self {
+    /// One owed, when systemd or an old process listens.
+    fn owed(notifier: &Notifier, upgrade_pipe: Option<OwnedFd>) -> Option<Self> {
+        (notifier.enabled() || upgrade_pipe.is_some()).then_some(Self {
             told_waiting: false,
+            upgrade_pipe,
         })
     }
 
@@ -232,12 +329,25 @@ impl Readiness {
     fn check(mut self, shared: &Shared, notifier: &Notifier) -> Option<Self> {
         if shared.ready.load(Ordering::Acquire) && shared.discovery_ready() {
             let generation = shared.current();
-            notifier.ready(&format!(
+            let status = format!(
                 "serving: config generation {}, {} routes",
                 generation.id,
                 generation.routes.len()
-            ));
-            tracing::info!(generation = generation.id, "systemd notified: ready");
+            );
+            match self.upgrade_pipe.take() {
+                Some(pipe) => {
+                    crate::upgrade::tell_ready(pipe);
+                    notifier.ready_as_main(&status);
+                    tracing::info!(
+                        generation = generation.id,
+                        "upgrade: ready; the old process stops accepting"
+                    );
+                }
+                None => notifier.ready(&status),
+            }
+            if notifier.enabled() {
+                tracing::info!(generation = generation.id, "systemd notified: ready");
+            }
             return None;
         }
         if !self.told_waiting {
@@ -253,7 +363,8 @@ impl Readiness {
 struct Listeners {
     /// Accepting, by configured address.
     running: HashMap<SocketAddr, Running>,
-    /// The configured addresses whose socket came from systemd.
+    /// The configured addresses whose socket systemd holds too (socket
+    /// activation, directly or through an upgrade).
     inherited: HashSet<SocketAddr>,
     /// Inherited sockets a reload removed: kept open, not accepting, for a
     /// reload that adds the address back. (Closing one would not free
