@@ -14,7 +14,7 @@
 //! | [`docs`] | README's crate picture against the manifests |
 //! | [`deploy`] | everything in `deploy/` |
 //! | [`proxy_protocol`] | PROXY protocol from a front load balancer (`accept_proxy_protocol`): v1, v2, `LOCAL`, optional headers, `allow_sources`, access log and `/status` by the header's address; missing, stacked, truncated and garbage headers and headers from untrusted peers refused as `bad_proxy_header` |
-//! | [`systemd`] | under systemd with the test in its place: `READY=1` (after a required discovery sync), `RELOADING=1`/`READY=1` around reloads, `STOPPING=1`, watchdog pings; socket activation: inherited listeners and admin socket served without a bind (a connection queued before the start included), kept across reloads, an unmatched socket refused; `process_start_time_seconds` |
+//! | [`systemd`] | under systemd with the test in its place: `READY=1` (after a required discovery sync), `RELOADING=1`/`READY=1` around reloads, `STOPPING=1`, watchdog pings; socket activation: inherited listeners and admin socket served without a bind (a connection queued before the start included), kept across reloads, an unmatched socket refused; `MAINPID=` and the watchdog after a binary upgrade; `process_start_time_seconds` |
 //! | [`upgrade`] | the binary upgrade (`kill -USR2`): three in a row under about 100 connections a second and ten checksummed tunnels, nothing refused, reset or corrupted, the old processes gone with their descriptors; a broken config leaves the old process serving and no stray process |
 //! | [`marathon`] | Marathon discovery against a fake Marathon: tasks that start, die and fail health checks, a dropped event stream, 503 without a leader and a non-leader's 302, `/readyz` until the first sync |
 //!

@@ -276,6 +276,75 @@ fn ready_reloading_stopping_and_watchdog_pings_are_notified() {
 }
 
 #[test]
+fn an_upgrade_tells_systemd_the_new_main_pid_and_the_watchdog_follows() {
+    let _turn = crate::common::light();
+    let up = Upstream::start("a", Behaviour::Greet);
+    let mut notify = Notify::new();
+    let path = notify.path.clone();
+    // WATCHDOG_PID names the first process, as systemd sets it: a shell
+    // puts its own PID there and execs sniroute.
+    let mut router = Router::spawn_wrapped(
+        &config("127.0.0.1:0", "127.0.0.1:0", up.addr),
+        |cmd| {
+            cmd.env("NOTIFY_SOCKET", &path)
+                .env("WATCHDOG_USEC", "200000");
+        },
+        |cmd| {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg("WATCHDOG_PID=$$ exec \"$@\"")
+                .arg("sh")
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            for (key, value) in cmd.get_envs() {
+                match value {
+                    Some(v) => sh.env(key, v),
+                    None => sh.env_remove(key),
+                };
+            }
+            sh.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            sh
+        },
+    );
+    router.wait_ready();
+    notify.wait_for("READY=1", Duration::from_secs(10));
+    notify.wait_for("WATCHDOG=1", Duration::from_secs(5));
+    router.signal("USR2");
+    let ready = router.wait_log(Duration::from_secs(60), |l| {
+        l["message"] == "upgrade: the new process is ready; this one stops accepting and drains"
+    });
+    let new_pid = ready["new_pid"].as_u64().unwrap() as u32;
+    // Not the test's child: stopped by PID, also when an assertion fails.
+    struct Stop(u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.0.to_string())
+                .status();
+        }
+    }
+    let stop = Stop(new_pid);
+    let msgs = notify.wait_for(&format!("MAINPID={new_pid}"), Duration::from_secs(10));
+    let main = msgs.last().unwrap();
+    assert!(main.lines().any(|l| l == "READY=1"), "{main:?}");
+    // The old process drains and exits without STOPPING=1 (systemd would
+    // take the service for stopping)...
+    assert_eq!(router.wait_exit(Duration::from_secs(30)), Some(0));
+    while notify.read(Duration::from_millis(1)).is_some() {}
+    assert!(!has(&notify.seen, "STOPPING=1"), "{:?}", notify.seen);
+    // ...and the new one, given no WATCHDOG_PID, pings the watchdog (the
+    // old one cannot: it is gone).
+    for _ in 0..3 {
+        notify.wait_for("WATCHDOG=1", Duration::from_secs(5));
+    }
+    drop(stop);
+    notify.wait_for("STOPPING=1", Duration::from_secs(10));
+}
+
+#[test]
 fn ready_waits_for_the_first_required_discovery_sync() {
     let _turn = crate::common::light();
     let marathon = FakeMarathon::start();

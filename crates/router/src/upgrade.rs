@@ -106,7 +106,14 @@ pub(crate) async fn start(
     let ready_fd = rustix::io::dup(&ready_write).map_err(|e| UpgradeError::Io(e.into()))?;
     drop(ready_write);
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let child = Command::new(&binary)
+    let mut command = Command::new(&binary);
+    // The watchdog systemd set for this process is the new one's to ping
+    // once it is the main process; its PID is not known before it starts,
+    // and without WATCHDOG_PID it pings.
+    if std::env::var("WATCHDOG_PID").is_ok_and(|p| p.trim() == std::process::id().to_string()) {
+        command.env_remove("WATCHDOG_PID");
+    }
+    let child = command
         .args(&args)
         .env(FDS_VAR, names.join(";"))
         .env(READY_FD_VAR, ready_fd.as_raw_fd().to_string())
