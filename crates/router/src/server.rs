@@ -44,7 +44,8 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     /// The signal handlers could not be installed.
     Signals(std::io::Error),
-    /// Sockets inherited from systemd do not fit the config.
+    /// Sockets inherited from systemd (or from the process a binary
+    /// upgrade replaces) do not fit the config.
     Activation(ActivationError),
 }
 
