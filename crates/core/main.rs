@@ -16,7 +16,8 @@ use config::{Config, ConfigSource};
     about = "TLS SNI passthrough router: one port, many Kubernetes API servers, TLS end to end",
     after_help = "Config source, in order: --config FILE, $SNIROUTE_CONFIG (a path), \
 $SNIROUTE_CONFIG_YAML (the YAML itself), /etc/sniroute/sniroute.yaml.\n\
-Reload the config with `kill -HUP <pid>`; stop gracefully with SIGTERM."
+Reload the config with `kill -HUP <pid>`; upgrade the binary with `kill -USR2 <pid>`; \
+stop gracefully with SIGTERM."
 )]
 struct Cli {
     /// Log format on stderr.
@@ -43,6 +44,10 @@ enum Command {
         /// Config file (YAML).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// The binary `kill -USR2` starts to take over (default: the one
+        /// running, from the path it was started from).
+        #[arg(long, value_name = "PATH")]
+        upgrade_binary: Option<PathBuf>,
     },
     /// Validate the config and print the resolved routing table; needs no
     /// network. Exit status 1 on error.
@@ -79,9 +84,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.log_level.as_deref());
     match cli.command {
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            upgrade_binary,
+        } => {
+            // First, while this is the only thread: take the sockets
+            // systemd passed (socket activation) and clear LISTEN_*.
+            let inherited = match router::Inherited::from_env() {
+                Ok(inherited) => inherited,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("sniroute: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let source = ConfigSource::resolve(config.as_deref(), |k| std::env::var(k).ok());
-            run_router(source)
+            run_router(source, inherited, upgrade_binary)
         }
         Command::Check { config } => {
             let source = ConfigSource::resolve(config.as_deref(), |k| std::env::var(k).ok());
@@ -125,8 +143,12 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
-fn run_router(source: ConfigSource) -> ExitCode {
-    match runtime().block_on(router::run(source)) {
+fn run_router(
+    source: ConfigSource,
+    inherited: router::Inherited,
+    upgrade_binary: Option<PathBuf>,
+) -> ExitCode {
+    match runtime().block_on(router::run(source, inherited, upgrade_binary)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -156,7 +178,7 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {
         eprintln!("{}", config::render(&config));
         eprintln!("{}", demo.instructions);
         eprintln!("Press Ctrl-C to stop.\n");
-        router::run(ConfigSource::File(path))
+        router::run(ConfigSource::File(path), router::Inherited::none(), None)
             .await
             .map_err(|e| e.to_string())
     });

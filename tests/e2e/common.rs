@@ -78,6 +78,18 @@ impl Router {
     /// Starts `sniroute run` with `yaml` without waiting for it; see
     /// [`Router::wait_ready`].
     pub(crate) fn spawn(yaml: &str, adjust: impl FnOnce(&mut Command)) -> Router {
+        Self::spawn_wrapped(yaml, adjust, |cmd| cmd)
+    }
+
+    /// Like [`Router::spawn`], letting `wrap` replace the finished command
+    /// by one that runs it (a wrapper that sets up descriptors first, say).
+    /// The replacement must keep standard error piped: the log is read
+    /// from there.
+    pub(crate) fn spawn_wrapped(
+        yaml: &str,
+        adjust: impl FnOnce(&mut Command),
+        wrap: impl FnOnce(Command) -> Command,
+    ) -> Router {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("sniroute.yaml");
         std::fs::write(&config_path, yaml).unwrap();
@@ -96,7 +108,7 @@ impl Router {
         .stderr(Stdio::piped())
         .env_remove("RUST_LOG");
         adjust(&mut cmd);
-        let mut child = cmd.spawn().expect("start sniroute");
+        let mut child = wrap(cmd).spawn().expect("start sniroute");
         let stderr = child.stderr.take().unwrap();
         let logs: Arc<(Mutex<Vec<serde_json::Value>>, Condvar)> = Arc::default();
         let sink = logs.clone();

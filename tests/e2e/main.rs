@@ -17,6 +17,8 @@
 //! | [`mesos`] | Mesos discovery against a fake Mesos master (operator API: GET_STATE, the SUBSCRIBE RecordIO stream): tasks added, killed, moved and flipping health, a non-leader's 307 after a dead first URL, a stream without heartbeats, a stream cut inside an event, resyncs, malformed JSON, `/readyz` until the first sync, and the seed scenario: kubectl to a `kube-control-plane` task through sniroute with mTLS |
 //! | [`health`] | health checks against a fake kube-apiserver (`/readyz` 200 and 503, other CAs and names: misrouted, handshake failures, timeouts, client certificates, CA rotation), outlier detection on live traffic, `sniroute check` errors |
 //! | [`discovery_auth`] | Marathon discovery behind DC/OS authentication: a token file rotated on disk, a service-account login over https (`ca_file`) refreshed before expiry and after a 401, a wrong key counted with the last endpoints kept |
+//! | [`systemd`] | under systemd with the test in its place: `READY=1` (after a required discovery sync), `RELOADING=1`/`READY=1` around reloads, `STOPPING=1`, watchdog pings; socket activation: inherited listeners and admin socket served without a bind (a connection queued before the start included), kept across reloads, an unmatched socket refused; `MAINPID=` and the watchdog after a binary upgrade; `process_start_time_seconds` |
+//! | [`upgrade`] | the binary upgrade (`kill -USR2`): three in a row under about 100 connections a second and ten checksummed tunnels, nothing refused, reset or corrupted, the old processes gone with their descriptors; a broken config leaves the old process serving and no stray process |
 //! | [`marathon`] | Marathon discovery against a fake Marathon: tasks that start, die and fail health checks, a dropped event stream, 503 without a leader and a non-leader's 302, `/readyz` until the first sync |
 //! | [`marathon_labels`] | label-driven routes from the fake Marathon's app labels: a route that appears (real TLS) and goes without a new generation while its tunnel stays, names outside the allow-list and malformed labels, every kind of conflict, Marathon-LB tcp and http apps |
 //!
@@ -39,5 +41,7 @@ mod proxy_protocol;
 mod resilience;
 mod routing;
 mod status_page;
+mod systemd;
 mod tls_clients;
 mod tunnels;
+mod upgrade;

@@ -103,6 +103,19 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Makes an inherited listening socket (socket activation, see
+/// [`crate::activation`]) the admin endpoint: the buffer sizes [`bind`]
+/// sets (accepted sockets inherit them), non-blocking.
+///
+/// # Errors
+/// A failed `setsockopt` or `fcntl`.
+pub(crate) fn adopt(socket: socket2::Socket) -> io::Result<TcpListener> {
+    socket.set_send_buffer_size(SEND_BUFFER)?;
+    socket.set_recv_buffer_size(RECEIVE_BUFFER)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// Serves the admin endpoint on `listener` until the task is aborted, and
 /// meanwhile samples the per-route totals for the rates `/status` shows.
 /// `admin` is the start-up config's: its allow list applies while the

@@ -3,11 +3,15 @@
 //!
 //! The public face is small: [`run`] (start-up, reload on SIGHUP or a
 //! changed file, drain on SIGTERM, all inside) with its [`StartError`],
-//! [`raise_nofile_limit`], and [`inspect_hello`]. Everything else is
+//! the sockets systemd passes it ([`Inherited`]), [`raise_nofile_limit`],
+//! and [`inspect_hello`]. Everything else is
 //! crate-private, so the dead-code lints see what nobody uses.
 //!
 //! Modules, in the order one connection meets them:
-//! - `server`: start-up, live reload and graceful drain.
+//! - `server`: start-up, live reload and graceful drain; `activation`:
+//!   listening sockets inherited from systemd; `notify`: telling systemd
+//!   (`sd_notify`) when sniroute is ready, reloading, stopping, alive;
+//!   `upgrade`: the binary upgrade on `SIGUSR2`.
 //! - `listener`: binding and accept loops (EMFILE back-off); `admission`:
 //!   the limits a connection is counted against at accept (connections,
 //!   pending hellos, per source).
@@ -38,6 +42,7 @@
 //! `mesos_tasks` routes come from the `discovery` crate (read by `state`
 //! and `upstream`).
 
+mod activation;
 mod activity;
 mod admin;
 mod admin_request;
@@ -48,14 +53,17 @@ mod inspect;
 mod listener;
 mod log_limit;
 mod metrics;
+mod notify;
 mod pipeline;
 mod recent;
 mod server;
 mod state;
 mod status_page;
 mod table;
+mod upgrade;
 mod upstream;
 
+pub use activation::{ActivationError, Inherited};
 pub use inspect::{inspect_hello, InspectError};
 pub use server::{raise_nofile_limit, run, StartError};
 

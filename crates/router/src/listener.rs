@@ -1,4 +1,5 @@
-//! Binding and accept loops.
+//! Binding (or adopting sockets inherited from systemd, see
+//! [`crate::activation`]) and accept loops.
 //!
 //! An accept loop never spins and never dies: when the process is out of
 //! file descriptors (EMFILE/ENFILE) it backs off, doubling from 10 ms to
@@ -47,39 +48,63 @@ pub(crate) fn bind(addr: SocketAddr, user_timeout: Duration) -> io::Result<TcpLi
     TcpListener::from_std(socket.into())
 }
 
+/// Makes an inherited listening socket (socket activation) a TLS listener:
+/// the per-connection options [`bind`] sets, set the same way (accepted
+/// sockets inherit them), and non-blocking. Its bind options (backlog,
+/// `IPV6_V6ONLY`) are the supervisor's.
+///
+/// # Errors
+/// A failed `setsockopt` or `fcntl`.
+pub(crate) fn adopt(socket: socket2::Socket, user_timeout: Duration) -> io::Result<TcpListener> {
+    pipeline::tune_socket(&socket, user_timeout)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// A running accept loop; dropping it does not stop it, [`Running::stop`] does.
 #[derive(Debug)]
 pub(crate) struct Running {
     /// The bound address (with the real port when 0 was configured).
     pub(crate) local: SocketAddr,
+    /// The listening socket, shared with the accept loop (the binary
+    /// upgrade hands it over).
+    pub(crate) listener: Arc<TcpListener>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
-    /// Stops accepting and closes the listening socket; open connections
-    /// are not touched.
-    pub(crate) async fn stop(self) {
+    /// Stops accepting and returns the listening socket (`None` if its
+    /// task is gone), which closes when dropped; open connections are not
+    /// touched.
+    pub(crate) async fn stop(self) -> Option<TcpListener> {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        Arc::try_unwrap(self.listener).ok()
     }
 }
 
 /// Starts the accept loop of `listener`, configured as `configured`.
 pub(crate) fn spawn(listener: TcpListener, configured: SocketAddr, shared: Arc<Shared>) -> Running {
     let local = listener.local_addr().unwrap_or(configured);
+    let listener = Arc::new(listener);
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(accept_loop(
-        listener,
+        listener.clone(),
         Arc::new(pipeline::Listener::new(configured)),
         shared,
         stopped,
     ));
-    Running { local, stop, task }
+    Running {
+        local,
+        listener,
+        stop,
+        task,
+    }
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     configured: Arc<pipeline::Listener>,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
@@ -100,7 +125,7 @@ async fn accept_loop(
                 let wanted = generation.config.timeouts.tcp_user_timeout;
                 if wanted != user_timeout {
                     user_timeout = wanted;
-                    let _ = pipeline::set_user_timeout(socket2::SockRef::from(&listener), wanted);
+                    let _ = pipeline::set_user_timeout(socket2::SockRef::from(&*listener), wanted);
                     // This one was accepted before the change.
                     #[cfg(target_os = "linux")]
                     let _ = pipeline::set_user_timeout(socket2::SockRef::from(&stream), wanted);

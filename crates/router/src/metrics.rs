@@ -28,8 +28,9 @@
 //! Label values are bounded: `route` is a configured route name or `none`,
 //! `listener` a configured address, `upstream` a resolved endpoint; the
 //! fixed sets are the `ALL` lists of [`Outcome`], [`EndLabel`],
-//! [`AcceptError`], [`ReloadResult`], [`AdminClosed`], [`EndpointState`],
-//! [`CheckResult`], [`DiscoverySource`] and [`SyncResult`]. Never a raw SNI,
+//! [`AcceptError`], [`ReloadResult`], [`UpgradeResult`], [`AdminClosed`],
+//! [`EndpointState`], [`CheckResult`], [`DiscoverySource`] and [`SyncResult`].
+//! Never a raw SNI,
 //! client address or anything else a client controls.
 
 use std::collections::BTreeMap;
@@ -176,6 +177,18 @@ pub(crate) const BUILD_INFO: Family = family(
     Kind::Gauge,
     "Always 1; the version label tells the build.",
 );
+/// Binary upgrades (`SIGUSR2`): `{result}`, see [`UpgradeResult`].
+pub(crate) const UPGRADES_TOTAL: Family = family(
+    "sniroute_upgrades_total",
+    Kind::Counter,
+    "Binary upgrades by result: success (counted by the new process), failure (by the old one, which keeps serving).",
+);
+/// When the process started (the standard name of Prometheus clients).
+pub(crate) const PROCESS_START_TIME_SECONDS: Family = family(
+    "process_start_time_seconds",
+    Kind::Gauge,
+    "Start time of the process since the Unix epoch, in seconds.",
+);
 /// Tunnels still open when the drain time ran out, closed by sniroute.
 pub(crate) const DRAIN_CLOSED_TUNNELS_TOTAL: Family = family(
     "sniroute_drain_closed_tunnels_total",
@@ -264,6 +277,8 @@ pub(crate) const DISCOVERY_LABEL_ERRORS_TOTAL: Family = family(
 /// Every family, in the order `/metrics` shows them.
 const FAMILIES: &[&Family] = &[
     &BUILD_INFO,
+    &PROCESS_START_TIME_SECONDS,
+    &UPGRADES_TOTAL,
     &CONFIG_GENERATION,
     &CONFIG_RELOADS_TOTAL,
     &CONNECTIONS_TOTAL,
@@ -421,6 +436,16 @@ label_enum! {
         Enfile => "enfile",
         /// Anything else.
         Other => "other",
+    }
+}
+
+label_enum! {
+    /// The `result` label of [`UPGRADES_TOTAL`].
+    UpgradeResult {
+        /// This process took over from the old one.
+        Success => "success",
+        /// The new process failed; this one keeps serving.
+        Failure => "failure",
     }
 }
 
@@ -741,6 +766,7 @@ impl Registry {
 pub(crate) struct ProcessMetrics {
     pub(crate) accept_errors: [Counter; AcceptError::ALL.len()],
     pub(crate) reloads: [Counter; ReloadResult::ALL.len()],
+    pub(crate) upgrades: [Counter; UpgradeResult::ALL.len()],
     pub(crate) drain_closed: Counter,
     pub(crate) generation: Gauge,
     pub(crate) tunnels_on_old_config: Gauge,
@@ -753,6 +779,7 @@ pub(crate) struct ProcessMetrics {
     /// `not_allowed`.
     pub(crate) discovery_label_errors: [Counter; 2],
     _build_info: Gauge,
+    _start_time: Gauge,
 }
 
 impl ProcessMetrics {
@@ -760,11 +787,15 @@ impl ProcessMetrics {
         let r = registry();
         let build_info = r.gauge(&BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))]);
         build_info.set(1);
+        let start_time = r.gauge(&PROCESS_START_TIME_SECONDS, &[]);
+        start_time.set(process_start_time());
         Self {
             accept_errors: AcceptError::ALL
                 .map_ref(|e| r.counter(&ACCEPT_ERRORS_TOTAL, &[("error", e.as_str())])),
             reloads: ReloadResult::ALL
                 .map_ref(|e| r.counter(&CONFIG_RELOADS_TOTAL, &[("result", e.as_str())])),
+            upgrades: UpgradeResult::ALL
+                .map_ref(|e| r.counter(&UPGRADES_TOTAL, &[("result", e.as_str())])),
             drain_closed: r.counter(&DRAIN_CLOSED_TUNNELS_TOTAL, &[]),
             generation: r.gauge(&CONFIG_GENERATION, &[]),
             tunnels_on_old_config: r.gauge(&TUNNELS_ON_OLD_CONFIG, &[]),
@@ -775,6 +806,7 @@ impl ProcessMetrics {
             discovery_label_errors: ["malformed", "not_allowed"]
                 .map(|why| r.counter(&DISCOVERY_LABEL_ERRORS_TOTAL, &[("reason", why)])),
             _build_info: build_info,
+            _start_time: start_time,
         }
     }
 
@@ -794,6 +826,38 @@ impl ProcessMetrics {
             discovery::IssueKind::Conflict(k) => self.discovery_conflicts[k.index()].increment(1),
         }
     }
+
+    pub(crate) fn upgrade(&self, r: UpgradeResult) {
+        self.upgrades[r.index()].increment(1);
+    }
+}
+
+/// When this process started, in Unix seconds: from `/proc/self/stat`
+/// (start time after boot) and the boot time in `/proc/stat`, as
+/// Prometheus' own clients do; else now (the process state, which records
+/// it, is made within moments of the start).
+fn process_start_time() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    proc_start_time().unwrap_or(now)
+}
+
+fn proc_start_time() -> Option<i64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces and parentheses);
+    // `starttime` is field 22, the 20th after it.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let hz = rustix::param::clock_ticks_per_second();
+    Some((boot + ticks / hz.max(1)) as i64)
 }
 
 /// The admin endpoint's series, made when it starts (so they exist, at 0,
@@ -915,6 +979,18 @@ mod tests {
                 &Outcome::UpstreamUnavailable
             ]
         );
+    }
+
+    #[test]
+    fn the_process_start_time_is_before_now_and_recent() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let start = proc_start_time().expect("/proc/self/stat and /proc/stat readable");
+        // This test process started before now; a test run is not a day.
+        assert!(start <= now && start > now - 86_400, "{start} vs {now}");
+        assert_eq!(process_start_time(), start);
     }
 
     #[test]

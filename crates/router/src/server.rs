@@ -10,17 +10,28 @@
 //! - `SIGTERM`/`SIGINT`: `/readyz` turns 503, listeners close, open tunnels
 //!   may finish for `timeouts.drain`, then the rest are closed and counted.
 //!   A second signal ends at once.
+//! - Under systemd: listening sockets it passes (socket activation) are
+//!   used instead of binding (see [`crate::activation`]), and it is told
+//!   `READY=1`, `RELOADING=1`, `STOPPING=1` and watchdog pings (see
+//!   [`crate::notify`]).
+//! - `SIGUSR2`: binary upgrade ([`crate::upgrade`]): a new process takes
+//!   the listening sockets over; once it is ready this one stops
+//!   accepting, drains and exits. A failed upgrade changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::activation::{ActivationError, Inherited, Target};
 use crate::listener::{self, Running};
-use crate::metrics::{DiscoveryMetrics, DiscoverySource, ReloadResult};
+use crate::metrics::{DiscoveryMetrics, DiscoverySource, ReloadResult, UpgradeResult};
+use crate::notify::{self, Notifier};
 use crate::state::{Generation, Shared};
 use config::{Config, ConfigSource};
 
@@ -33,6 +44,9 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     /// The signal handlers could not be installed.
     Signals(std::io::Error),
+    /// Sockets inherited from systemd (or from the process a binary
+    /// upgrade replaces) do not fit the config.
+    Activation(ActivationError),
 }
 
 impl std::fmt::Display for StartError {
@@ -41,6 +55,7 @@ impl std::fmt::Display for StartError {
             Self::Config(e) => write!(f, "{e}"),
             Self::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             Self::Signals(e) => write!(f, "cannot handle signals: {e}"),
+            Self::Activation(e) => write!(f, "{e}"),
         }
     }
 }
@@ -50,16 +65,28 @@ impl std::error::Error for StartError {
         match self {
             Self::Config(e) => Some(e),
             Self::Bind(_, e) | Self::Signals(e) => Some(e),
+            Self::Activation(e) => Some(e),
         }
     }
 }
 
-/// Runs the router until it is told to stop and has drained.
+/// How often a `READY=1` owed to systemd is checked for: it waits for a
+/// required discovery source's first sync, as `/readyz` does.
+const READY_POLL: Duration = Duration::from_millis(50);
+
+/// Runs the router until it is told to stop and has drained. `inherited`:
+/// listening sockets from systemd or an upgrading process
+/// ([`Inherited::from_env`]), used instead of binding the listeners they
+/// match. `upgrade_binary`: what `SIGUSR2` starts (default: this binary).
 ///
 /// # Errors
 /// [`StartError`] when it cannot start; once running it only stops on a
 /// signal.
-pub async fn run(source: ConfigSource) -> Result<(), StartError> {
+pub async fn run(
+    source: ConfigSource,
+    mut inherited: Inherited,
+    upgrade_binary: Option<PathBuf>,
+) -> Result<(), StartError> {
     // Signal handlers first: a SIGHUP (a reload sent by a too eager
     // supervisor) or SIGTERM during start-up must not kill the process with
     // the default action; they are handled once the loop below runs.
@@ -67,13 +94,25 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     let mut hup = signal(SignalKind::hangup()).map_err(signal_err)?;
     let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
+    let mut usr2 = signal(SignalKind::user_defined2()).map_err(signal_err)?;
     tracing::info!(source = %source.display_name(), "sniroute starting");
+    // From a binary upgrade: tell the old process once ready.
+    let upgrade_pipe = inherited.ready_pipe.take();
+    let notifier = Arc::new(Notifier::from_env());
+    let watchdog = notify::spawn_watchdog(&notifier);
     // The file's stamp before it is read: a change made while it is being
     // read (or until the watch loop starts) is then seen as a change.
     let mut watched = file_stamp(&source);
     let config = Config::load(&source).map_err(StartError::Config)?;
+    let wanted: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
+    let mut inherited = inherited
+        .assign(&wanted, config.admin.as_ref().map(|a| a.address))
+        .map_err(StartError::Activation)?;
     raise_nofile_limit();
     let shared = Shared::new(Generation::build(1, config, &[]));
+    if upgrade_pipe.is_some() {
+        shared.metrics.upgrade(UpgradeResult::Success);
+    }
     // Made now, so its counter is exported at 0 from the start.
     crate::log_limit::limit();
     let log_summaries = tokio::spawn(crate::log_limit::summaries());
@@ -81,18 +120,46 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     let mut discovery = Discovery::default();
     discovery.update(&generation.config, &shared);
 
-    let mut listeners: HashMap<SocketAddr, Running> = HashMap::new();
+    let mut listeners = Listeners::default();
+    let user_timeout = generation.config.timeouts.tcp_user_timeout;
     for l in &generation.config.listeners {
-        let bound = listener::bind(l.address, generation.config.timeouts.tcp_user_timeout)
-            .map_err(|e| StartError::Bind(l.address, e))?;
-        let running = listener::spawn(bound, l.address, shared.clone());
-        tracing::info!(listener = %l.address, local = %running.local, "listening");
-        listeners.insert(l.address, running);
+        let addr = l.address;
+        let running = match inherited.remove(&Target::Listener(addr)) {
+            Some(socket) => {
+                let from = socket.to_string();
+                if socket.from_systemd {
+                    listeners.inherited.insert(addr);
+                }
+                let adopted = listener::adopt(socket.socket, user_timeout)
+                    .map_err(|e| StartError::Bind(addr, e))?;
+                let running = listener::spawn(adopted, addr, shared.clone());
+                tracing::info!(listener = %addr, local = %running.local, inherited = %from, "listening");
+                running
+            }
+            None => {
+                let bound =
+                    listener::bind(addr, user_timeout).map_err(|e| StartError::Bind(addr, e))?;
+                let running = listener::spawn(bound, addr, shared.clone());
+                tracing::info!(listener = %addr, local = %running.local, "listening");
+                running
+            }
+        };
+        listeners.running.insert(addr, running);
     }
-    let admin = match &generation.config.admin {
+    let mut admin = match &generation.config.admin {
         Some(admin) => {
             let addr = admin.address;
-            let bound = crate::admin::bind(addr).map_err(|e| StartError::Bind(addr, e))?;
+            let (bound, from) = match inherited.remove(&Target::Admin) {
+                Some(socket) => {
+                    let from = socket.to_string();
+                    (crate::admin::adopt(socket.socket), Some(from))
+                }
+                None => (crate::admin::bind(addr), None),
+            };
+            let bound = bound.map_err(|e| StartError::Bind(addr, e))?;
+            if let Some(from) = from {
+                tracing::info!(admin = %addr, inherited = %from, "admin endpoint: socket inherited");
+            }
             let local = bound.local_addr().unwrap_or(addr);
             let allow: Vec<String> = admin
                 .allow_sources
@@ -101,7 +168,12 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
                 .collect();
             tracing::info!(admin = %addr, local = %local, allow_sources = %allow.join(", "),
                 "admin endpoint listening");
-            Some(crate::admin::spawn(bound, shared.clone(), admin.clone()))
+            // A copy, for the binary upgrade to hand over.
+            let handle = socket2::SockRef::from(&bound).try_clone().ok();
+            Some((
+                crate::admin::spawn(bound, shared.clone(), admin.clone()),
+                handle,
+            ))
         }
         None => None,
     };
@@ -114,13 +186,31 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     );
     drop(generation);
 
+    // READY=1 is owed to systemd until the router is ready as `/readyz`
+    // sees it: at start, and after each reload (RELOADING=1).
+    let mut ready_owed = Readiness::owed(&notifier, upgrade_pipe);
+    let mut upgraded = None;
+    let mut ready_poll = tokio::time::interval(READY_POLL);
     let mut watch_tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
+            _ = ready_poll.tick(), if ready_owed.is_some() => {
+                ready_owed = ready_owed.and_then(|r| r.check(&shared, &notifier));
+            }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
                 watched = file_stamp(&source);
+                notifier.reloading();
                 reload(&source, &shared, &mut listeners, &mut discovery).await;
+                ready_owed = Readiness::owed(&notifier, None).and_then(|r| r.check(&shared, &notifier));
+            }
+            _ = usr2.recv() => {
+                tracing::info!("SIGUSR2: upgrading the binary");
+                let admin_handle = admin.as_ref().and_then(|(_, h)| h.as_ref());
+                if let Some(pid) = upgrade(&shared, &listeners, admin_handle, upgrade_binary.as_ref()).await {
+                    upgraded = Some(pid);
+                    break;
+                }
             }
             _ = watch_tick.tick() => {
                 if shared.current().config.watch_config {
@@ -128,7 +218,9 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
                     if now != watched {
                         tracing::info!("config file changed: reloading");
                         watched = now;
+                        notifier.reloading();
                         reload(&source, &shared, &mut listeners, &mut discovery).await;
+                        ready_owed = Readiness::owed(&notifier, None).and_then(|r| r.check(&shared, &notifier));
                     }
                 }
             }
@@ -137,20 +229,156 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
         }
     }
 
+    match upgraded {
+        // The new process is systemd's main process now (MAINPID=), and it
+        // owns the admin endpoint: stop answering there at once.
+        Some(pid) => {
+            if let Some((task, _)) = admin.take() {
+                task.abort();
+            }
+            tracing::info!(
+                new_pid = pid,
+                open_connections = shared.connections.load(Ordering::Acquire),
+                "upgrade: the new process is ready; this one stops accepting and drains"
+            );
+        }
+        None => notifier.stopping(&format!(
+            "draining: {} connections open",
+            shared.connections.load(Ordering::Acquire)
+        )),
+    }
     drain(&shared, listeners, &mut term, &mut int).await;
+    if let Some(pid) = upgraded {
+        tracing::info!(
+            new_pid = pid,
+            drain_closed = shared.drain_closed.load(Ordering::Relaxed),
+            "upgrade: drained; the old process exits"
+        );
+    }
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     log_summaries.abort();
     crate::log_limit::limit().flush();
-    if let Some(admin) = admin {
-        admin.abort();
+    if let Some((task, _)) = admin {
+        task.abort();
     }
     Ok(())
+}
+
+/// Starts the binary upgrade: hands the TLS listeners and the admin socket
+/// to a new process and waits until it is ready. Returns its PID, or
+/// `None` when it failed (logged and counted; this process goes on).
+async fn upgrade(
+    shared: &Shared,
+    listeners: &Listeners,
+    admin: Option<&socket2::Socket>,
+    binary: Option<&PathBuf>,
+) -> Option<u32> {
+    let mut sockets: Vec<(String, socket2::SockRef<'_>)> = listeners
+        .running
+        .iter()
+        .map(|(addr, running)| {
+            let mark = if listeners.inherited.contains(addr) {
+                crate::activation::SYSTEMD_MARK
+            } else {
+                ""
+            };
+            (
+                format!("{addr}{mark}"),
+                socket2::SockRef::from(&*running.listener),
+            )
+        })
+        .collect();
+    if let Some(admin) = admin {
+        sockets.push(("admin".to_owned(), socket2::SockRef::from(admin)));
+    }
+    let result = match crate::upgrade::binary(binary) {
+        Ok(binary) => crate::upgrade::start(binary, &sockets).await,
+        Err(e) => Err(crate::upgrade::UpgradeError::Io(e)),
+    };
+    match result {
+        Ok(pid) => Some(pid),
+        Err(e) => {
+            shared.metrics.upgrade(UpgradeResult::Failure);
+            tracing::error!(error = %e, "upgrade failed; this process keeps serving");
+            None
+        }
+    }
+}
+
+/// A `READY=1` owed to systemd, or to the old process of a binary upgrade.
+#[derive(Debug)]
+struct Readiness {
+    /// Whether systemd was told what is awaited (`STATUS=`).
+    told_waiting: bool,
+    /// The old process's readiness pipe (see [`crate::upgrade`]).
+    upgrade_pipe: Option<OwnedFd>,
+}
+
+impl Readiness {
+    /// One owed, when systemd or an old process listens.
+    fn owed(notifier: &Notifier, upgrade_pipe: Option<OwnedFd>) -> Option<Self> {
+        (notifier.enabled() || upgrade_pipe.is_some()).then_some(Self {
+            told_waiting: false,
+            upgrade_pipe,
+        })
+    }
+
+    /// Sends `READY=1` if the router is ready (`/readyz`'s condition) and
+    /// returns `None`; else what is still owed.
+    fn check(mut self, shared: &Shared, notifier: &Notifier) -> Option<Self> {
+        if shared.ready.load(Ordering::Acquire) && shared.discovery_ready() {
+            let generation = shared.current();
+            let status = format!(
+                "serving: config generation {}, {} routes",
+                generation.id,
+                generation.routes.len()
+            );
+            match self.upgrade_pipe.take() {
+                Some(pipe) => {
+                    crate::upgrade::tell_ready(pipe);
+                    notifier.ready_as_main(&status);
+                    tracing::info!(
+                        generation = generation.id,
+                        "upgrade: ready; the old process stops accepting"
+                    );
+                }
+                None => notifier.ready(&status),
+            }
+            if notifier.enabled() {
+                tracing::info!(generation = generation.id, "systemd notified: ready");
+            }
+            return None;
+        }
+        if !self.told_waiting {
+            self.told_waiting = true;
+            notifier.status("waiting for the first discovery sync");
+        }
+        Some(self)
+    }
+}
+
+/// The TLS listeners.
+#[derive(Debug, Default)]
+struct Listeners {
+    /// Accepting, by configured address.
+    running: HashMap<SocketAddr, Running>,
+    /// The configured addresses whose socket systemd holds too (socket
+    /// activation, directly or through an upgrade).
+    inherited: HashSet<SocketAddr>,
+    /// Inherited sockets a reload removed: kept open, not accepting, for a
+    /// reload that adds the address back. (Closing one would not free
+    /// the port: systemd holds the socket too, so sniroute could not bind
+    /// it again.)
+    parked: HashMap<SocketAddr, tokio::net::TcpListener>,
 }
 
 /// Loads the config again and puts it in force if it is valid.
 async fn reload(
     source: &ConfigSource,
     shared: &Arc<Shared>,
-    listeners: &mut HashMap<SocketAddr, Running>,
+    listeners: &mut Listeners,
     discovery: &mut Discovery,
 ) {
     let config = match Config::load(source) {
@@ -164,7 +392,9 @@ async fn reload(
     // Bind added listeners first: if one cannot be bound, nothing changes.
     let wanted: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
     let mut added = Vec::new();
-    for addr in wanted.iter().filter(|a| !listeners.contains_key(a)) {
+    let new =
+        |a: &&SocketAddr| !listeners.running.contains_key(a) && !listeners.parked.contains_key(a);
+    for addr in wanted.iter().filter(new) {
         match listener::bind(*addr, config.timeouts.tcp_user_timeout) {
             Ok(l) => added.push((*addr, l)),
             Err(e) => {
@@ -179,22 +409,38 @@ async fn reload(
     if admin_address(&config) != admin_address(&shared.current().config) {
         tracing::warn!("the admin address changed; it takes effect at the next restart");
     }
+    // Inherited sockets a previous reload removed come back.
+    for addr in &wanted {
+        if let Some(l) = listeners.parked.remove(addr) {
+            added.push((*addr, l));
+        }
+    }
     let generation = shared.install(config);
     discovery.update(&generation.config, shared);
     for (addr, l) in added {
         let running = listener::spawn(l, addr, shared.clone());
         tracing::info!(listener = %addr, local = %running.local, "listening (added by reload)");
-        listeners.insert(addr, running);
+        listeners.running.insert(addr, running);
     }
     let removed: Vec<SocketAddr> = listeners
+        .running
         .keys()
         .filter(|a| !wanted.contains(a))
         .copied()
         .collect();
     for addr in removed {
-        if let Some(running) = listeners.remove(&addr) {
-            running.stop().await;
-            tracing::info!(listener = %addr, "stopped listening (removed by reload)");
+        let Some(running) = listeners.running.remove(&addr) else {
+            continue;
+        };
+        let socket = running.stop().await;
+        match socket {
+            Some(socket) if listeners.inherited.contains(&addr) => {
+                listeners.parked.insert(addr, socket);
+                tracing::warn!(listener = %addr,
+                    "stopped accepting (removed by reload); the socket came from systemd and stays \
+                     open for a reload that adds it back: remove it from the socket unit to close it");
+            }
+            _ => tracing::info!(listener = %addr, "stopped listening (removed by reload)"),
         }
     }
     shared.metrics.reload(ReloadResult::Success);
@@ -207,16 +453,17 @@ async fn reload(
 
 async fn drain(
     shared: &Arc<Shared>,
-    listeners: HashMap<SocketAddr, Running>,
+    listeners: Listeners,
     term: &mut tokio::signal::unix::Signal,
     int: &mut tokio::signal::unix::Signal,
 ) {
     let drain_for = shared.current().config.timeouts.drain;
     shared.ready.store(false, Ordering::Release);
     shared.draining.store(true, Ordering::Release);
-    for (_, running) in listeners {
-        running.stop().await;
+    for (_, running) in listeners.running {
+        drop(running.stop().await);
     }
+    drop(listeners.parked);
     let open = shared.connections.load(Ordering::Acquire);
     tracing::info!(
         open_connections = open,

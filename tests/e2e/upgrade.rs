@@ -1,0 +1,334 @@
+//! The binary upgrade (`kill -USR2`) on the real binary: the new process
+//! takes the listening sockets over, the old one drains and exits, and not
+//! one connection is refused or reset; a new process that cannot start
+//! changes nothing.
+//!
+//! The processes after the first are not the test's children (each old
+//! process starts the next), so they are followed by PID, from the log
+//! lines the old processes write, and stopped by PID at the end.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common::raw::{Behaviour, Upstream};
+use crate::common::{metric, reach, Router};
+use clienthello::synth::HelloBuilder;
+
+fn config(upstream: SocketAddr) -> String {
+    format!(
+        r#"
+listeners: ["127.0.0.1:0"]
+admin: "127.0.0.1:0"
+timeouts: {{client_hello: 5s, connect: 2s, drain: 20s}}
+routes:
+  - name: a
+    server_names: [a.test]
+    upstreams: ["{upstream}"]
+    health_check: false
+"#
+    )
+}
+
+/// Processes the upgrades started, killed (SIGKILL, by PID) if the test
+/// ends before they do.
+#[derive(Default)]
+struct Started(Mutex<Vec<u32>>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        for pid in self.0.lock().unwrap().iter() {
+            if running(*pid) {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        }
+    }
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat[stat.rfind(')').unwrap() + 1..]
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            state != "Z" && state != "X"
+        }
+        Err(_) => false,
+    }
+}
+
+/// Open descriptors of `pid` (0 once it is gone or a zombie).
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn kill(signal: &str, pid: u32) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+fn wait_gone(pid: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while running(pid) {
+        assert!(Instant::now() < deadline, "process {pid} still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `n`-th (from 1) log line with `message`.
+fn nth_log(router: &Router, message: &str, n: usize) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found: Vec<serde_json::Value> = router
+            .logs()
+            .into_iter()
+            .filter(|l| l["message"] == message)
+            .collect();
+        if found.len() >= n {
+            return found[n - 1].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {n}th {message:?} log line:\n{:?}",
+            router.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every 8-byte word is its index xor `seed`.
+fn word(index: u64, seed: u64) -> [u8; 8] {
+    (index ^ seed).to_le_bytes()
+}
+
+/// A tunnel streaming checksummed data both ways: the client writes
+/// 16 KiB every 10 ms until told to stop, the upstream (`Greet`, then
+/// echo) sends it back, and a reader checks every word. Returns the
+/// bytes checked, or what went wrong.
+fn tunnel(
+    router: SocketAddr,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<u64, String>> {
+    std::thread::spawn(move || {
+        let mut s = TcpStream::connect(router).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(&HelloBuilder::new("a.test").build())
+            .map_err(|e| e.to_string())?;
+        let mut greeting = String::new();
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        reader.read_line(&mut greeting).map_err(|e| e.to_string())?;
+        if greeting != "a\n" {
+            return Err(format!("greeting {greeting:?}"));
+        }
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || -> Result<u64, String> {
+            let mut index = 0u64;
+            let mut chunk = vec![0u8; 16 * 1024];
+            while !stop.load(Ordering::SeqCst) {
+                for c in chunk.chunks_exact_mut(8) {
+                    c.copy_from_slice(&word(index, seed));
+                    index += 1;
+                }
+                w.write_all(&chunk).map_err(|e| format!("write: {e}"))?;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            w.shutdown(std::net::Shutdown::Write)
+                .map_err(|e| e.to_string())?;
+            Ok(index * 8)
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut pending = Vec::new();
+        let mut index = 0u64;
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| format!("read after {} bytes: {e}", index * 8))?;
+            if n == 0 {
+                break;
+            }
+            pending.extend_from_slice(&buf[..n]);
+            let whole = pending.len() / 8 * 8;
+            for c in pending[..whole].chunks_exact(8) {
+                if c != word(index, seed) {
+                    return Err(format!("word {index} wrong"));
+                }
+                index += 1;
+            }
+            pending.drain(..whole);
+        }
+        let sent = writer.join().unwrap()?;
+        if sent != index * 8 || !pending.is_empty() {
+            return Err(format!("sent {sent} bytes, got back {}", index * 8));
+        }
+        Ok(sent)
+    })
+}
+
+#[test]
+fn three_upgrades_under_load_refuse_nothing_and_keep_tunnels_intact() {
+    let _turn = crate::common::light();
+    let up = Upstream::start("a", Behaviour::Greet);
+    let started = Started::default();
+    let mut router = Router::start(&config(up.addr));
+    let addr = router.addr();
+    let hello = HelloBuilder::new("a.test").build();
+    let first_fds = open_fds(router.pid());
+
+    // About 100 connections a second, each one checked.
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let load = {
+        let (stop, ok, failed, hello) =
+            (stop_load.clone(), ok.clone(), failed.clone(), hello.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match reach(addr, &hello) {
+                    Ok(g) if g == "a" => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    other => failed.lock().unwrap().push(format!("{other:?}")),
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let stop_tunnels = Arc::new(AtomicBool::new(false));
+    let tunnels: Vec<_> = (0..10)
+        .map(|i| tunnel(addr, 0x5eed_0000 + i, stop_tunnels.clone()))
+        .collect();
+
+    let mut pids = vec![router.pid()];
+    for n in 1..=3 {
+        let before = ok.load(Ordering::SeqCst);
+        kill("USR2", *pids.last().unwrap());
+        let ready = nth_log(
+            &router,
+            "upgrade: the new process is ready; this one stops accepting and drains",
+            n,
+        );
+        let pid = ready["new_pid"].as_u64().unwrap() as u32;
+        started.0.lock().unwrap().push(pid);
+        pids.push(pid);
+        // Served on, by the new process, before the next upgrade.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ok.load(Ordering::SeqCst) < before + 50 {
+            assert!(Instant::now() < deadline, "the load stalled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    stop_load.store(true, Ordering::SeqCst);
+    load.join().unwrap();
+    stop_tunnels.store(true, Ordering::SeqCst);
+    for (i, t) in tunnels.into_iter().enumerate() {
+        let sent = t
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("tunnel {i}: {e}"));
+        assert!(sent > 0, "tunnel {i} moved nothing");
+    }
+    let failed = failed.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "{} refused or failed: {failed:?}",
+        failed.len()
+    );
+    assert!(ok.load(Ordering::SeqCst) >= 150);
+
+    // The old processes drain and exit, with nothing left open.
+    assert_eq!(router.wait_exit(Duration::from_secs(30)), Some(0));
+    for pid in &pids[..3] {
+        wait_gone(*pid, Duration::from_secs(30));
+        assert_eq!(open_fds(*pid), 0, "process {pid} left descriptors");
+    }
+    // The newest one serves, owns the admin endpoint, and counts itself.
+    let last = pids[3];
+    assert!(running(last));
+    assert_eq!(reach(addr, &hello).unwrap(), "a");
+    // It holds what the first one held at rest: nothing of the old
+    // processes leaked into it (its connections close as their peers do).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_fds(last) > first_fds {
+        assert!(
+            Instant::now() < deadline,
+            "{} descriptors open in the new process, {first_fds} in the first: {:?}",
+            open_fds(last),
+            std::fs::read_dir(format!("/proc/{last}/fd"))
+                .unwrap()
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = router.metrics();
+    assert_eq!(
+        metric(&m, "sniroute_upgrades_total", &[("result", "success")]),
+        Some(1.0)
+    );
+    assert!(metric(&m, "process_start_time_seconds", &[]).is_some());
+    kill("TERM", last);
+    wait_gone(last, Duration::from_secs(30));
+}
+
+#[test]
+fn a_new_process_with_a_broken_config_changes_nothing() {
+    let _turn = crate::common::light();
+    let up = Upstream::start("a", Behaviour::Greet);
+    let started = Started::default();
+    let router = Router::start(&config(up.addr));
+    let hello = HelloBuilder::new("a.test").build();
+    std::fs::write(&router.config_path, "listeners: [").unwrap();
+    router.signal("USR2");
+    let spawned = nth_log(&router, "upgrade: new process started", 1);
+    let new_pid = spawned["new_pid"].as_u64().unwrap() as u32;
+    started.0.lock().unwrap().push(new_pid);
+    let failed = nth_log(&router, "upgrade failed; this process keeps serving", 1);
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("exited with status 1")),
+        "{failed}"
+    );
+    // The new process is gone (reaped: not even a zombie), the old one
+    // serves as before, and counts the failure.
+    assert!(!std::path::Path::new(&format!("/proc/{new_pid}")).exists());
+    assert_eq!(reach(router.addr(), &hello).unwrap(), "a");
+    assert_eq!(router.admin_get("/readyz").0, 200);
+    assert_eq!(
+        metric(
+            &router.metrics(),
+            "sniroute_upgrades_total",
+            &[("result", "failure")]
+        ),
+        Some(1.0)
+    );
+    // No stray child of the router.
+    let children: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            stat[stat.rfind(')').unwrap() + 1..]
+                .split_whitespace()
+                .nth(1)
+                .is_some_and(|ppid| ppid == router.pid().to_string())
+        })
+        .collect();
+    assert!(children.is_empty(), "children left: {children:?}");
+}
