@@ -340,7 +340,7 @@ fn names_outside_the_allow_list_and_malformed_labels_are_refused_and_shown_once(
             "2025-01-01T00:00:00.000Z",
             port,
             json!({
-            "SNIROUTE_GROUP": "external", "SNIROUTE_0_SERVER_NAMES": "k8s.apps.test",
+            "SNIROUTE_GROUP": "external", "SNIROUTE_0_SERVER_NAMES": "*.k8s.apps.test",
             "SNIROUTE_0_HEALTH_CHECK": "kubernetes"}),
         ),
         app(
@@ -380,7 +380,7 @@ fn names_outside_the_allow_list_and_malformed_labels_are_refused_and_shown_once(
     assert!(
         got[1]
             .2
-            .contains("`kubernetes` health checks are not available"),
+            .contains("`kubernetes` checks send the route's first exact server name"),
         "{}",
         got[1].2
     );
@@ -422,7 +422,7 @@ fn names_outside_the_allow_list_and_malformed_labels_are_refused_and_shown_once(
         app("/bank", "2025-01-01T00:00:00.000Z", port, json!({
             "SNIROUTE_GROUP": "external", "SNIROUTE_0_SERVER_NAMES": "ok.apps.test,bank.example.com"})),
         app("/k8s", "2025-01-01T00:00:00.000Z", port, json!({
-            "SNIROUTE_GROUP": "external", "SNIROUTE_0_SERVER_NAMES": "k8s.apps.test",
+            "SNIROUTE_GROUP": "external", "SNIROUTE_0_SERVER_NAMES": "*.k8s.apps.test",
             "SNIROUTE_0_HEALTH_CHECK": "kubernetes"})),
         app("/fine", "2025-01-01T00:00:00.000Z", port, json!({
             "SNIROUTE_GROUP": "external", "SNIROUTE_0_SERVER_NAMES": "fine.apps.test",

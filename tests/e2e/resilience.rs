@@ -1305,7 +1305,16 @@ async fn fault_the_router_runs_out_of_file_descriptors() {
             &[("route", "checked"), ("upstream", &up.addr.to_string())],
         )
     };
-    assert_eq!(checked_healthy(&router), Some(1.0));
+    // Unknown (0) until its first check, which runs at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while checked_healthy(&router) != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            checked_healthy(&router)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let fds = router.open_fds();
     let limit = 64.max(fds + 24);
     let status = std::process::Command::new("prlimit")
