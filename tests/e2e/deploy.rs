@@ -41,7 +41,7 @@ fn json(path: &Path) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{}: invalid JSON: {e}", path.display()))
 }
 
-fn output_text(out: &Output) -> String {
+pub(crate) fn output_text(out: &Output) -> String {
     format!(
         "status {}\n--- stdout\n{}--- stderr\n{}",
         out.status,
@@ -163,7 +163,7 @@ fn marathon_apps() -> Vec<PathBuf> {
     apps
 }
 
-fn marathon_schema_path() -> PathBuf {
+pub(crate) fn marathon_schema_path() -> PathBuf {
     let path = deploy("marathon/schema/app.schema.json");
     assert!(
         path.exists(),
@@ -233,7 +233,7 @@ sys.exit(1 if failed else 0)
 "#;
 
 /// Validates the files against the schema with Python's jsonschema.
-fn jsonschema_validate(schema: &Path, files: &[PathBuf]) -> Output {
+pub(crate) fn jsonschema_validate(schema: &Path, files: &[PathBuf]) -> Output {
     let out = Command::new("python3")
         .arg("-c")
         .arg(VALIDATE_PY)

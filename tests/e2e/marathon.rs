@@ -702,3 +702,57 @@ fn a_burst_of_a_thousand_events_costs_at_most_three_full_syncs() {
         "{syncs} full syncs for a burst of 1,000 events"
     );
 }
+
+/// The fakes' apps are Marathon's: what the app schema in
+/// `deploy/marathon/schema` covers of them (the app definition: the
+/// response's status fields, such as `tasks` and `tasksRunning`, are not
+/// in it) validates, for this file's apps and the label tests'. Marathon
+/// writes an unset optional field as `null` in its answers (`"container":
+/// null`), where a definition leaves it out: such keys are left out here.
+#[test]
+fn the_fake_apps_validate_against_marathons_schema() {
+    let _turn = crate::common::light();
+    let status_only = [
+        "tasks",
+        "tasksStaged",
+        "tasksRunning",
+        "tasksHealthy",
+        "tasksUnhealthy",
+        "deployments",
+        "readinessCheckResults",
+        "lastTaskFailure",
+        "taskStats",
+    ];
+    let labelled = crate::marathon_labels::app(
+        "/team/api",
+        "2025-01-01T00:00:00.000Z",
+        8443,
+        json!({"SNIROUTE_GROUP": "external", "SNIROUTE_0_SERVER_NAMES": "api.apps.test"}),
+    );
+    let mut list: Vec<Value> = web_app(&[("a", 8443, true), ("b", 8444, false)])["apps"]
+        .as_array()
+        .unwrap()
+        .clone();
+    list.push(labelled);
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<std::path::PathBuf> = list
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut app)| {
+            let obj = app.as_object_mut().unwrap();
+            for key in status_only {
+                obj.remove(key);
+            }
+            obj.retain(|_, v| !v.is_null());
+            let path = dir.path().join(format!("app-{i}.json"));
+            std::fs::write(&path, app.to_string()).unwrap();
+            path
+        })
+        .collect();
+    let out = crate::deploy::jsonschema_validate(&crate::deploy::marathon_schema_path(), &files);
+    assert!(
+        out.status.success(),
+        "the fake Marathon's apps do not validate:\n{}",
+        crate::deploy::output_text(&out)
+    );
+}

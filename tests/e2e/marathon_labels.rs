@@ -23,7 +23,7 @@ use demo::{https_get, Ca, TlsUpstream, UpstreamOptions};
 /// An app with host networking, one port (`https`), one running task
 /// listening on `port` of 127.0.0.1, `labels`, and its configuration last
 /// changed at `changed`.
-fn app(id: &str, changed: &str, port: u16, labels: Value) -> Value {
+pub(crate) fn app(id: &str, changed: &str, port: u16, labels: Value) -> Value {
     let task = id.trim_start_matches('/').replace('/', "_");
     json!({
         "id": id,
