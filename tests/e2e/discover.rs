@@ -111,10 +111,22 @@ fn marathon() -> FakeMarathon {
 /// Two control-plane tasks of `dev/kubernetes01` (41011 healthy, 41012
 /// failing its health check) and an etcd task the pattern does not match.
 fn mesos() -> FakeMesos {
-    let mut sick = task("kcp-1", "kube-control-plane-1-instance", "fw-k8s", 41012, None);
+    let mut sick = task(
+        "kcp-1",
+        "kube-control-plane-1-instance",
+        "fw-k8s",
+        41012,
+        None,
+    );
     sick["statuses"][0]["healthy"] = json!(false);
     FakeMesos::leader(vec![
-        task("kcp-0", "kube-control-plane-0-instance", "fw-k8s", 41011, None),
+        task(
+            "kcp-0",
+            "kube-control-plane-0-instance",
+            "fw-k8s",
+            41011,
+            None,
+        ),
         sick,
         task("etcd-0", "etcd-0-peer", "fw-k8s", 41013, None),
     ])
@@ -164,8 +176,14 @@ fn prints_endpoints_left_out_tasks_and_label_routes() {
     );
     let out = &run.stdout;
     assert_eq!(run.status, Some(0), "{out}\n{}", run.stderr);
-    assert!(out.contains(&format!("Marathon ({}): synced", marathon.url())), "{out}");
-    assert!(out.contains(&format!("Mesos ({}): synced", mesos.url())), "{out}");
+    assert!(
+        out.contains(&format!("Marathon ({}): synced", marathon.url())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("Mesos ({}): synced", mesos.url())),
+        "{out}"
+    );
     assert_eq!(
         block(out, "route web "),
         [

@@ -205,7 +205,11 @@ impl fmt::Display for DiscoverReport {
             }
         }
         for l in &self.labels {
-            let from = if l.marathon_lb { ", Marathon-LB labels" } else { "" };
+            let from = if l.marathon_lb {
+                ", Marathon-LB labels"
+            } else {
+                ""
+            };
             writeln!(
                 f,
                 "\nlabel route {} [{}] (Marathon app {}, port index {}{from})",
