@@ -99,12 +99,14 @@ fn label_app(id: &str, name: &str, port: u16) -> Value {
 
 /// `/prod/web` with a healthy task on port 41001 and a failing one on
 /// 41002, `/team/api` asking for `api.apps.test` (allowed) on 41003 and
-/// `/rogue/app` asking for `web.other.test` (not allowed).
+/// `/rogue/app` asking for `web.other.test` (not allowed), `/team/dup`
+/// asking for `dup.apps.test` (a static route's).
 fn marathon() -> FakeMarathon {
     let mut apps = web_app(&[("a", 41001, true), ("b", 41002, false)]);
     let list = apps["apps"].as_array_mut().unwrap();
     list.push(label_app("/team/api", "api.apps.test", 41003));
     list.push(label_app("/rogue/app", "web.other.test", 41004));
+    list.push(label_app("/team/dup", "dup.apps.test", 41005));
     FakeMarathon::leader(apps)
 }
 
@@ -152,6 +154,7 @@ routes:
     server_names: [k8s.test]
     mesos_tasks: {{framework: dev/kubernetes01, task_name_pattern: kube-control-plane, port_name: apiserver}}
   - {{name: fixed, server_names: [fixed.test], upstreams: ["127.0.0.1:9"]}}
+  - {{name: dup, server_names: [dup.apps.test], upstreams: ["127.0.0.1:9"]}}
 "#
     )
 }
@@ -216,6 +219,22 @@ fn prints_endpoints_left_out_tasks_and_label_routes() {
     assert!(
         issues.iter().any(|l| l.starts_with("  not_allowed (app /rogue/app")
             && l.contains("web.other.test")),
+        "{out}"
+    );
+    // A static route keeps its name against a label route, as `run`
+    // decides it: the label route keeps nothing and is left out.
+    assert_eq!(
+        block(out, "label route team-dup-0 "),
+        [
+            "label route team-dup-0 [] (Marathon app /team/dup, port index 0)",
+            "  left out: it keeps no server name",
+            "  endpoint 127.0.0.1:41005",
+        ],
+        "{out}"
+    );
+    assert!(
+        issues.iter().any(|l| l.starts_with("  static_over_label (app /team/dup")
+            && l.contains("dup.apps.test")),
         "{out}"
     );
     // Only discovered routes are shown; a static route is `check`'s.
