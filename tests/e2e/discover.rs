@@ -233,8 +233,10 @@ fn prints_endpoints_left_out_tasks_and_label_routes() {
         "{out}"
     );
     assert!(
-        issues.iter().any(|l| l.starts_with("  static_over_label (app /team/dup")
-            && l.contains("dup.apps.test")),
+        issues
+            .iter()
+            .any(|l| l.starts_with("  static_over_label (app /team/dup")
+                && l.contains("dup.apps.test")),
         "{out}"
     );
     // Only discovered routes are shown; a static route is `check`'s.
