@@ -5,6 +5,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use config::{Config, ConfigSource};
@@ -55,6 +56,22 @@ enum Command {
         /// Config file (YAML).
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Ask the configured discovery sources (Marathon, Mesos) once and
+    /// print the routing table that would result: each discovered route,
+    /// its endpoints, the tasks left out and why, label routes and their
+    /// issues. Changes nothing; starts no listener. Exit status 1 when a
+    /// source did not sync in time (its last error is printed).
+    Discover {
+        /// Config file (YAML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// How long to wait for every source's first full sync.
+        #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+        timeout: Duration,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Print what a ClientHello says (SNI, ALPN, versions) as JSON: feed it
     /// the first bytes a client sent, e.g. saved from a packet capture.
@@ -115,6 +132,14 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Discover {
+            config,
+            timeout,
+            json,
+        } => {
+            let source = ConfigSource::resolve(config.as_deref(), |k| std::env::var(k).ok());
+            discover(&source, timeout, json)
+        }
         Command::InspectHello { file, max_bytes } => inspect_hello(file, max_bytes),
         Command::Demo { listen, admin } => demo(listen, admin),
         Command::Kubeconfig(args) => match kubeconfig::cli::run(*args, |k| std::env::var(k).ok()) {
@@ -153,6 +178,48 @@ fn run_router(
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("sniroute: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match config::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than 0".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn discover(source: &ConfigSource, timeout: Duration, json: bool) -> ExitCode {
+    let config = match Config::load(source) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = runtime();
+    let result = rt.block_on(router::discover(&config, timeout));
+    // A request still in flight (a DNS lookup on a blocking thread) must
+    // not hold the exit up.
+    rt.shutdown_background();
+    match result {
+        Ok(report) => {
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{report}");
+            }
+            if report.complete() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("sniroute discover: a discovery source did not sync within the timeout");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("sniroute discover: {}: {e}", source.display_name());
             ExitCode::FAILURE
         }
     }

@@ -20,6 +20,7 @@
 //! | [`systemd`] | under systemd with the test in its place: `READY=1` (after a required discovery sync), `RELOADING=1`/`READY=1` around reloads, `STOPPING=1`, watchdog pings; socket activation: inherited listeners and admin socket served without a bind (a connection queued before the start included), kept across reloads, an unmatched socket refused; `MAINPID=` and the watchdog after a binary upgrade; `process_start_time_seconds` |
 //! | [`upgrade`] | the binary upgrade (`kill -USR2`): three in a row under about 100 connections a second and ten checksummed tunnels, nothing refused, reset or corrupted, the old processes gone with their descriptors; a broken config leaves the old process serving and no stray process |
 //! | [`marathon`] | Marathon discovery against a fake Marathon: tasks that start, die and fail health checks, a dropped event stream, 503 without a leader and a non-leader's 302, `/readyz` until the first sync |
+//! | [`discover`] | `sniroute discover` against the fake Marathon and Mesos master: endpoints, tasks left out and why, label routes and refusals, text and JSON; a source that is down exits 1 with its error within `--timeout` |
 //! | [`marathon_labels`] | label-driven routes from the fake Marathon's app labels: a route that appears (real TLS) and goes without a new generation while its tunnel stays, names outside the allow-list and malformed labels, every kind of conflict, Marathon-LB tcp and http apps |
 //!
 //! Tests take turns through [`common::light`] and [`common::heavy`]: heavy
@@ -29,6 +30,7 @@
 mod admin;
 mod common;
 mod deploy;
+mod discover;
 mod discovery_auth;
 mod docs;
 mod health;

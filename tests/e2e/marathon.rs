@@ -243,7 +243,7 @@ fn serve(mut stream: TcpStream, state: &Arc<Mutex<State>>) {
 
 /// An app `/prod/web` with host networking, a port named `https` (second),
 /// Marathon health checks, and one task per `(id, port, alive)`.
-fn web_app(tasks: &[(&str, u16, bool)]) -> Value {
+pub(crate) fn web_app(tasks: &[(&str, u16, bool)]) -> Value {
     let tasks: Vec<Value> = tasks
         .iter()
         .map(|(id, port, alive)| {

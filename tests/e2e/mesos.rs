@@ -64,7 +64,7 @@ struct State {
     unavailable: usize,
 }
 
-struct FakeMesos {
+pub(crate) struct FakeMesos {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
     heartbeats: Arc<AtomicBool>,
@@ -113,11 +113,11 @@ impl FakeMesos {
         }
     }
 
-    fn leader(tasks: Vec<Value>) -> FakeMesos {
+    pub(crate) fn leader(tasks: Vec<Value>) -> FakeMesos {
         Self::start(Role::Leader, tasks)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
@@ -229,7 +229,7 @@ fn get_state(tasks: &[Value]) -> Value {
 
 /// A task of `framework` on agent-1 (host `127.0.0.1`) whose port named
 /// `apiserver` is `port`; `ip` puts it on a container network instead.
-fn task(id: &str, name: &str, framework: &str, port: u16, ip: Option<&str>) -> Value {
+pub(crate) fn task(id: &str, name: &str, framework: &str, port: u16, ip: Option<&str>) -> Value {
     let mut status = json!({"task_id": {"value": id}, "state": "TASK_RUNNING",
         "source": "SOURCE_EXECUTOR", "agent_id": {"value": "agent-1"},
         "timestamp": 1714564800.0, "healthy": true});

@@ -284,13 +284,15 @@ impl Worker {
         match fetch.await {
             Ok(apps) => {
                 self.apps = Some(apps);
+                // Endpoints first: once `synced` shows, they are in place
+                // (`/readyz`, `sniroute discover`).
+                self.publish().await;
                 self.update(|d| {
                     d.synced = true;
                     d.syncs += 1;
                     d.last_success = Some(SystemTime::now());
                     d.last_error = None;
                 });
-                self.publish().await;
                 true
             }
             Err(e) => {

@@ -4,7 +4,8 @@
 //! The public face is small: [`run`] (start-up, reload on SIGHUP or a
 //! changed file, drain on SIGTERM, all inside) with its [`StartError`],
 //! the sockets systemd passes it ([`Inherited`]), [`raise_nofile_limit`],
-//! and [`inspect_hello`]. Everything else is
+//! [`inspect_hello`], and [`discover`] (`sniroute discover`: the live
+//! sources asked once, nothing changed). Everything else is
 //! crate-private, so the dead-code lints see what nobody uses.
 //!
 //! Modules, in the order one connection meets them:
@@ -34,7 +35,8 @@
 //!   kept) and `activity` (per-route counts and rates over the last
 //!   minute).
 //! - `log_limit`: refusal log lines limited per second, with a summary.
-//! - `inspect`: `sniroute inspect-hello`.
+//! - `inspect`: `sniroute inspect-hello`; `discover`: `sniroute discover`
+//!   (the discovery sources started as `server` starts them, asked once).
 //!
 //! The config itself is the `config` crate's; the byte pump the `splice`
 //! crate's; the ClientHello reader the `clienthello` crate's; PROXY headers
@@ -48,6 +50,7 @@ mod admin;
 mod admin_request;
 mod admission;
 mod alert;
+mod discover;
 mod health;
 mod inspect;
 mod listener;
@@ -64,6 +67,7 @@ mod upgrade;
 mod upstream;
 
 pub use activation::{ActivationError, Inherited};
+pub use discover::{discover, DiscoverError, DiscoverReport};
 pub use inspect::{inspect_hello, InspectError};
 pub use server::{raise_nofile_limit, run, StartError};
 

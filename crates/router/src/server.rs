@@ -542,6 +542,79 @@ fn source_auth(auth: Option<&config::DiscoveryAuth>) -> Option<discovery::AuthSe
     }
 }
 
+/// The app ports the `marathon_app` routes of `config` follow (used by
+/// `run` and `sniroute discover`).
+pub(crate) fn marathon_selectors(config: &Config) -> Vec<discovery::AppSelector> {
+    config
+        .routes
+        .iter()
+        .filter_map(|r| {
+            let app = r.marathon_app.as_ref()?;
+            Some(discovery::AppSelector {
+                route: r.name.clone(),
+                app_id: app.id.clone(),
+                port: match &app.port {
+                    config::MarathonPort::Index(i) => discovery::PortSelector::Index(*i),
+                    config::MarathonPort::Name(n) => discovery::PortSelector::Name(n.clone()),
+                },
+            })
+        })
+        .collect()
+}
+
+/// How the Marathon source of `config` runs, if one is configured (its
+/// `urls` may be empty when none parsed: then it cannot start).
+pub(crate) fn marathon_settings(config: &Config) -> Option<discovery::MarathonSettings> {
+    config
+        .discovery
+        .marathon
+        .as_ref()
+        .map(|m| discovery::MarathonSettings {
+            resync: m.resync,
+            labels: m.labels.as_ref().map(|l| discovery::LabelSettings {
+                group: l.group.clone(),
+                allowed: l.server_names_allowed.clone(),
+                marathon_lb: l.marathon_lb,
+            }),
+            ca_file: m.ca_file.clone(),
+            auth: source_auth(m.auth.as_ref()),
+            ..discovery::MarathonSettings::new(source_urls(&m.urls, "Marathon"))
+        })
+}
+
+/// The tasks the `mesos_tasks` routes of `config` follow (used by `run`
+/// and `sniroute discover`).
+pub(crate) fn mesos_selectors(config: &Config) -> Vec<discovery::TaskSelector> {
+    config
+        .routes
+        .iter()
+        .filter_map(|r| {
+            let tasks = r.mesos_tasks.as_ref()?;
+            Some(discovery::TaskSelector {
+                route: r.name.clone(),
+                framework: tasks.framework.clone(),
+                task_name_pattern: tasks.task_name_pattern.clone(),
+                port_name: tasks.port_name.clone(),
+            })
+        })
+        .collect()
+}
+
+/// How the Mesos source of `config` runs, if one is configured (its
+/// `urls` may be empty when none parsed: then it cannot start).
+pub(crate) fn mesos_settings(config: &Config) -> Option<discovery::MesosSettings> {
+    config
+        .discovery
+        .mesos
+        .as_ref()
+        .map(|m| discovery::MesosSettings {
+            resync: m.resync,
+            ca_file: m.ca_file.clone(),
+            auth: source_auth(m.auth.as_ref()),
+            ..discovery::MesosSettings::new(source_urls(&m.urls, "Mesos"))
+        })
+}
+
 /// Feeds what a source finds into the pools until the source stops.
 fn feeder(
     source: DiscoverySource,
@@ -587,36 +660,8 @@ impl Discovery {
     }
 
     fn update_marathon(&mut self, config: &Config, shared: &Arc<Shared>) {
-        let selectors: Vec<discovery::AppSelector> = config
-            .routes
-            .iter()
-            .filter_map(|r| {
-                let app = r.marathon_app.as_ref()?;
-                Some(discovery::AppSelector {
-                    route: r.name.clone(),
-                    app_id: app.id.clone(),
-                    port: match &app.port {
-                        config::MarathonPort::Index(i) => discovery::PortSelector::Index(*i),
-                        config::MarathonPort::Name(n) => discovery::PortSelector::Name(n.clone()),
-                    },
-                })
-            })
-            .collect();
-        let settings = config
-            .discovery
-            .marathon
-            .as_ref()
-            .map(|m| discovery::MarathonSettings {
-                resync: m.resync,
-                labels: m.labels.as_ref().map(|l| discovery::LabelSettings {
-                    group: l.group.clone(),
-                    allowed: l.server_names_allowed.clone(),
-                    marathon_lb: l.marathon_lb,
-                }),
-                ca_file: m.ca_file.clone(),
-                auth: source_auth(m.auth.as_ref()),
-                ..discovery::MarathonSettings::new(source_urls(&m.urls, "Marathon"))
-            });
+        let selectors = marathon_selectors(config);
+        let settings = marathon_settings(config);
         if let (Some((running, _)), Some(settings)) = (&self.marathon, &settings) {
             if running.settings() == settings {
                 running.set_selectors(selectors);
@@ -638,29 +683,8 @@ impl Discovery {
     }
 
     fn update_mesos(&mut self, config: &Config, shared: &Arc<Shared>) {
-        let selectors: Vec<discovery::TaskSelector> = config
-            .routes
-            .iter()
-            .filter_map(|r| {
-                let tasks = r.mesos_tasks.as_ref()?;
-                Some(discovery::TaskSelector {
-                    route: r.name.clone(),
-                    framework: tasks.framework.clone(),
-                    task_name_pattern: tasks.task_name_pattern.clone(),
-                    port_name: tasks.port_name.clone(),
-                })
-            })
-            .collect();
-        let settings = config
-            .discovery
-            .mesos
-            .as_ref()
-            .map(|m| discovery::MesosSettings {
-                resync: m.resync,
-                ca_file: m.ca_file.clone(),
-                auth: source_auth(m.auth.as_ref()),
-                ..discovery::MesosSettings::new(source_urls(&m.urls, "Mesos"))
-            });
+        let selectors = mesos_selectors(config);
+        let settings = mesos_settings(config);
         if let (Some((running, _)), Some(settings)) = (&self.mesos, &settings) {
             if running.settings() == settings {
                 running.set_selectors(selectors);
