@@ -329,17 +329,25 @@ fn cmd_args(app: &serde_json::Value) -> Vec<String> {
 /// An app run from the container image instead of the fetched tarball, as
 /// the `jq` command in deploy/README.md makes it: no `fetch` and no `cmd`
 /// (the distroless image has no shell), the image, and `cmd`'s arguments
-/// as `args` (the image's entrypoint is `sniroute`).
+/// as `args` (the image's entrypoint is `sniroute`). The app's own
+/// `container` keys (the discovery app's secret volumes) stay, as jq's
+/// object `+` keeps them.
 fn image_variant(app: &serde_json::Value) -> serde_json::Value {
     let mut app = app.clone();
     let args = cmd_args(&app);
     let map = app.as_object_mut().unwrap();
     map.remove("fetch");
     map.remove("cmd");
-    map.insert(
-        "container".into(),
-        serde_json::json!({"type": "MESOS", "docker": {"image": "registry.example.com/sniroute:0.1.0"}}),
+    let mut container = match map.remove("container") {
+        Some(serde_json::Value::Object(c)) => c,
+        _ => serde_json::Map::new(),
+    };
+    container.insert("type".into(), "MESOS".into());
+    container.insert(
+        "docker".into(),
+        serde_json::json!({"image": "registry.example.com/sniroute:0.1.0"}),
     );
+    map.insert("container".into(), container.into());
     map.insert("args".into(), serde_json::json!(args));
     app
 }
@@ -464,12 +472,7 @@ fn marathon_apps_meet_the_public_agent_requirements() {
             "{name}: taskKillGracePeriodSeconds {grace} must exceed the drain time {drain}s"
         );
 
-        // Fixed host ports: the old task stops before its replacement starts.
-        assert_eq!(
-            app["upgradeStrategy"],
-            serde_json::json!({"minimumHealthCapacity": 0, "maximumOverCapacity": 0}),
-            "{name}"
-        );
+        // The upgrade strategy: marathon_upgrades_keep_an_instance_serving.
 
         // Found by the Prometheus marathon_sd job.
         assert_eq!(app["labels"]["prometheus.io/scrape"], "true", "{name}");
@@ -494,6 +497,110 @@ fn marathon_apps_meet_the_public_agent_requirements() {
     }
 }
 
+/// The files a config's discovery sources name, each with its key path:
+/// `ca_file`, `auth.token_file`, `auth.service_account.private_key_file`.
+fn discovery_files(config: &serde_yaml::Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Some(sources) = config["discovery"].as_mapping() else {
+        return out;
+    };
+    for (name, source) in sources {
+        let name = name.as_str().expect("a source name");
+        let auth = &source["auth"];
+        for (key, value) in [
+            ("ca_file", &source["ca_file"]),
+            ("auth.token_file", &auth["token_file"]),
+            (
+                "auth.service_account.private_key_file",
+                &auth["service_account"]["private_key_file"],
+            ),
+        ] {
+            if let Some(file) = value.as_str() {
+                out.push((format!("discovery.{name}.{key}"), file.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// The sandbox files an app's secret volumes create: `containerPath` →
+/// the secret store path (`secrets.<name>.source`) it comes from.
+fn secret_files(app: &serde_json::Value, name: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let Some(volumes) = app["container"]["volumes"].as_array() else {
+        return out;
+    };
+    for volume in volumes {
+        let Some(secret) = volume["secret"].as_str() else {
+            continue;
+        };
+        let source = app["secrets"][secret]["source"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: volume secret {secret} is not in `secrets`"));
+        let path = volume["containerPath"].as_str().expect("containerPath");
+        out.insert(path.to_owned(), source.to_owned());
+    }
+    out
+}
+
+/// What Marathon's file secrets put in the sandbox, made here in `dir`:
+/// a CA certificate for a `ca_file`, an RSA key (`openssl genpkey`, as
+/// `dcos security org service-accounts keypair` makes one) for a
+/// `private_key_file`, a token for a `token_file`. Every file must come
+/// from a secret volume of the app, relative to the sandbox (where
+/// sniroute runs).
+fn provide_sandbox_files(
+    app: &serde_json::Value,
+    config: &serde_yaml::Value,
+    dir: &Path,
+    name: &str,
+) {
+    let secrets = secret_files(app, name);
+    for (key, file) in discovery_files(config) {
+        assert!(
+            !file.starts_with('/'),
+            "{name}: {key} `{file}` is absolute: on Marathon it is a file secret in the \
+             sandbox, named relative to it"
+        );
+        assert!(
+            secrets.contains_key(&file),
+            "{name}: {key} `{file}` is no secret volume's containerPath ({secrets:?}): \
+             nothing puts it in the sandbox"
+        );
+        let target = dir.join(&file);
+        if key.ends_with("ca_file") {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "DC/OS test CA");
+            let key = rcgen::KeyPair::generate().unwrap();
+            std::fs::write(&target, params.self_signed(&key).unwrap().pem()).unwrap();
+        } else if key.ends_with("private_key_file") {
+            if target.exists() {
+                continue; // both sources use the same key
+            }
+            let ok = Command::new("openssl")
+                .args([
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                    "-out",
+                ])
+                .arg(&target)
+                .stderr(Stdio::null())
+                .status()
+                .expect("run openssl (scripts/test installs it)")
+                .success();
+            assert!(ok, "openssl could not make an RSA key");
+        } else {
+            std::fs::write(&target, "a-dcos-token\n").unwrap();
+        }
+    }
+}
+
 #[test]
 fn marathon_configs_pass_sniroute_check() {
     let _turn = crate::common::light();
@@ -501,6 +608,7 @@ fn marathon_configs_pass_sniroute_check() {
         let app = json(&path);
         let (text, config) = embedded_config(&app, &path);
         let dir = tempfile::tempdir().unwrap();
+        provide_sandbox_files(&app, &config, dir.path(), &path.display().to_string());
         let out = Command::new(env!("CARGO_BIN_EXE_sniroute"))
             .arg("check")
             .env("SNIROUTE_CONFIG_YAML", &text)
@@ -546,6 +654,262 @@ fn two_cluster_app_routes_both_dcos_clusters() {
             "no route for {service} with server name {name}"
         );
     }
+}
+
+#[test]
+fn discovery_app_follows_marathon_and_mesos_with_its_service_account() {
+    let _turn = crate::common::light();
+    let path = deploy("marathon/sniroute-discovery.json");
+    let name = path.display().to_string();
+    let app = json(&path);
+    let (text, config) = embedded_config(&app, &path);
+    // File secrets need the Mesos containerizer (no image needed).
+    assert_eq!(app["container"]["type"], "MESOS", "{name}: container.type");
+    let secrets = secret_files(&app, &name);
+    let login = "https://leader.mesos/acs/api/v1/auth/login";
+    for source in ["marathon", "mesos"] {
+        let s = &config["discovery"][source];
+        let urls = s["urls"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name}: {source}.urls"));
+        assert!(
+            !urls.is_empty()
+                && urls.iter().all(|u| u
+                    .as_str()
+                    .is_some_and(|u| u.starts_with("https://leader.mesos/"))),
+            "{name}: {source} goes through Admin Router on the leading master: {urls:?}"
+        );
+        assert_ne!(
+            s["required"], false,
+            "{name}: {source}: /readyz waits for the first sync"
+        );
+        let ca = s["ca_file"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: {source}.ca_file"));
+        let sa = &s["auth"]["service_account"];
+        assert_eq!(
+            sa["uid"], "sniroute",
+            "{name}: {source}: the service account"
+        );
+        assert_eq!(sa["login_url"], login, "{name}: {source}: login_url");
+        let key = sa["private_key_file"].as_str().expect("private_key_file");
+        for file in [ca, key] {
+            assert!(
+                secrets
+                    .get(file)
+                    .is_some_and(|s| s.starts_with("sniroute/")),
+                "{name}: {source}: {file} must be a file secret from the store ({secrets:?})"
+            );
+        }
+    }
+    let marathon = &config["discovery"]["marathon"];
+    assert!(marathon["label_group"].is_string(), "{name}: label routes");
+    assert!(
+        marathon["label_server_names_allowed"]
+            .as_sequence()
+            .is_some_and(|a| !a.is_empty()),
+        "{name}: label routes need names they may claim"
+    );
+    // The seed's Edge-LB pool as a mesos_tasks route.
+    let routes = config["routes"].as_sequence().expect("routes");
+    let kube = routes
+        .iter()
+        .find(|r| r["mesos_tasks"]["framework"] == "dev/kubernetes01")
+        .unwrap_or_else(|| panic!("{name}: no mesos_tasks route for dev/kubernetes01"));
+    assert_eq!(
+        kube["mesos_tasks"]["task_name_pattern"],
+        "kube-control-plane"
+    );
+    assert_eq!(kube["mesos_tasks"]["port_name"], "apiserver");
+    assert!(
+        kube["server_names"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|n| n == "apiserver.devkubernetes01.l4lb.thisdcos.directory"),
+        "{name}: the API server certificate's name (the kubeconfig's tls-server-name) must route"
+    );
+
+    // Without the secrets in the sandbox the config is refused: the files
+    // provide_sandbox_files makes are what `sniroute check` needed.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sniroute"))
+        .arg("check")
+        .env("SNIROUTE_CONFIG_YAML", &text)
+        .env_remove("SNIROUTE_CONFIG")
+        .env_remove("RUST_LOG")
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sniroute check");
+    let said = output_text(&out);
+    assert!(
+        !out.status.success() && (said.contains("ca_file") || said.contains("private_key_file")),
+        "{name}: `sniroute check` accepted the config without its secret files:\n{said}"
+    );
+
+    // The docs say how to create the secrets the app reads.
+    let docs = read(&deploy("README.md"));
+    for source in secrets.values() {
+        assert!(
+            docs.lines()
+                .any(|l| l.starts_with("dcos security secrets create")
+                    && l.ends_with(&format!(" {source}"))),
+            "deploy/README.md does not say how to create the secret {source}"
+        );
+    }
+}
+
+/// How a Marathon upgrade (a new app version: a config change, a new
+/// binary) replaces the tasks of an app with fixed host ports
+/// (`requirePorts`) and `[hostname, UNIQUE]`, after Marathon's
+/// `TaskReplaceActor`:
+/// - it keeps `ceil(instances × minimumHealthCapacity)` tasks healthy and
+///   kills the old tasks above that at once;
+/// - it runs at most `floor(instances × (1 + maximumOverCapacity))` tasks,
+///   plus one when that equals the healthy minimum (it could otherwise
+///   neither kill nor start);
+/// - a new task needs a public agent where no task holds the ports;
+/// - each new task that turns ready (health and readiness checks, here
+///   `/readyz`) lets Marathon kill one more old task.
+///
+/// A killed task stops serving at once (SIGTERM closes the listeners;
+/// its open tunnels drain), and frees its agent. The answer is the least
+/// number of tasks serving at any moment, or where the upgrade got stuck.
+#[derive(Debug, PartialEq)]
+enum Upgrade {
+    Done { min_serving: u64 },
+    Stuck { old: u64, new: u64 },
+}
+
+fn simulate_upgrade(instances: u64, min_health: f64, max_over: f64, agents: u64) -> Upgrade {
+    let min_healthy = (instances as f64 * min_health).ceil() as u64;
+    let mut max_tasks = (instances as f64 * (1.0 + max_over)).floor() as u64;
+    if min_healthy == max_tasks && max_tasks <= instances {
+        max_tasks += 1;
+    }
+    let mut old = instances.min(agents);
+    let (mut starting, mut ready) = (0u64, 0u64);
+    old -= old.saturating_sub(min_healthy);
+    let mut min_serving = old;
+    loop {
+        let tasks = old + starting + ready;
+        let room = max_tasks.min(agents).saturating_sub(tasks);
+        starting += (instances - starting - ready).min(room);
+        if starting == 0 {
+            return if old == 0 && ready == instances {
+                Upgrade::Done { min_serving }
+            } else {
+                Upgrade::Stuck { old, new: ready }
+            };
+        }
+        starting -= 1;
+        ready += 1;
+        old = old.saturating_sub(1);
+        min_serving = min_serving.min(old + ready);
+    }
+}
+
+#[test]
+fn marathon_upgrades_keep_an_instance_serving() {
+    let _turn = crate::common::light();
+    // The model reproduces the known cases: the old strategy (0, 0) stops
+    // every instance at once; (1, 0) must start an extra instance first,
+    // which has no agent unless there is a spare one; one instance cannot
+    // be replaced without a gap or a spare agent.
+    assert_eq!(
+        simulate_upgrade(2, 0.0, 0.0, 2),
+        Upgrade::Done { min_serving: 0 }
+    );
+    assert_eq!(
+        simulate_upgrade(2, 1.0, 0.0, 2),
+        Upgrade::Stuck { old: 2, new: 0 }
+    );
+    assert_eq!(
+        simulate_upgrade(2, 1.0, 0.0, 3),
+        Upgrade::Done { min_serving: 2 }
+    );
+    assert_eq!(
+        simulate_upgrade(1, 0.5, 0.0, 1),
+        Upgrade::Stuck { old: 1, new: 0 }
+    );
+    assert_eq!(
+        simulate_upgrade(2, 0.5, 0.0, 2),
+        Upgrade::Done { min_serving: 1 }
+    );
+    assert_eq!(
+        simulate_upgrade(3, 0.5, 0.0, 3),
+        Upgrade::Done { min_serving: 2 }
+    );
+    assert_eq!(
+        simulate_upgrade(2, 0.5, 1.0, 2),
+        Upgrade::Done { min_serving: 1 }
+    );
+
+    let root = json(&marathon_schema_path());
+    let strategy_schema = &app_schema(&root)["properties"]["upgradeStrategy"];
+    let required = strategy_schema["required"]
+        .as_array()
+        .expect("required keys");
+    assert!(!required.is_empty(), "unexpected schema layout");
+    for path in marathon_apps() {
+        let app = json(&path);
+        let name = path.display();
+        let strategy = &app["upgradeStrategy"];
+        // Against the schema: every required key, each a number within range.
+        for key in required {
+            let key = key.as_str().unwrap();
+            let value = strategy[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name}: upgradeStrategy.{key} missing or not a number"));
+            let range = &strategy_schema["properties"][key];
+            let (lo, hi) = (
+                range["minimum"].as_f64().unwrap(),
+                range["maximum"].as_f64().unwrap(),
+            );
+            assert!(
+                (lo..=hi).contains(&value),
+                "{name}: upgradeStrategy.{key} {value}"
+            );
+        }
+        let instances = app["instances"].as_u64().expect("instances");
+        let min_health = strategy["minimumHealthCapacity"].as_f64().unwrap();
+        let max_over = strategy["maximumOverCapacity"].as_f64().unwrap();
+        // The rule: at least two instances, of which Marathon keeps at least
+        // one healthy (instances × minimumHealthCapacity, rounded up, ≥ 1)
+        // and can still kill one (< instances): with fixed ports and unique
+        // hosts a replacement needs the agent an old task frees, unless a
+        // spare public agent happens to exist.
+        let keep = (instances as f64 * min_health).ceil() as u64;
+        assert!(
+            instances >= 2 && keep >= 1 && keep < instances,
+            "{name}: {instances} instances keeping {keep} healthy: an upgrade must keep one \
+             serving and be able to replace one without a spare agent \
+             (e.g. minimumHealthCapacity 0.5, maximumOverCapacity 0)"
+        );
+        // And the whole upgrade, on exactly `instances` public agents (no
+        // spare: over-capacity tasks find no agent) and with spare ones.
+        for agents in instances..=instances + 2 {
+            match simulate_upgrade(instances, min_health, max_over, agents) {
+                Upgrade::Done { min_serving } => assert!(
+                    min_serving >= 1,
+                    "{name}: an upgrade on {agents} public agents leaves no instance serving"
+                ),
+                stuck => panic!("{name}: an upgrade on {agents} public agents: {stuck:?}"),
+            }
+        }
+        // The replacement is gated by /readyz (checked in
+        // marathon_apps_meet_the_public_agent_requirements, with the kill
+        // grace period above the drain); the docs explain the strategy.
+        assert!(app["readinessChecks"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty()));
+    }
+    let docs = read(&repo().join("README.md"));
+    assert!(
+        docs.contains("## Changes and upgrades") && docs.contains("\"minimumHealthCapacity\": 0.5"),
+        "README.md, \"Changes and upgrades\", explains the upgrade strategy"
+    );
 }
 
 #[test]
@@ -830,6 +1194,12 @@ fn grafana_dashboard_queries_known_metrics() {
     for name in metric_names_in(&read(&path)) {
         assert!(known.contains(&name), "the dashboard mentions {name}");
     }
+    // Connections by result shows every result, and says what the newer
+    // ones mean.
+    assert!(
+        read(&path).contains("bad_proxy_header"),
+        "the dashboard does not mention result=\"bad_proxy_header\""
+    );
     for want in [
         "sniroute_active_tunnels",
         "sniroute_bytes_total",
@@ -1221,6 +1591,12 @@ fn memory_bound_kib(config: &serde_yaml::Value) -> MemoryBound {
     // pools (64 buffers of 64 KiB, 256 empty pipes), metrics, admin,
     // allocator slack.
     const BASE: u64 = 32 * 1024;
+    // With discovery sources: the budget for their state and their full
+    // syncs, which hold Marathon's whole app list and Mesos' whole state
+    // while they parse them. benches/discovery.rs measures a Marathon sync
+    // of 5,000 apps x 3 tasks at 88 MB over the resident size at rest; the
+    // budget allows as much again for a Mesos sync at the same moment.
+    const DISCOVERY: u64 = 192 * 1024;
 
     let limits = &config["limits"];
     let key = |name: &str, default: u64| {
@@ -1250,11 +1626,16 @@ fn memory_bound_kib(config: &serde_yaml::Value) -> MemoryBound {
     // them at once. The worst mix is one of the two ends.
     let connections_worst =
         (connections * open).max(pending_cap * pending + (connections - pending_cap) * open);
+    let discovery = if config["discovery"].is_mapping() {
+        DISCOVERY
+    } else {
+        0
+    };
     MemoryBound {
         pending,
         setup,
         tunnel,
-        total: BASE + connections_worst,
+        total: BASE + discovery + connections_worst,
     }
 }
 
@@ -1324,6 +1705,10 @@ fn marathon_mem_covers_the_configured_worst_case() {
     let small = memory_bound_kib(&cfg("limits: {max_connections: 10}"));
     assert_eq!((small.pending, small.setup, small.tunnel), (152, 412, 528));
     assert_eq!(small.total, 32 * 1024 + 10 * 528);
+    let discovering = memory_bound_kib(&cfg(
+        "limits: {max_connections: 10}\ndiscovery: {mesos: {urls: [\"http://m:5050\"]}}",
+    ));
+    assert_eq!(discovering.total, (32 + 192) * 1024 + 10 * 528);
     let big_hellos = memory_bound_kib(&cfg(
         "limits: {max_connections: 10, max_client_hello_bytes: 65536, max_pending_hellos: 4}",
     ));
@@ -1401,7 +1786,7 @@ fn docs_and_apps_agree_on_what_the_operator_supplies() {
         // validates (image_variant), with cmd's own arguments.
         let args: Vec<String> = cmd_args(&app).iter().map(|a| format!("{a:?}")).collect();
         let jq = format!(
-            "del(.fetch, .cmd) | .container = {{type: \"MESOS\", docker: {{image: $image}}}} | .args = [{}]",
+            "del(.fetch, .cmd) | .container += {{type: \"MESOS\", docker: {{image: $image}}}} | .args = [{}]",
             args.join(", ")
         );
         assert!(
