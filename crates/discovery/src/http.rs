@@ -443,14 +443,18 @@ impl Response {
     /// # Errors
     /// As [`Response::next`], and a body over the limit.
     pub(crate) async fn body(mut self, limit: usize) -> Result<Vec<u8>, Error> {
-        if let Some(n) = self.inner.content_length() {
+        let announced = self.inner.content_length();
+        if let Some(n) = announced {
             if n > limit as u64 {
                 return Err(Error::Protocol(format!(
                     "body of {n} bytes is over the {limit} byte limit"
                 )));
             }
         }
-        let mut body = Vec::new();
+        // Sized once when announced (within the limit): growing by doubling
+        // would hold the old and the new buffer at once, three times a
+        // large app list at the peak.
+        let mut body = Vec::with_capacity(announced.map_or(0, |n| n as usize));
         while let Some(piece) = self.next().await? {
             if body.len() + piece.len() > limit {
                 return Err(Error::Protocol(format!("body over the {limit} byte limit")));
