@@ -259,6 +259,41 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
     Ok(())
 }
 
+/// A discovery source's `ca_file` and `auth`, indented under its line.
+fn render_access(
+    out: &mut String,
+    ca_file: Option<&std::path::Path>,
+    auth: Option<&crate::DiscoveryAuth>,
+) -> std::fmt::Result {
+    if let Some(ca) = ca_file {
+        writeln!(
+            out,
+            "  ca_file: {} (the only CA trusted for https)",
+            ca.display()
+        )?;
+    }
+    match auth {
+        None => {}
+        Some(crate::DiscoveryAuth::TokenFile(f)) => {
+            writeln!(
+                out,
+                "  auth: token from {} (read on each request)",
+                f.display()
+            )?;
+        }
+        Some(crate::DiscoveryAuth::ServiceAccount {
+            uid,
+            private_key_file,
+            login_url,
+        }) => writeln!(
+            out,
+            "  auth: service account `{uid}`, key {}, login at {login_url}",
+            private_key_file.display()
+        )?,
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,39 +524,4 @@ default_route: dev-kubernetes01
             "{out}"
         );
     }
-}
-
-/// A discovery source's `ca_file` and `auth`, indented under its line.
-fn render_access(
-    out: &mut String,
-    ca_file: Option<&std::path::Path>,
-    auth: Option<&crate::DiscoveryAuth>,
-) -> std::fmt::Result {
-    if let Some(ca) = ca_file {
-        writeln!(
-            out,
-            "  ca_file: {} (the only CA trusted for https)",
-            ca.display()
-        )?;
-    }
-    match auth {
-        None => {}
-        Some(crate::DiscoveryAuth::TokenFile(f)) => {
-            writeln!(
-                out,
-                "  auth: token from {} (read on each request)",
-                f.display()
-            )?;
-        }
-        Some(crate::DiscoveryAuth::ServiceAccount {
-            uid,
-            private_key_file,
-            login_url,
-        }) => writeln!(
-            out,
-            "  auth: service account `{uid}`, key {}, login at {login_url}",
-            private_key_file.display()
-        )?,
-    }
-    Ok(())
 }
