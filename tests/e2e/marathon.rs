@@ -756,3 +756,35 @@ fn the_fake_apps_validate_against_marathons_schema() {
         crate::deploy::output_text(&out)
     );
 }
+
+#[test]
+fn a_silent_event_stream_is_dropped_after_the_stall_timeout() {
+    let _turn = crate::common::light();
+    let (a, b) = (
+        Upstream::start("a", Behaviour::Greet),
+        Upstream::start("b", Behaviour::Greet),
+    );
+    let marathon = FakeMarathon::leader(web_app(&[("a", a.addr.port(), true)]));
+    // The fake sends nothing after `event_stream_attached`: a stream that
+    // stalls (a proxy that lost the connection without a FIN looks alike).
+    let config =
+        config(&[marathon.url()]).replace("    urls: [", "    stall_timeout: 1s\n    urls: [");
+    let router = Router::start(&config);
+    wait_endpoints(&router, &[&a]);
+    // A change whose event never comes: only the sync after the stalled
+    // stream is replaced can bring it.
+    let (_, streams, _) = marathon.counts();
+    marathon.set_apps(web_app(&[("b", b.addr.port(), true)]));
+    wait_endpoints(&router, &[&b]);
+    assert!(marathon.counts().1 > streams, "the stream was opened again");
+    let reconnects = discovery_metric(
+        &router,
+        "sniroute_discovery_stream_reconnects_total",
+        &[("source", "marathon")],
+    );
+    assert!(reconnects >= 1.0, "{}", router.metrics());
+    router.wait_log(Duration::from_secs(5), |l| {
+        l["message"] == "Marathon event stream lost; opening it again (then a full sync)"
+            && l["reason"].as_str().is_some_and(|r| r.contains("stalled"))
+    });
+}

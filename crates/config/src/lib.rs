@@ -172,6 +172,10 @@ pub struct MarathonConfig {
     pub auth: Option<DiscoveryAuth>,
     /// Full re-read period (default [`DEFAULT_MARATHON_RESYNC`]).
     pub resync: Duration,
+    /// An event stream silent (no event, no keep-alive) this long is
+    /// opened again, with a full sync (default
+    /// [`DEFAULT_MARATHON_STALL_TIMEOUT`]).
+    pub stall_timeout: Duration,
     /// `/readyz` answers 503 until the first successful sync (default
     /// true).
     pub required: bool,
@@ -217,6 +221,12 @@ pub enum DiscoveryAuth {
 
 /// Default `discovery.marathon.resync`: 5 minutes.
 pub const DEFAULT_MARATHON_RESYNC: Duration = Duration::from_secs(300);
+
+/// Default `discovery.marathon.stall_timeout`: 2 minutes. Marathon sends no
+/// keep-alives of its own; a proxy between may cut a silent stream without
+/// a FIN, and a quiet cluster then costs a reconnect and a full sync every
+/// two minutes.
+pub const DEFAULT_MARATHON_STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A route's Marathon app port (`marathon_app`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -86,7 +86,8 @@ pub(crate) struct RawMesosTasks {
 #[serde(
     deny_unknown_fields,
     expecting = "Marathon settings: a mapping with `urls` and optionally `auth`, `ca_file`, `resync`, \
-                 `required`, `label_group`, `label_server_names_allowed` and `marathon_lb_labels`"
+                 `stall_timeout`, `required`, `label_group`, `label_server_names_allowed` and \
+                 `marathon_lb_labels`"
 )]
 pub(crate) struct RawMarathon {
     pub(crate) urls: NonEmpty<Parsed<MarathonUrl>>,
@@ -96,6 +97,8 @@ pub(crate) struct RawMarathon {
     pub(crate) ca_file: Option<String>,
     #[serde(default)]
     pub(crate) resync: Option<Parsed<NonZeroDuration>>,
+    #[serde(default)]
+    pub(crate) stall_timeout: Option<Parsed<NonZeroDuration>>,
     #[serde(default)]
     pub(crate) required: Option<bool>,
     #[serde(default)]

@@ -89,9 +89,10 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
     if let Some(m) = &config.discovery.marathon {
         writeln!(
             out,
-            "discovery: marathon {} (tried in order), resync {}, {}",
+            "discovery: marathon {} (tried in order), resync {}, stall timeout {}, {}",
             m.urls.join(", "),
             format_duration(m.resync),
+            format_duration(m.stall_timeout),
             if m.required {
                 "required: /readyz answers 503 until the first sync"
             } else {
@@ -420,7 +421,7 @@ default_route: dev-kubernetes01
         assert!(
             out.contains(
                 "\ndiscovery: marathon http://m1:8080, http://m2:8080/marathon (tried in order), resync 1m, \
-                 required: /readyz answers 503 until the first sync\n"
+                 stall timeout 2m, required: /readyz answers 503 until the first sync\n"
             ),
             "{out}"
         );

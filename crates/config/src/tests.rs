@@ -1200,7 +1200,23 @@ routes:
             "http://[fd00::1]"
         ]
     );
-    assert_eq!((m.resync, m.required), (DEFAULT_MARATHON_RESYNC, true));
+    assert_eq!(
+        (m.resync, m.stall_timeout, m.required),
+        (
+            DEFAULT_MARATHON_RESYNC,
+            DEFAULT_MARATHON_STALL_TIMEOUT,
+            true
+        )
+    );
+    let quick = parse(
+        "listeners: [\"127.0.0.1:6443\"]\n\
+         discovery: {marathon: {urls: [\"http://m:8080\"], stall_timeout: 30s}}\n\
+         routes: [{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}]\n",
+    );
+    assert_eq!(
+        quick.discovery.marathon.unwrap().stall_timeout,
+        Duration::from_secs(30)
+    );
     let web = &config.routes[0];
     assert!(web.upstreams.is_empty());
     assert_eq!(

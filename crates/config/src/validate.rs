@@ -471,6 +471,9 @@ impl<'a> Checker<'a> {
                     ca_file,
                     auth,
                     resync: m.resync.map_or(super::DEFAULT_MARATHON_RESYNC, |v| v.0),
+                    stall_timeout: m
+                        .stall_timeout
+                        .map_or(super::DEFAULT_MARATHON_STALL_TIMEOUT, |v| v.0),
                     required: m.required.unwrap_or(true),
                     labels,
                 })

@@ -571,6 +571,7 @@ pub(crate) fn marathon_settings(config: &Config) -> Option<discovery::MarathonSe
         .as_ref()
         .map(|m| discovery::MarathonSettings {
             resync: m.resync,
+            stall_timeout: m.stall_timeout,
             labels: m.labels.as_ref().map(|l| discovery::LabelSettings {
                 group: l.group.clone(),
                 allowed: l.server_names_allowed.clone(),
