@@ -788,3 +788,36 @@ fn a_silent_event_stream_is_dropped_after_the_stall_timeout() {
             && l["reason"].as_str().is_some_and(|r| r.contains("stalled"))
     });
 }
+
+#[test]
+fn a_deleted_app_leaves_its_route_without_endpoints_and_says_why() {
+    let _turn = crate::common::light();
+    let Synced {
+        a: _a,
+        b: _b,
+        marathon,
+        router,
+    } = synced();
+    // The app is destroyed: Marathon lists only the others and announces it.
+    marathon.set_apps(json!({"apps": [web_app(&[])["apps"][1].clone()]}));
+    marathon.emit("app_terminated_event", json!({"appId": "/prod/web"}));
+    wait_endpoints(&router, &[]);
+    let (_, body) = router.admin_get("/status");
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        status["discovery"]["marathon"]["left_out"],
+        json!(["route web: no Marathon app /prod/web"]),
+        "{status}"
+    );
+    assert_eq!(
+        discovery_metric(&router, "sniroute_discovery_endpoints", &[("route", "web")]),
+        0.0
+    );
+    // The route has nothing to offer: the client gets a TLS alert
+    // (internal_error), not a hang.
+    let hello = HelloBuilder::new("web.test").build();
+    assert_eq!(
+        crate::common::answer(router.addr(), &hello),
+        [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50]
+    );
+}
