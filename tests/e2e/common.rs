@@ -202,9 +202,21 @@ impl Router {
 
     /// Waits for `n` access log lines in total and returns them.
     pub(crate) fn wait_access_logs(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        self.wait_access_logs_where(n, timeout, |_| true)
+    }
+
+    /// Waits for `n` access log lines that satisfy `pred` and returns them.
+    /// Lines come through the router's stderr, read by another thread, so a
+    /// line can trail the counter that counts its connection.
+    pub(crate) fn wait_access_logs_where(
+        &self,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            let logs = self.access_logs();
+            let logs: Vec<_> = self.access_logs().into_iter().filter(|l| pred(l)).collect();
             if logs.len() >= n {
                 return logs;
             }

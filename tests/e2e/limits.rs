@@ -277,11 +277,9 @@ fn per_source_limits_stop_the_greedy_address_only() {
         ),
         Some(2.0)
     );
-    let refused: Vec<_> = router
-        .access_logs()
-        .into_iter()
-        .filter(|l| l["result"] == "source_limit")
-        .collect();
+    let refused = router.wait_access_logs_where(2, Duration::from_secs(10), |l| {
+        l["result"] == "source_limit"
+    });
     assert_eq!(refused.len(), 2);
     for l in &refused {
         assert!(

@@ -374,8 +374,9 @@ async fn drain_time_over_closes_remaining_tunnels() {
         "{waited:?}"
     );
     assert_eq!(router.wait_exit(Duration::from_secs(5)), Some(0));
-    let logs = router.access_logs();
-    assert_eq!(logs.last().unwrap()["end"], "drain");
+    let logs = router.wait_access_logs_where(1, Duration::from_secs(5), |l| l["end"] == "drain");
+    assert_eq!(logs.len(), 1);
+    assert_eq!(router.access_logs().last().unwrap()["end"], "drain");
 }
 
 /// A SIGHUP that arrives while the router starts is handled (a reload
@@ -432,11 +433,7 @@ async fn a_second_sigterm_ends_the_drain_at_once() {
         "exited {:?} after the second signal, not after the 60 s drain",
         started.elapsed()
     );
-    let cut: Vec<_> = router
-        .access_logs()
-        .into_iter()
-        .filter(|l| l["end"] == "drain")
-        .collect();
+    let cut = router.wait_access_logs_where(3, Duration::from_secs(5), |l| l["end"] == "drain");
     assert_eq!(cut.len(), 3, "one line per cut tunnel");
     for mut t in tunnels {
         let mut rest = Vec::new();

@@ -385,10 +385,8 @@ fn per_source_limits_count_the_headers_address() {
     }
     assert_eq!(
         router
-            .access_logs()
-            .iter()
-            .filter(|l| l["result"] == "source_limit")
-            .count(),
+            .wait_access_logs_where(1, Duration::from_secs(5), |l| l["result"] == "source_limit")
+            .len(),
         1
     );
 }

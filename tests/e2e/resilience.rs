@@ -768,10 +768,10 @@ async fn a_flood_over_max_connections_is_shed_and_recovers() {
         assert_eq!(&b, b"ping");
     }
     let over_limit_logs = router
-        .access_logs()
-        .iter()
-        .filter(|l| l["result"] == "over_limit")
-        .count();
+        .wait_access_logs_where(EXTRA, Duration::from_secs(10), |l| {
+            l["result"] == "over_limit"
+        })
+        .len();
     assert_eq!(over_limit_logs, EXTRA);
 
     // Once the tunnels are gone, new clients are served again.
@@ -808,13 +808,9 @@ fn connect_failures(m: &str, route: &str, upstream: SocketAddr) -> f64 {
     .unwrap_or(0.0)
 }
 
-/// The access log lines of `route`.
-fn route_logs(router: &Router, route: &str) -> Vec<serde_json::Value> {
-    router
-        .access_logs()
-        .into_iter()
-        .filter(|l| l["route"] == route)
-        .collect()
+/// The access log lines of `route`, once at least `n` have come.
+fn route_logs(router: &Router, route: &str, n: usize) -> Vec<serde_json::Value> {
+    router.wait_access_logs_where(n, Duration::from_secs(10), |l| l["route"] == route)
 }
 
 /// Two more routes for an upstream fault: `NAME` (`NAME.test`) whose only
@@ -886,7 +882,7 @@ async fn fault_an_upstream_refusing_connections() {
     assert_eq!(connect_failures(&m, "dead", dead), 3.0);
     assert_eq!(connect_failures(&m, "pair", dead), 2.0);
     assert_eq!(connect_failures(&m, "pair", up.addr), 0.0);
-    for l in route_logs(&router, "dead") {
+    for l in route_logs(&router, "dead", 3) {
         assert_eq!(l["result"], "upstream_unavailable");
         let error = l["error"].as_str().unwrap();
         assert!(
@@ -970,7 +966,7 @@ async fn fault_an_upstream_that_never_answers() {
     assert_eq!(connections(&m, "hole", "upstream_unavailable"), 1.0);
     assert_eq!(connect_failures(&m, "hole", hole_addr), 1.0);
     assert_eq!(connect_failures(&m, "pair", hole_addr), 1.0);
-    let logs = route_logs(&router, "hole");
+    let logs = route_logs(&router, "hole", 1);
     let error = logs[0]["error"].as_str().unwrap();
     assert!(error.contains("timed out"), "{error}");
     wait_fds(&router, fds, FD_SLACK, "after the black hole").await;
@@ -1150,7 +1146,7 @@ async fn fault_upstream_names_that_do_not_resolve() {
     .await;
     let m = router.metrics();
     assert_eq!(connections(&m, "nowhere", "upstream_unavailable"), 3.0);
-    for l in route_logs(&router, "nowhere") {
+    for l in route_logs(&router, "nowhere", 3) {
         assert_eq!(
             l["error"], "no upstream endpoint (names did not resolve, or discovery found no task)",
             "{l}"
@@ -1767,7 +1763,7 @@ async fn load_with_reloads(
         Some(expect_down)
     );
     if !soak {
-        let logs = router.access_logs();
+        let logs = router.wait_access_logs(n, Duration::from_secs(10));
         assert_eq!(logs.len(), n);
         for l in &logs {
             assert_eq!(l["end"], "finished", "{l}");
