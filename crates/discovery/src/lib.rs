@@ -147,6 +147,44 @@ pub struct Discovered {
     pub left_out: Arc<Vec<String>>,
 }
 
+impl Discovered {
+    /// Puts `left_out` in force; whether it changed.
+    pub(crate) fn set_left_out(&mut self, left_out: &[String]) -> bool {
+        let changed = *self.left_out != left_out;
+        if changed {
+            self.left_out = Arc::new(left_out.to_vec());
+        }
+        changed
+    }
+
+    /// Puts the routes' endpoints in force, logging each route whose
+    /// endpoints changed; whether any did.
+    pub(crate) fn set_routes(&mut self, routes: HashMap<String, Vec<SocketAddr>>) -> bool {
+        if *self.routes == routes {
+            return false;
+        }
+        for (route, addrs) in &routes {
+            if self.routes.get(route) != Some(addrs) {
+                let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                tracing::info!(route = %route, endpoints = %list.join(", "), "discovered endpoints changed");
+            }
+        }
+        self.routes = Arc::new(routes);
+        true
+    }
+}
+
+/// Logs `now` (what a computation left out) once per change: each line when
+/// the set differs from `last`, which then takes it.
+pub(crate) fn log_left_out(last: &mut Vec<String>, now: Vec<String>, message: &'static str) {
+    if now != *last {
+        for p in &now {
+            tracing::warn!(problem = %p, "{message}");
+        }
+        *last = now;
+    }
+}
+
 /// How a Marathon source runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MarathonSettings {

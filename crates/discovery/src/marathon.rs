@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use crate::apps::{self, Apps, Target};
 use crate::http::{Client, ClientSettings, Method, Response, Url};
 use crate::labels::{self, LabelRoutes};
+use crate::log_left_out;
 use crate::sse::{Event, Parser};
 use crate::{AppSelector, Discovered, MarathonSettings};
 
@@ -404,18 +405,15 @@ impl Worker {
             route.endpoints = resolve_all(c.targets, &mut cache, &mut problems, timeout).await;
             label_routes.routes.push(route);
         }
-        if problems != self.problems {
-            for p in &problems {
-                tracing::warn!(problem = %p, "Marathon discovery: a task or app is left out");
-            }
-            self.problems = problems;
-        }
+        log_left_out(
+            &mut self.problems,
+            problems,
+            "Marathon discovery: a task or app is left out",
+        );
         self.out.send_if_modified(|d| {
-            let left_out_changed = *d.left_out != self.problems;
-            if left_out_changed {
-                d.left_out = Arc::new(self.problems.clone());
-            }
-            if *d.labels != label_routes {
+            let left_out = d.set_left_out(&self.problems);
+            let labels = *d.labels != label_routes;
+            if labels {
                 for r in &label_routes.routes {
                     if d.labels.routes.iter().all(|old| old != r) {
                         let list: Vec<String> = r.endpoints.iter().map(ToString::to_string).collect();
@@ -429,29 +427,15 @@ impl Worker {
                     }
                 }
                 d.labels = Arc::new(label_routes);
-                if *d.routes != resolved {
-                    d.routes = Arc::new(resolved);
-                }
-                return true;
             }
-            if *d.routes == resolved {
-                return left_out_changed;
-            }
-            for (route, addrs) in &resolved {
-                if d.routes.get(route) != Some(addrs) {
-                    let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-                    tracing::info!(route = %route, endpoints = %list.join(", "), "discovered endpoints changed");
-                }
-            }
-            d.routes = Arc::new(resolved);
-            true
+            d.set_routes(resolved) || labels || left_out
         });
     }
 }
 
 /// The addresses of `targets`, sorted, host names resolved through `cache`
 /// (a name that does not resolve is left out, with a problem).
-async fn resolve_all(
+pub(crate) async fn resolve_all(
     targets: Vec<Target>,
     cache: &mut HashMap<String, Option<IpAddr>>,
     problems: &mut Vec<String>,

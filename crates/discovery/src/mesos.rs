@@ -24,18 +24,16 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::apps::Target;
 use crate::http::{Client, ClientSettings, Method, Response, Url};
-use crate::marathon::{resolve, Backoff};
+use crate::marathon::{resolve_all, Backoff};
 use crate::mesos_state::{self, Applied, Table};
 use crate::recordio::Decoder;
-use crate::{Discovered, MesosSettings, TaskSelector};
+use crate::{log_left_out, Discovered, MesosSettings, TaskSelector};
 
 /// The largest `GET_STATE` response, or `SUBSCRIBE` record, accepted.
 const MAX_STATE_BYTES: usize = 256 * 1024 * 1024;
@@ -351,50 +349,19 @@ impl Worker {
         let (targets, mut problems) = mesos_state::targets(table, &selectors);
         let mut resolved: HashMap<String, Vec<SocketAddr>> = HashMap::new();
         let mut cache: HashMap<String, Option<IpAddr>> = HashMap::new();
+        let timeout = self.settings.request_timeout;
         for (route, list) in targets {
-            let mut addrs = Vec::with_capacity(list.len());
-            for Target { host, port } in list {
-                let ip = match cache.get(&host) {
-                    Some(ip) => *ip,
-                    None => {
-                        let ip = resolve(&host, self.settings.request_timeout).await;
-                        if ip.is_none() {
-                            problems.push(format!("agent host {host} does not resolve"));
-                        }
-                        cache.insert(host.clone(), ip);
-                        ip
-                    }
-                };
-                if let Some(ip) = ip {
-                    addrs.push(SocketAddr::new(ip, port));
-                }
-            }
-            addrs.sort();
-            addrs.dedup();
+            let addrs = resolve_all(list, &mut cache, &mut problems, timeout).await;
             resolved.insert(route, addrs);
         }
-        if problems != self.problems {
-            for p in &problems {
-                tracing::warn!(problem = %p, "Mesos discovery: a task is left out");
-            }
-            self.problems = problems;
-        }
+        log_left_out(
+            &mut self.problems,
+            problems,
+            "Mesos discovery: a task is left out",
+        );
         self.out.send_if_modified(|d| {
-            let left_out_changed = *d.left_out != self.problems;
-            if left_out_changed {
-                d.left_out = Arc::new(self.problems.clone());
-            }
-            if *d.routes == resolved {
-                return left_out_changed;
-            }
-            for (route, addrs) in &resolved {
-                if d.routes.get(route) != Some(addrs) {
-                    let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-                    tracing::info!(route = %route, endpoints = %list.join(", "), "discovered endpoints changed");
-                }
-            }
-            d.routes = Arc::new(resolved);
-            true
+            let left_out = d.set_left_out(&self.problems);
+            d.set_routes(resolved) || left_out
         });
     }
 }
