@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -715,4 +715,42 @@ pub(crate) fn raise_nofile_limit() -> u64 {
             .status();
     }
     nofile_limits().0
+}
+
+/// Writes a 2048-bit RSA private key (PEM) to `path` with `openssl genpkey`,
+/// as `dcos security org service-accounts keypair` makes one.
+pub(crate) fn rsa_private_key(path: &Path) {
+    let ok = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(path)
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl (scripts/test installs it)")
+        .success();
+    assert!(ok, "openssl could not make an RSA key");
+}
+
+/// An RSA key pair in `dir`: the private key's path and the public key in
+/// PEM.
+pub(crate) fn rsa_keypair(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    rsa_private_key(&key);
+    let ok = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .expect("run openssl (scripts/test installs it)")
+        .success();
+    assert!(ok, "openssl could not write the public key");
+    (key, std::fs::read_to_string(public).unwrap())
 }

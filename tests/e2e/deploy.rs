@@ -580,21 +580,7 @@ fn provide_sandbox_files(
             if target.exists() {
                 continue; // both sources use the same key
             }
-            let ok = Command::new("openssl")
-                .args([
-                    "genpkey",
-                    "-algorithm",
-                    "RSA",
-                    "-pkeyopt",
-                    "rsa_keygen_bits:2048",
-                    "-out",
-                ])
-                .arg(&target)
-                .stderr(Stdio::null())
-                .status()
-                .expect("run openssl (scripts/test installs it)")
-                .success();
-            assert!(ok, "openssl could not make an RSA key");
+            crate::common::rsa_private_key(&target);
         } else {
             std::fs::write(&target, "a-dcos-token\n").unwrap();
         }

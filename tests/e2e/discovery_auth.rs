@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
-use crate::common::Router;
+use crate::common::{rsa_keypair, Router};
 
 trait Conn: Read + Write + Send {}
 impl<T: Read + Write + Send> Conn for T {}
@@ -266,37 +266,6 @@ fn check_login(body: &[u8], uid: &str, public_pem: &str) -> Result<(), String> {
         return Err("the login token lives too long".to_owned());
     }
     Ok(())
-}
-
-/// An RSA key pair made with `openssl genpkey` in `dir`: the private
-/// key's path and the public key in PEM.
-fn rsa_keypair(dir: &Path, name: &str) -> (PathBuf, String) {
-    let key = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub.pem"));
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&key)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap()
-        .success()
-        && std::process::Command::new("openssl")
-            .args(["pkey", "-pubout", "-in"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&public)
-            .status()
-            .unwrap()
-            .success();
-    assert!(ok, "openssl could not make an RSA key");
-    (key, std::fs::read_to_string(public).unwrap())
 }
 
 /// An app `/prod/web` with host networking and one healthy-less task per
