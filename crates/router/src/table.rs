@@ -122,10 +122,15 @@ impl RouteTable {
         }
     }
 
-    /// Like [`RouteTable::lookup`], with the label routes of `labels` as
-    /// well: this table's exact names, then `labels`' exact names, then
-    /// wildcards by longest suffix (this table's before `labels`' at the
-    /// same suffix), then this table's defaults. Allocation-free.
+    /// The route for `server_name` (already normalised: lower case, no
+    /// trailing dot, as [`clienthello::ServerName`] gives it) on the
+    /// listener with index `listener` in [`Config::listeners`], with the
+    /// label routes of `labels`: this table's exact names, then `labels`'
+    /// exact names, then wildcards by longest suffix (this table's before
+    /// `labels`' at the same suffix), then that listener's default route,
+    /// else the global default. `None` when nothing applies: the connection
+    /// is refused. This is the one place defaults are resolved.
+    /// Allocation-free.
     pub(crate) fn lookup_layered(
         &self,
         labels: &RouteTable,
@@ -140,6 +145,8 @@ impl RouteTable {
                 return Some((Layer::Label, id, MatchKind::Exact));
             }
             if !self.wildcard.is_empty() || !labels.wildcard.is_empty() {
+                // `a.b.example.com` tries `b.example.com`, then
+                // `example.com`, then `com`: longest suffix first.
                 for (i, b) in name.bytes().enumerate() {
                     if b == b'.' {
                         let suffix = &name[i + 1..];
@@ -163,37 +170,20 @@ impl RouteTable {
             .unwrap_or(self.default)
     }
 
-    /// The route for `server_name` (already normalised: lower case, no
-    /// trailing dot, as [`clienthello::ServerName`] gives it) on the
-    /// listener with index `listener` in [`Config::listeners`]: an exact
-    /// name first, else the longest matching wildcard, else that listener's
-    /// default route, else the global default. `None` when nothing applies:
-    /// the connection is refused. This is the one place defaults are
-    /// resolved.
+    /// [`RouteTable::lookup_layered`] with no label routes: the rules of
+    /// this table alone, for its tests.
     #[cfg(test)]
     pub(crate) fn lookup(
         &self,
         server_name: Option<&str>,
         listener: Option<usize>,
     ) -> Option<(RouteId, MatchKind)> {
-        if let Some(name) = server_name {
-            if let Some(&id) = self.exact.get(name) {
-                return Some((id, MatchKind::Exact));
-            }
-            if !self.wildcard.is_empty() {
-                // `a.b.example.com` tries `b.example.com`, then
-                // `example.com`, then `com`: longest suffix first.
-                for (i, b) in name.bytes().enumerate() {
-                    if b == b'.' {
-                        if let Some(&id) = self.wildcard.get(&name[i + 1..]) {
-                            return Some((id, MatchKind::Wildcard));
-                        }
-                    }
-                }
-            }
-        }
-        self.default_for(listener)
-            .map(|id| (id, MatchKind::Default))
+        self.lookup_layered(
+            &RouteTable::of_labels(std::iter::empty()),
+            server_name,
+            listener,
+        )
+        .map(|(_, id, kind)| (id, kind))
     }
 }
 
