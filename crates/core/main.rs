@@ -16,7 +16,9 @@ use config::{Config, ConfigSource};
     version,
     about = "TLS SNI passthrough router: one port, many Kubernetes API servers, TLS end to end",
     after_help = "Config source, in order: --config FILE, $SNIROUTE_CONFIG (a path), \
-$SNIROUTE_CONFIG_YAML (the YAML itself), /etc/sniroute/sniroute.yaml.\n\
+$SNIROUTE_CONFIG_YAML (the YAML itself), /etc/sniroute/sniroute.yaml. --config or \
+$SNIROUTE_CONFIG may be an http:// or https:// URL (https: $SNIROUTE_CONFIG_CA names the \
+CA file to trust).\n\
 Reload the config with `kill -HUP <pid>`; upgrade the binary with `kill -USR2 <pid>`; \
 stop gracefully with SIGTERM."
 )]
@@ -42,7 +44,7 @@ enum LogFormat {
 enum Command {
     /// Run the router.
     Run {
-        /// Config file (YAML).
+        /// Config file (YAML), or an http:// or https:// URL.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// The binary `kill -USR2` starts to take over (default: the one
@@ -51,9 +53,9 @@ enum Command {
         upgrade_binary: Option<PathBuf>,
     },
     /// Validate the config and print the resolved routing table; needs no
-    /// network. Exit status 1 on error.
+    /// network (but to fetch a config URL). Exit status 1 on error.
     Check {
-        /// Config file (YAML).
+        /// Config file (YAML), or an http:// or https:// URL.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -63,7 +65,7 @@ enum Command {
     /// issues. Changes nothing; starts no listener. Exit status 1 when a
     /// source did not sync in time (its last error is printed).
     Discover {
-        /// Config file (YAML).
+        /// Config file (YAML), or an http:// or https:// URL.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// How long to wait for every source's first full sync.
@@ -120,7 +122,7 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => {
             let source = ConfigSource::resolve(config.as_deref(), |k| std::env::var(k).ok());
-            match Config::load(&source) {
+            match load_config(&source) {
                 Ok(config) => {
                     print!("{}", config::render(&config));
                     println!("{}: OK", source.display_name());
@@ -152,6 +154,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Reads the config once: a file, `$SNIROUTE_CONFIG_YAML`, or a URL
+/// (fetched, on a runtime of its own).
+fn load_config(source: &ConfigSource) -> Result<Config, config::ConfigError> {
+    match source {
+        ConfigSource::Url { .. } => {
+            let rt = runtime();
+            let loaded = rt.block_on(router::load_config(source));
+            rt.shutdown_background();
+            loaded
+        }
+        _ => Config::load(source),
     }
 }
 
@@ -192,7 +208,7 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 }
 
 fn discover(source: &ConfigSource, timeout: Duration, json: bool) -> ExitCode {
-    let config = match Config::load(source) {
+    let config = match load_config(source) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("{e}");

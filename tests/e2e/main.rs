@@ -7,6 +7,7 @@
 //! | [`tunnels`] | half-close, resets, idle timeout, 1 GiB each way, 2,000 concurrent tunnels |
 //! | [`tls_clients`] | rustls, `curl`, `openssl s_client` and `kubectl` through the router |
 //! | [`operations`] | admin endpoint, metrics (`promtool`, a real Prometheus), reload, drain |
+//! | [`config_url`] | `--config URL` against a fake config server: fetched at start (retried while it fails), watched with `ETag`/`304`, reloaded when it changes, kept when the server fails or serves an invalid document; `sniroute check` with a URL |
 //! | [`admin`] | the admin endpoint's allow list (refused peers get no answer, IPv4-mapped peers, reload), health checks within 1 s under 1,000 idle or dribbling connections, a slow `/metrics` reader not cut by evictions |
 //! | [`status_page`] | `/status` and the page after known traffic: counts, rates, endpoint errors, recent refusals; the page in headless Chromium behind a path prefix |
 //! | [`limits`] | memory that follows the bytes, the pending-hello cap, per-source limits, ALPN-heavy hellos |
@@ -29,6 +30,7 @@
 
 mod admin;
 mod common;
+mod config_url;
 mod deploy;
 mod discover;
 mod discovery_auth;

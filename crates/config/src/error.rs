@@ -139,6 +139,12 @@ impl ConfigError {
         }
     }
 
+    /// An error about `source` as a whole, before any YAML is read (for
+    /// example: a config URL could not be fetched).
+    pub fn about_source(source: &crate::ConfigSource, message: impl Into<String>) -> Self {
+        Self::whole_file(&source.display_name(), message)
+    }
+
     /// The file name, or `$SNIROUTE_CONFIG_YAML` for YAML from the
     /// environment.
     pub fn file(&self) -> &str {

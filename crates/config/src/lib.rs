@@ -64,6 +64,9 @@ pub const CONFIG_PATH_ENV: &str = "SNIROUTE_CONFIG";
 pub const CONFIG_YAML_ENV: &str = "SNIROUTE_CONFIG_YAML";
 /// How YAML from [`CONFIG_YAML_ENV`] is named in messages.
 pub const CONFIG_YAML_ENV_NAME: &str = "$SNIROUTE_CONFIG_YAML";
+/// The variable naming the PEM file of CA certificates that an `https://`
+/// config URL is verified against.
+pub const CONFIG_CA_ENV: &str = "SNIROUTE_CONFIG_CA";
 /// Larger config files are refused unread: a config is a few KiB, and this
 /// bounds what a wrong path (a log file, a device) can make us buffer.
 pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
@@ -647,21 +650,47 @@ pub enum ConfigSource {
     File(PathBuf),
     /// YAML from `$SNIROUTE_CONFIG_YAML`.
     EnvYaml(String),
+    /// YAML fetched from an `http://` or `https://` URL (`--config URL` or
+    /// `$SNIROUTE_CONFIG=URL`). The config crate does no network I/O: the
+    /// router fetches the text and hands it to [`Config::from_source_text`].
+    Url {
+        /// The URL as given, query included (a pre-signed URL's query is a
+        /// credential: [`ConfigSource::display_name`] leaves it out).
+        url: String,
+        /// `$SNIROUTE_CONFIG_CA`: the CA certificates an `https://` server
+        /// must be signed by (none given: no https server is trusted).
+        ca_file: Option<PathBuf>,
+    },
 }
 
 impl ConfigSource {
     /// Picks the source: `--config FILE` if given, else
     /// `$SNIROUTE_CONFIG` (a path), else `$SNIROUTE_CONFIG_YAML` (the YAML
-    /// itself), else [`DEFAULT_CONFIG_PATH`]. Variables set to an empty
-    /// string count as unset. `env` looks a variable up (pass
-    /// `|k| std::env::var(k).ok()`).
+    /// itself), else [`DEFAULT_CONFIG_PATH`]. A `--config` or
+    /// `$SNIROUTE_CONFIG` that starts with `http://` or `https://` is a
+    /// URL ([`ConfigSource::Url`], with `$SNIROUTE_CONFIG_CA`). Variables
+    /// set to an empty string count as unset. `env` looks a variable up
+    /// (pass `|k| std::env::var(k).ok()`).
     pub fn resolve(cli: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> ConfigSource {
-        if let Some(path) = cli {
-            return Self::File(path.to_owned());
-        }
         let env = |key: &str| env(key).filter(|v| !v.is_empty());
+        let path_or_url = |given: &str| {
+            if given.starts_with("http://") || given.starts_with("https://") {
+                Self::Url {
+                    url: given.to_owned(),
+                    ca_file: env(CONFIG_CA_ENV).map(PathBuf::from),
+                }
+            } else {
+                Self::File(PathBuf::from(given))
+            }
+        };
+        if let Some(path) = cli {
+            return match path.to_str() {
+                Some(given) => path_or_url(given),
+                None => Self::File(path.to_owned()),
+            };
+        }
         if let Some(path) = env(CONFIG_PATH_ENV) {
-            return Self::File(PathBuf::from(path));
+            return path_or_url(&path);
         }
         if let Some(yaml) = env(CONFIG_YAML_ENV) {
             return Self::EnvYaml(yaml);
@@ -669,12 +698,17 @@ impl ConfigSource {
         Self::File(PathBuf::from(DEFAULT_CONFIG_PATH))
     }
 
-    /// How the source is named in messages: the file's path, or
-    /// `$SNIROUTE_CONFIG_YAML`.
+    /// How the source is named in messages: the file's path,
+    /// `$SNIROUTE_CONFIG_YAML`, or the URL without its query (`?...`: a
+    /// pre-signed URL's signature is not for logs).
     pub fn display_name(&self) -> String {
         match self {
             Self::File(path) => path.display().to_string(),
             Self::EnvYaml(_) => CONFIG_YAML_ENV_NAME.to_owned(),
+            Self::Url { url, .. } => match url.split_once('?') {
+                Some((base, _)) => format!("{base}?..."),
+                None => url.clone(),
+            },
         }
     }
 }
@@ -685,17 +719,32 @@ impl Config {
     /// # Errors
     /// `FILE: cannot read: ...` when the file cannot be read (missing, a
     /// directory, over [`MAX_CONFIG_BYTES`], not UTF-8), otherwise as
-    /// [`Config::from_yaml_str`].
+    /// [`Config::from_yaml_str`]. A [`ConfigSource::Url`] is not fetched
+    /// here (no network I/O in this crate): an error says so.
     pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
         let name = source.display_name();
-        let mut config = match source {
+        match source {
             ConfigSource::File(path) => {
                 let text = read_file(path)
                     .map_err(|why| ConfigError::whole_file(&name, format!("cannot read: {why}")))?;
-                Self::from_yaml_str(&text, &name)?
+                Self::from_source_text(source, &text)
             }
-            ConfigSource::EnvYaml(yaml) => Self::from_yaml_str(yaml, &name)?,
-        };
+            ConfigSource::EnvYaml(yaml) => Self::from_source_text(source, yaml),
+            ConfigSource::Url { .. } => Err(ConfigError::whole_file(
+                &name,
+                "a config URL is fetched by `sniroute run`, `check` and `discover` only; \
+                 save it to a file for this command",
+            )),
+        }
+    }
+
+    /// Parses and validates `text`, read (or fetched) from `source`, which
+    /// names it in errors and becomes the config's `source`.
+    ///
+    /// # Errors
+    /// As [`Config::from_yaml_str`].
+    pub fn from_source_text(source: &ConfigSource, text: &str) -> Result<Config, ConfigError> {
+        let mut config = Self::from_yaml_str(text, &source.display_name())?;
         config.source = source.clone();
         Ok(config)
     }

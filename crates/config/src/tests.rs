@@ -1108,6 +1108,40 @@ fn config_source_resolution_order() {
         ConfigSource::EnvYaml("x".into()).display_name(),
         "$SNIROUTE_CONFIG_YAML"
     );
+    // A path that is a URL: fetched, with `$SNIROUTE_CONFIG_CA` for https.
+    assert_eq!(
+        ConfigSource::resolve(
+            Some(Path::new("https://configs.example/sniroute.yaml")),
+            env(&[("SNIROUTE_CONFIG_CA", "/ca.pem")])
+        ),
+        ConfigSource::Url {
+            url: "https://configs.example/sniroute.yaml".into(),
+            ca_file: Some("/ca.pem".into())
+        }
+    );
+    let presigned = ConfigSource::resolve(
+        None,
+        env(&[(
+            "SNIROUTE_CONFIG",
+            "http://h:8080/c.yaml?X-Amz-Signature=secret",
+        )]),
+    );
+    assert_eq!(
+        presigned,
+        ConfigSource::Url {
+            url: "http://h:8080/c.yaml?X-Amz-Signature=secret".into(),
+            ca_file: None
+        }
+    );
+    assert_eq!(presigned.display_name(), "http://h:8080/c.yaml?...");
+    // Not a URL: a relative path that starts with `http`.
+    assert_eq!(
+        ConfigSource::resolve(Some(Path::new("https.yaml")), env(&[])),
+        ConfigSource::File("https.yaml".into())
+    );
+    let e = Config::load(&presigned).unwrap_err().to_string();
+    assert!(e.starts_with("http://h:8080/c.yaml?...: "), "{e}");
+    assert!(e.contains("save it to a file"), "{e}");
 }
 
 #[test]

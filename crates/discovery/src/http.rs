@@ -214,6 +214,11 @@ impl fmt::Display for Error {
     }
 }
 
+/// A reqwest error as text, with its causes (see [`transport`]).
+pub(crate) fn error_text(e: reqwest::Error) -> String {
+    transport(e).to_string()
+}
+
 /// A reqwest error with its causes (`error sending request: ... :
 /// invalid peer certificate: UnknownIssuer`), which its `Display` leaves
 /// out.
@@ -263,23 +268,8 @@ impl Client {
     /// The CA file cannot be read or holds no certificate; the TLS
     /// settings are refused.
     pub(crate) fn new(settings: &ClientSettings) -> Result<Client, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(path) = &settings.ca_file {
-            for cert in read_ca_file(path)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS settings: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let inner = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
+            .use_preconfigured_tls(tls_config(settings.ca_file.as_deref())?)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(settings.request_timeout)
@@ -373,6 +363,31 @@ impl Client {
             ))),
         }
     }
+}
+
+/// TLS for an HTTP/1.1 client that trusts exactly the CA certificates of
+/// `ca_file` (none: no server).
+///
+/// # Errors
+/// The CA file cannot be read or holds no certificate; the TLS settings
+/// are refused.
+pub(crate) fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(path) = ca_file {
+        for cert in read_ca_file(path)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS settings: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
 }
 
 /// The certificates of a PEM `ca_file`.

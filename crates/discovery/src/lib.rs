@@ -40,7 +40,12 @@
 //! - `auth`: DC/OS credentials ([`AuthSettings`]): a token file read on
 //!   each request, or a service-account login (an RS256 JWT signed with
 //!   the account's key, via `jsonwebtoken` on `ring`) whose token is
-//!   renewed at half its lifetime and after a 401.
+//!   renewed at half its lifetime and after a 401;
+//! - `fetch`: one document fetched by URL again and again with
+//!   conditional requests ([`Fetcher`]): the router's config when
+//!   `--config` is a URL. Not discovery, but it shares this crate's HTTP
+//!   client set-up (rustls with `ring`, only a given CA file trusted), and
+//!   the router already depends on this crate for the network.
 //!
 //! Why reqwest: https through Admin Router with the cluster's CA, a login
 //! that POSTs JSON, and Mesos' streamed operator API all need a real
@@ -73,6 +78,7 @@
 
 mod apps;
 mod auth;
+mod fetch;
 mod http;
 mod labels;
 mod marathon;
@@ -90,6 +96,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 pub use auth::AuthSettings;
+pub use fetch::{Fetched, Fetcher};
 pub use http::{Scheme, Url};
 pub use labels::{
     allowed_by, route_name, ConflictKind, IssueKind, LabelIssue, LabelRoute, LabelRoutes,

@@ -5,14 +5,16 @@
 //! changed file, drain on SIGTERM, all inside) with its [`StartError`],
 //! the sockets systemd passes it ([`Inherited`]), [`raise_nofile_limit`],
 //! [`inspect_hello`], and [`discover`] (`sniroute discover`: the live
-//! sources asked once, nothing changed). Everything else is
+//! sources asked once, nothing changed), and [`load_config`] (a config
+//! file, variable or URL read once). Everything else is
 //! crate-private, so the dead-code lints see what nobody uses.
 //!
 //! Modules, in the order one connection meets them:
 //! - `server`: start-up, live reload and graceful drain; `activation`:
 //!   listening sockets inherited from systemd; `notify`: telling systemd
 //!   (`sd_notify`) when sniroute is ready, reloading, stopping, alive;
-//!   `upgrade`: the binary upgrade on `SIGUSR2`.
+//!   `upgrade`: the binary upgrade on `SIGUSR2`; `config_source`: the
+//!   config file, variable or URL, read and watched (`watch_config`).
 //! - `listener`: binding and accept loops (EMFILE back-off); `admission`:
 //!   the limits a connection is counted against at accept (connections,
 //!   pending hellos, per source).
@@ -50,6 +52,7 @@ mod admin;
 mod admin_request;
 mod admission;
 mod alert;
+mod config_source;
 mod discover;
 mod health;
 mod inspect;
@@ -67,6 +70,7 @@ mod upgrade;
 mod upstream;
 
 pub use activation::{ActivationError, Inherited};
+pub use config_source::load_config;
 pub use discover::{discover, DiscoverError, DiscoverReport};
 pub use inspect::{inspect_hello, InspectError};
 pub use server::{raise_nofile_limit, run, StartError};

@@ -159,6 +159,12 @@ pub(crate) const CONFIG_RELOADS_TOTAL: Family = family(
     Kind::Counter,
     "Config reloads by result (success, failure).",
 );
+/// Fetches of a config URL: `{result}`, see [`FetchResult`].
+pub(crate) const CONFIG_FETCHES_TOTAL: Family = family(
+    "sniroute_config_fetches_total",
+    Kind::Counter,
+    "Fetches of the config URL (--config http[s]://...) by result: changed, unchanged (304 or the same document), failure.",
+);
 /// Generation of the config in force (1 at start, +1 per successful reload).
 pub(crate) const CONFIG_GENERATION: Family = family(
     "sniroute_config_generation",
@@ -281,6 +287,7 @@ const FAMILIES: &[&Family] = &[
     &UPGRADES_TOTAL,
     &CONFIG_GENERATION,
     &CONFIG_RELOADS_TOTAL,
+    &CONFIG_FETCHES_TOTAL,
     &CONNECTIONS_TOTAL,
     &ACCEPT_ERRORS_TOTAL,
     &CLIENT_HELLO_SECONDS,
@@ -445,6 +452,18 @@ label_enum! {
         /// This process took over from the old one.
         Success => "success",
         /// The new process failed; this one keeps serving.
+        Failure => "failure",
+    }
+}
+
+label_enum! {
+    /// The `result` label of [`CONFIG_FETCHES_TOTAL`].
+    FetchResult {
+        /// A document that differs from the last one (it is then loaded).
+        Changed => "changed",
+        /// `304 Not Modified`, or the same document again.
+        Unchanged => "unchanged",
+        /// No document: the server could not be reached or refused.
         Failure => "failure",
     }
 }
@@ -964,6 +983,7 @@ mod tests {
         unique(EndLabel::ALL, EndLabel::as_str);
         unique(AcceptError::ALL, AcceptError::as_str);
         unique(ReloadResult::ALL, ReloadResult::as_str);
+        unique(FetchResult::ALL, FetchResult::as_str);
         unique(AdminClosed::ALL, AdminClosed::as_str);
         unique(DiscoverySource::ALL, DiscoverySource::as_str);
         unique(SyncResult::ALL, SyncResult::as_str);

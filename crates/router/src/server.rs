@@ -2,8 +2,8 @@
 //!
 //! - Start: load the config, raise `RLIMIT_NOFILE` to the hard limit, bind
 //!   every listener and the admin endpoint, then report ready.
-//! - `SIGHUP` (or a changed file with `watch_config: true`): load the config
-//!   again. An invalid file changes nothing (the error is logged with file,
+//! - `SIGHUP` (or, with `watch_config: true`, a changed file or config URL
+//!   document, see [`crate::config_source`]): load the config again. An invalid file changes nothing (the error is logged with file,
 //!   line and key, and counted); a valid one applies to new connections at
 //!   once, binds added listeners and closes removed ones. Open tunnels keep
 //!   the generation they started with.
@@ -24,11 +24,12 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::activation::{ActivationError, Inherited, Target};
+use crate::config_source::Source;
 use crate::listener::{self, Running};
 use crate::metrics::{DiscoveryMetrics, DiscoverySource, ReloadResult, UpgradeResult};
 use crate::notify::{self, Notifier};
@@ -100,10 +101,10 @@ pub async fn run(
     let upgrade_pipe = inherited.ready_pipe.take();
     let notifier = Arc::new(Notifier::from_env());
     let watchdog = notify::spawn_watchdog(&notifier);
-    // The file's stamp before it is read: a change made while it is being
-    // read (or until the watch loop starts) is then seen as a change.
-    let mut watched = file_stamp(&source);
-    let config = Config::load(&source).map_err(StartError::Config)?;
+    // A file's stamp is taken before it is read: a change made while it is
+    // being read (or until the watch loop starts) is then seen as a change.
+    let mut source = Source::new(source).map_err(StartError::Config)?;
+    let config = source.load_first().await.map_err(StartError::Config)?;
     let wanted: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
     let mut inherited = inherited
         .assign(&wanted, config.admin.as_ref().map(|a| a.address))
@@ -181,7 +182,7 @@ pub async fn run(
     tracing::info!(
         generation = generation.id,
         routes = generation.routes.len(),
-        source = %source.display_name(),
+        source = %source.source().display_name(),
         "sniroute is ready"
     );
     drop(generation);
@@ -191,7 +192,7 @@ pub async fn run(
     let mut ready_owed = Readiness::owed(&notifier, upgrade_pipe);
     let mut upgraded = None;
     let mut ready_poll = tokio::time::interval(READY_POLL);
-    let mut watch_tick = tokio::time::interval(Duration::from_secs(2));
+    let mut watch_tick = tokio::time::interval(source.watch_every());
     loop {
         tokio::select! {
             _ = ready_poll.tick(), if ready_owed.is_some() => {
@@ -199,9 +200,8 @@ pub async fn run(
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
-                watched = file_stamp(&source);
                 notifier.reloading();
-                reload(&source, &shared, &mut listeners, &mut discovery).await;
+                reload(&mut source, &shared, &mut listeners, &mut discovery).await;
                 ready_owed = Readiness::owed(&notifier, None).and_then(|r| r.check(&shared, &notifier));
             }
             _ = usr2.recv() => {
@@ -213,15 +213,11 @@ pub async fn run(
                 }
             }
             _ = watch_tick.tick() => {
-                if shared.current().config.watch_config {
-                    let now = file_stamp(&source);
-                    if now != watched {
-                        tracing::info!("config file changed: reloading");
-                        watched = now;
-                        notifier.reloading();
-                        reload(&source, &shared, &mut listeners, &mut discovery).await;
-                        ready_owed = Readiness::owed(&notifier, None).and_then(|r| r.check(&shared, &notifier));
-                    }
+                if shared.current().config.watch_config && source.changed().await {
+                    tracing::info!(source = %source.source().display_name(), "config changed: reloading");
+                    notifier.reloading();
+                    reload(&mut source, &shared, &mut listeners, &mut discovery).await;
+                    ready_owed = Readiness::owed(&notifier, None).and_then(|r| r.check(&shared, &notifier));
                 }
             }
             _ = term.recv() => break,
@@ -376,12 +372,12 @@ struct Listeners {
 
 /// Loads the config again and puts it in force if it is valid.
 async fn reload(
-    source: &ConfigSource,
+    source: &mut Source,
     shared: &Arc<Shared>,
     listeners: &mut Listeners,
     discovery: &mut Discovery,
 ) {
-    let config = match Config::load(source) {
+    let config = match source.load().await {
         Ok(c) => c,
         Err(e) => {
             shared.metrics.reload(ReloadResult::Failure);
@@ -704,16 +700,6 @@ impl Discovery {
         let mesos = discovery::Mesos::start(settings, selectors);
         let feeder = feeder(DiscoverySource::Mesos, mesos.subscribe(), shared);
         self.mesos = Some((mesos, feeder));
-    }
-}
-
-/// What identifies the config file's content for `watch_config`.
-fn file_stamp(source: &ConfigSource) -> Option<(SystemTime, u64)> {
-    match source {
-        ConfigSource::File(path) => std::fs::metadata(path)
-            .ok()
-            .and_then(|md| Some((md.modified().ok()?, md.len()))),
-        ConfigSource::EnvYaml(_) => None,
     }
 }
 
