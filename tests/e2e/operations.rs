@@ -379,6 +379,51 @@ async fn drain_time_over_closes_remaining_tunnels() {
     assert_eq!(router.access_logs().last().unwrap()["end"], "drain");
 }
 
+/// `timeouts.accept_grace`: after SIGTERM, `/readyz` answers 503 at once
+/// while the listener still serves new connections for the grace; then it
+/// closes and the drain goes on as usual. A second signal cuts the grace.
+#[test]
+fn accept_grace_keeps_serving_while_readyz_turns_away_the_balancer() {
+    let _turn = crate::common::light();
+    let a = Upstream::start("a", Behaviour::Greet);
+    let yaml = two_routes(a.addr, None).replace("drain: 3s", "accept_grace: 5s, drain: 3s");
+    let mut router = Router::start(&yaml);
+    let (addr, admin) = (router.addr(), router.admin.unwrap());
+    let hello = HelloBuilder::new("alpha.test").build();
+    let signalled = Instant::now();
+    router.signal("TERM");
+    router.wait_log(Duration::from_secs(5), |l| {
+        l["message"]
+            == "stopping: /readyz answers 503; still accepting until the accept grace is over"
+    });
+    assert_eq!(http_get(admin, "/readyz"), (503, "draining\n".to_owned()));
+    // A balancer that has not noticed yet still gets served.
+    assert_eq!(reach(addr, &hello).unwrap(), "a");
+    router.wait_log(Duration::from_secs(15), |l| {
+        l["message"] == "draining: listeners closed, waiting for open tunnels"
+    });
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(5),
+        "the grace was cut short"
+    );
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err());
+    assert_eq!(router.wait_exit(Duration::from_secs(10)), Some(0));
+
+    // A second signal ends the grace at once.
+    let mut router = Router::start(&yaml.replace("accept_grace: 5s", "accept_grace: 5m"));
+    router.signal("TERM");
+    router.wait_log(Duration::from_secs(5), |l| {
+        l["message"]
+            == "stopping: /readyz answers 503; still accepting until the accept grace is over"
+    });
+    router.signal("TERM");
+    assert_eq!(router.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(router
+        .logs()
+        .iter()
+        .any(|l| l["message"] == "second signal: closing now"));
+}
+
 /// A SIGHUP that arrives while the router starts is handled (a reload
 /// once it runs), not the default action that would kill the process.
 #[test]

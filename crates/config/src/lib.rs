@@ -353,7 +353,13 @@ pub struct Timeouts {
     pub connect: Duration,
     /// A tunnel with no bytes either way for this long is closed.
     pub idle: Duration,
-    /// On SIGTERM, how long open tunnels may go on.
+    /// On SIGTERM, how long the listeners keep accepting after `/readyz`
+    /// turned 503, before they close (0: they close at once), so that a
+    /// load balancer checking `/readyz` stops sending new connections
+    /// first; HAProxy's `grace`. At most [`MAX_ACCEPT_GRACE`].
+    pub accept_grace: Duration,
+    /// On SIGTERM, how long open tunnels may go on once the listeners
+    /// closed.
     pub drain: Duration,
     /// `TCP_USER_TIMEOUT` of client and upstream sockets: data sent and not
     /// acknowledged for this long ends the connection, so a peer that
@@ -362,16 +368,20 @@ pub struct Timeouts {
     pub tcp_user_timeout: Duration,
 }
 
+/// Largest accepted `timeouts.accept_grace`.
+pub const MAX_ACCEPT_GRACE: Duration = Duration::from_secs(300);
+
 /// Largest accepted `timeouts.tcp_user_timeout`.
 pub const MAX_TCP_USER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 impl Default for Timeouts {
-    /// 5s, 10s, 24h, 30s, 60s.
+    /// 5s, 10s, 24h, 0s, 30s, 60s.
     fn default() -> Self {
         Self {
             client_hello: Duration::from_secs(5),
             connect: Duration::from_secs(10),
             idle: Duration::from_secs(24 * 3600),
+            accept_grace: Duration::ZERO,
             drain: Duration::from_secs(30),
             tcp_user_timeout: Duration::from_secs(60),
         }

@@ -251,12 +251,13 @@ impl<'de> Deserialize<'de> for RawAdmin {
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping of `client_hello`, `connect`, `idle`, `drain` and `tcp_user_timeout` durations"
+    expecting = "a mapping of `client_hello`, `connect`, `idle`, `accept_grace`, `drain` and `tcp_user_timeout` durations"
 )]
 pub(crate) struct RawTimeouts {
     pub(crate) client_hello: Option<Parsed<NonZeroDuration>>,
     pub(crate) connect: Option<Parsed<NonZeroDuration>>,
     pub(crate) idle: Option<Parsed<NonZeroDuration>>,
+    pub(crate) accept_grace: Option<Parsed<AnyDuration>>,
     pub(crate) drain: Option<Parsed<NonZeroDuration>>,
     pub(crate) tcp_user_timeout: Option<Parsed<NonZeroDuration>>,
 }
@@ -548,6 +549,18 @@ impl Scalar for ListenAddr {
     const EXPECTING: &'static str = "a listen address such as `0.0.0.0:6443` or `[::]:6443`";
     fn parse(s: &str) -> Result<SocketAddr, ValueError> {
         parse_listen_addr(s)
+    }
+}
+
+/// A duration, zero allowed (`0s`: off).
+#[derive(Debug)]
+pub(crate) struct AnyDuration;
+impl Scalar for AnyDuration {
+    type Output = Duration;
+    const EXPECTING: &'static str = "a duration such as `5s` (`0s`: off)";
+    const ANY: bool = true;
+    fn parse(s: &str) -> Result<Duration, ValueError> {
+        parse_duration(s)
     }
 }
 

@@ -65,10 +65,11 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
     let t = &config.timeouts;
     writeln!(
         out,
-        "timeouts: client_hello {}, connect {}, idle {}, drain {}, tcp_user_timeout {}",
+        "timeouts: client_hello {}, connect {}, idle {}, accept_grace {}, drain {}, tcp_user_timeout {}",
         format_duration(t.client_hello),
         format_duration(t.connect),
         format_duration(t.idle),
+        format_duration(t.accept_grace),
         format_duration(t.drain),
         format_duration(t.tcp_user_timeout)
     )?;
@@ -349,7 +350,7 @@ default_route: dev-kubernetes01
             "admin: 127.0.0.1:9090",
             "  allow sources: 127.0.0.0/8, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, ::1/128, fc00::/7 \
              (the default: loopback and private networks); other peers are closed unanswered",
-            "timeouts: client_hello 1.5s, connect 10s, idle 24h, drain 30s, tcp_user_timeout 1m",
+            "timeouts: client_hello 1.5s, connect 10s, idle 24h, accept_grace 0s, drain 30s, tcp_user_timeout 1m",
             "limits: max_connections 50000, max_client_hello_bytes 16384, max_pending_hellos 2048, per source: 256 pending hellos, unlimited connections",
             "forwarding: splice",
             "watch_config: off",

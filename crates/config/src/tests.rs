@@ -68,6 +68,7 @@ fn the_spec_example_parses_to_the_expected_values() {
             client_hello: Duration::from_secs(5),
             connect: Duration::from_secs(10),
             idle: Duration::from_secs(86_400),
+            accept_grace: Duration::ZERO,
             drain: Duration::from_secs(30),
             tcp_user_timeout: Duration::from_secs(60),
         },
@@ -304,7 +305,7 @@ fn bad_configs() -> Vec<Bad> {
             line: 2,
             column: 25,
             path: Some("timeouts.idel"),
-            fragment: "unknown key `idel`, expected one of `client_hello`, `connect`, `idle`, `drain`",
+            fragment: "unknown key `idel`, expected one of `client_hello`, `connect`, `idle`, `accept_grace`, `drain`",
         },
         Bad {
             what: "unknown key inside a health check",
@@ -353,6 +354,14 @@ fn bad_configs() -> Vec<Bad> {
             column: 19,
             path: Some("timeouts.drain"),
             fragment: "must be greater than zero",
+        },
+        Bad {
+            what: "an accept grace over 5 minutes",
+            yaml: vec![LISTENERS, "timeouts: {accept_grace: 10m}", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 26,
+            path: Some("timeouts.accept_grace"),
+            fragment: "accept_grace must be at most 5m",
         },
         Bad {
             what: "a zero health check interval",

@@ -18,7 +18,8 @@ use super::values::{NamePattern, UpstreamAddr, DCOS_APISERVER_PORT};
 use super::{
     AcceptProxyProtocol, AdminConfig, CheckAuth, CheckKind, Config, ConfigSource, DiscoveryAuth,
     HealthCheck, Host, HttpsCheck, Limits, ListenerConfig, OutlierDetection, RouteConfig,
-    ServerName, Timeouts, MAX_CLIENT_HELLO_BYTES, MAX_TCP_USER_TIMEOUT, MIN_CLIENT_HELLO_BYTES,
+    ServerName, Timeouts, MAX_ACCEPT_GRACE, MAX_CLIENT_HELLO_BYTES, MAX_TCP_USER_TIMEOUT,
+    MIN_CLIENT_HELLO_BYTES,
 };
 
 /// The largest credentials or CA file accepted.
@@ -306,6 +307,17 @@ impl<'a> Checker<'a> {
                 client_hello: t.client_hello.map_or(d.client_hello, |v| v.0),
                 connect: t.connect.map_or(d.connect, |v| v.0),
                 idle: t.idle.map_or(d.idle, |v| v.0),
+                accept_grace: match t.accept_grace.map(|v| v.0) {
+                    None => d.accept_grace,
+                    Some(v) if v <= MAX_ACCEPT_GRACE => v,
+                    Some(_) => {
+                        return Err(self.at(
+                            &root.key("timeouts").key("accept_grace"),
+                            At::Value,
+                            "accept_grace must be at most 5m",
+                        ))
+                    }
+                },
                 drain: t.drain.map_or(d.drain, |v| v.0),
                 tcp_user_timeout: match t.tcp_user_timeout.map(|v| v.0) {
                     None => d.tcp_user_timeout,

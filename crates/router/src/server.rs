@@ -243,7 +243,13 @@ pub async fn run(
             shared.connections.load(Ordering::Acquire)
         )),
     }
-    drain(&shared, listeners, &mut term, &mut int).await;
+    // After an upgrade the new process accepts on the same sockets: no
+    // grace is needed before this one stops.
+    let grace = match upgraded {
+        Some(_) => Duration::ZERO,
+        None => shared.current().config.timeouts.accept_grace,
+    };
+    drain(&shared, listeners, grace, &mut term, &mut int).await;
     if let Some(pid) = upgraded {
         tracing::info!(
             new_pid = pid,
@@ -447,15 +453,36 @@ async fn reload(
     );
 }
 
+/// Stops: `/readyz` turns 503; the listeners keep accepting for `grace`
+/// (`timeouts.accept_grace`, so that a load balancer checking `/readyz`
+/// stops sending first), then close; open tunnels may finish for
+/// `timeouts.drain`; the rest are closed. A second signal cuts the grace
+/// and the drain short.
 async fn drain(
     shared: &Arc<Shared>,
     listeners: Listeners,
+    grace: Duration,
     term: &mut tokio::signal::unix::Signal,
     int: &mut tokio::signal::unix::Signal,
 ) {
     let drain_for = shared.current().config.timeouts.drain;
     shared.ready.store(false, Ordering::Release);
     shared.draining.store(true, Ordering::Release);
+    let mut cut_short = false;
+    if !grace.is_zero() {
+        tracing::info!(
+            accept_grace_seconds = grace.as_secs_f64(),
+            "stopping: /readyz answers 503; still accepting until the accept grace is over"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = term.recv() => cut_short = true,
+            _ = int.recv() => cut_short = true,
+        }
+        if cut_short {
+            tracing::warn!("second signal: closing now");
+        }
+    }
     for (_, running) in listeners.running {
         drop(running.stop().await);
     }
@@ -468,7 +495,7 @@ async fn drain(
     );
     let deadline = Instant::now() + drain_for;
     let mut poll = tokio::time::interval(Duration::from_millis(50));
-    loop {
+    while !cut_short {
         if shared.connections.load(Ordering::Acquire) == 0 {
             tracing::info!("drained: every tunnel finished");
             return;
