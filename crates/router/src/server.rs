@@ -503,8 +503,11 @@ async fn drain(
         tokio::select! {
             _ = poll.tick() => {}
             _ = tokio::time::sleep_until(deadline.into()) => break,
-            _ = term.recv() => { tracing::warn!("second signal: closing now"); break }
-            _ = int.recv() => { tracing::warn!("second signal: closing now"); break }
+            _ = term.recv() => cut_short = true,
+            _ = int.recv() => cut_short = true,
+        }
+        if cut_short {
+            tracing::warn!("second signal: closing now");
         }
     }
     shared.close_tunnels();
