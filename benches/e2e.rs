@@ -7,7 +7,7 @@
 //! e2e -- throughput idle` only those whose name contains one of the words.
 //! Environment: SNIROUTE_BENCH_SECS, SNIROUTE_BENCH_REPS,
 //! SNIROUTE_BENCH_CANDIDATES, SNIROUTE_BENCH_IDLE_TUNNELS,
-//! SNIROUTE_BENCH_SOURCES, SNIROUTE_BENCH_MARKDOWN, SNIROUTE_BENCH_PERF_DATA,
+//! SNIROUTE_BENCH_SOURCES, SNIROUTE_BENCH_CLOSE, SNIROUTE_BENCH_MARKDOWN, SNIROUTE_BENCH_PERF_DATA,
 //! SNIROUTE_BENCH_HAPROXY, SNIROUTE_BENCH_NGINX,
 //! SNIROUTE_BENCH_NGINX_MODULES (see `--help` and benches/README.md).
 //!
@@ -73,6 +73,7 @@ environment:
   SNIROUTE_BENCH_CANDIDATES=...  comma list of direct,splice,copy,haproxy,nginx (default: all)
   SNIROUTE_BENCH_IDLE_TUNNELS=5000  tunnels held open by the `idle` measurement
   SNIROUTE_BENCH_SOURCES=16      loopback source addresses the clients spread over (1: no bind)
+  SNIROUTE_BENCH_CLOSE=client    who closes a connrate connection first: client or server
   SNIROUTE_BENCH_MARKDOWN=PATH   also write the table (with date and machine) as markdown
   SNIROUTE_BENCH_PERF_DATA=PATH  record `perf record -g` of sniroute splice during its
                                  connrate windows into PATH (benches/flamegraph.sh sets it)
@@ -90,6 +91,8 @@ struct Settings {
     reps: usize,
     idle_tunnels: usize,
     sources: usize,
+    /// `SNIROUTE_BENCH_CLOSE=server` (the load generator reads it too).
+    server_closes: bool,
     /// Tunnels a proxy can hold within the descriptor limit.
     tunnel_cap: usize,
     perf_data: Option<PathBuf>,
@@ -135,6 +138,14 @@ impl Settings {
             reps: env_num("SNIROUTE_BENCH_REPS", 3.0, 1.0, 20.0) as usize,
             idle_tunnels: env_num("SNIROUTE_BENCH_IDLE_TUNNELS", 5000.0, 1.0, 100_000.0) as usize,
             tunnel_cap: usize::MAX,
+            server_closes: match std::env::var("SNIROUTE_BENCH_CLOSE").as_deref() {
+                Ok("server") => true,
+                Ok("client") | Err(_) => false,
+                Ok(v) => {
+                    eprintln!("warning: ignoring SNIROUTE_BENCH_CLOSE={v:?}: not client or server");
+                    false
+                }
+            },
             sources: env_num("SNIROUTE_BENCH_SOURCES", 16.0, 1.0, 250.0) as usize,
             perf_data: std::env::var_os("SNIROUTE_BENCH_PERF_DATA").map(PathBuf::from),
             filters: args
@@ -1698,10 +1709,12 @@ fn machine_info(s: &Settings) -> Vec<String> {
         format!("load average at start: {}", loadavg()),
         format!("{sniroute} (git {git}); {haproxy}; {nginx}"),
         format!(
-            "run: SNIROUTE_BENCH_SECS={} SNIROUTE_BENCH_REPS={} SNIROUTE_BENCH_IDLE_TUNNELS={}, medians of {} repetitions",
+            "run: SNIROUTE_BENCH_SECS={} SNIROUTE_BENCH_REPS={} SNIROUTE_BENCH_IDLE_TUNNELS={} SNIROUTE_BENCH_SOURCES={} SNIROUTE_BENCH_CLOSE={}, medians of {} repetitions",
             s.secs.as_secs_f64(),
             s.reps,
             s.idle_tunnels,
+            s.sources,
+            if s.server_closes { "server" } else { "client" },
             s.reps
         ),
     ]

@@ -172,6 +172,10 @@ struct Shared {
     a2f: Mutex<Vec<u64>>,
     /// Time zero of the connection stamps: clients and backend share it.
     base: Instant,
+    /// `SNIROUTE_BENCH_CLOSE=server`: the conn backend closes first after
+    /// its answer, and clients wait for that before they close (default:
+    /// the client closes first).
+    server_closes: bool,
 }
 
 impl Shared {
@@ -330,6 +334,9 @@ async fn serve(mut s: tokio::net::TcpStream, route: Route, shared: Arc<Shared>) 
             if s.write_all(&[MARK]).await.is_err() {
                 return;
             }
+            if shared.server_closes {
+                return;
+            }
             // The client closes first.
             while let Ok(1..) = s.read(buf).await {}
         }
@@ -450,6 +457,9 @@ async fn client_body(job: &Job, shared: &Shared) -> Vec<u64> {
                     if b[0] != MARK {
                         return Err(io::Error::other("wrong byte answered"));
                     }
+                    if shared.server_closes && s.read(&mut b).await? != 0 {
+                        return Err(io::Error::other("more than one byte answered"));
+                    }
                     Ok(())
                 }
                 .await;
@@ -518,6 +528,7 @@ pub(crate) fn loadgen_main() -> ! {
         phase: AtomicU8::new(0),
         a2f: Mutex::new(Vec::new()),
         base: Instant::now(),
+        server_closes: std::env::var("SNIROUTE_BENCH_CLOSE").as_deref() == Ok("server"),
     });
     let routes = [Route::Sink, Route::Echo, Route::Conn];
     let mut ports = Vec::new();
