@@ -1,14 +1,20 @@
 //! End-to-end benchmark on loopback: sniroute (splice, and the copy
 //! fallback) against a direct connection, HAProxy and nginx `stream` with
 //! `ssl_preread`, all routing the same real-shaped ClientHellos to the same
-//! in-process backend.
+//! backends.
 //!
 //! `cargo bench --bench e2e` runs every measurement; `cargo bench --bench
 //! e2e -- throughput idle` only those whose name contains one of the words.
 //! Environment: SNIROUTE_BENCH_SECS, SNIROUTE_BENCH_REPS,
 //! SNIROUTE_BENCH_CANDIDATES, SNIROUTE_BENCH_IDLE_TUNNELS,
-//! SNIROUTE_BENCH_MARKDOWN, SNIROUTE_BENCH_HAPROXY, SNIROUTE_BENCH_NGINX,
+//! SNIROUTE_BENCH_SOURCES, SNIROUTE_BENCH_CLOSE, SNIROUTE_BENCH_MARKDOWN, SNIROUTE_BENCH_PERF_DATA,
+//! SNIROUTE_BENCH_HAPROXY, SNIROUTE_BENCH_NGINX,
 //! SNIROUTE_BENCH_NGINX_MODULES (see `--help` and benches/README.md).
+//!
+//! This process only starts and measures: the clients and the backends run
+//! in a load-generator process (this binary again, `SNIROUTE_BENCH_ROLE=
+//! loadgen`, see `e2e/loadgen.rs`), idle tunnels are held by holder
+//! processes (`SNIROUTE_BENCH_ROLE=holder`), all stopped by PID.
 //!
 //! Every connection starts with a ClientHello (every other one padded to
 //! 1.9 KB like a browser's post-quantum hello); the backend checks that the
@@ -20,40 +26,37 @@ use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use clienthello::synth::HelloBuilder;
 use common::{clock_ticks_per_sec, proc_usage, Usage};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use loadgen::{Hellos, Route, CONN_NAME, ECHO_NAME, MARK, ROLE_ENV, SINK_NAME};
+use serde_json::{json, Value};
 
 mod common;
+#[path = "e2e/loadgen.rs"]
+mod loadgen;
 
-const SINK_NAME: &str = "sink.bench.test";
-const ECHO_NAME: &str = "echo.bench.test";
-/// Handshake size of the padded hellos (browsers' post-quantum ones).
-const PADDED_LEN: usize = 1900;
-/// Read/write/connect timeout of every client socket: no loop can hang.
+/// Read/write/connect timeout of the few blocking sockets of this process.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bytes per write in the throughput streams (and per read in the sink).
-const STREAM_CHUNK: usize = 256 * 1024;
-const PING_LEN: usize = 64;
 const CONNRATE_LOOPS: usize = 32;
-/// The byte echoed back in the connection-rate cycle and the split check.
-const MARK: u8 = 0x2a;
 const GIB: f64 = (1u64 << 30) as f64;
+/// Idle tunnels held open by the `scale` measurement's three points.
+const SCALE_TUNNELS: [usize; 3] = [0, 4000, 9000];
+/// Windows of one-connection ping-pong per run, at least (the target is on
+/// the median of at least five).
+const PP1_MIN_WINDOWS: usize = 5;
 
 /// Measurement names, in run order; the command-line filter matches them.
-const MEASUREMENTS: [&str; 7] = [
+const MEASUREMENTS: [&str; 8] = [
     "throughput-1",
     "throughput-8",
     "connrate",
     "pingpong-1",
     "pingpong-32",
     "idle",
+    "scale",
     "split-hello",
 ];
 
@@ -62,14 +65,18 @@ End-to-end benchmark: direct, sniroute (splice, copy), HAProxy, nginx on loopbac
 
 usage: cargo bench --bench e2e [-- FILTER...]
   FILTER   run only measurements whose name contains it:
-           throughput-1 throughput-8 connrate pingpong-1 pingpong-32 idle split-hello
+           throughput-1 throughput-8 connrate pingpong-1 pingpong-32 idle scale split-hello
 
 environment:
   SNIROUTE_BENCH_SECS=3          seconds per timed measurement (after a short warm-up)
   SNIROUTE_BENCH_REPS=3          repetitions; the table shows medians
   SNIROUTE_BENCH_CANDIDATES=...  comma list of direct,splice,copy,haproxy,nginx (default: all)
   SNIROUTE_BENCH_IDLE_TUNNELS=5000  tunnels held open by the `idle` measurement
+  SNIROUTE_BENCH_SOURCES=16      loopback source addresses the clients spread over (1: no bind)
+  SNIROUTE_BENCH_CLOSE=client    who closes a connrate connection first: client or server
   SNIROUTE_BENCH_MARKDOWN=PATH   also write the table (with date and machine) as markdown
+  SNIROUTE_BENCH_PERF_DATA=PATH  record `perf record -g` of sniroute splice during its
+                                 connrate windows into PATH (benches/flamegraph.sh sets it)
   SNIROUTE_BENCH_HAPROXY=/usr/sbin/haproxy
   SNIROUTE_BENCH_NGINX=/usr/sbin/nginx
   SNIROUTE_BENCH_NGINX_MODULES=/usr/lib/nginx/modules  (where ngx_stream_module.so is, when dynamic)
@@ -83,6 +90,12 @@ struct Settings {
     warmup: Duration,
     reps: usize,
     idle_tunnels: usize,
+    sources: usize,
+    /// `SNIROUTE_BENCH_CLOSE=server` (the load generator reads it too).
+    server_closes: bool,
+    /// Tunnels a proxy can hold within the descriptor limit.
+    tunnel_cap: usize,
+    perf_data: Option<PathBuf>,
     filters: Vec<String>,
     candidates: Option<Vec<String>>,
     markdown: Option<PathBuf>,
@@ -124,6 +137,17 @@ impl Settings {
             warmup: Duration::from_secs_f64((secs * 0.15).clamp(0.1, 0.5)),
             reps: env_num("SNIROUTE_BENCH_REPS", 3.0, 1.0, 20.0) as usize,
             idle_tunnels: env_num("SNIROUTE_BENCH_IDLE_TUNNELS", 5000.0, 1.0, 100_000.0) as usize,
+            tunnel_cap: usize::MAX,
+            server_closes: match std::env::var("SNIROUTE_BENCH_CLOSE").as_deref() {
+                Ok("server") => true,
+                Ok("client") | Err(_) => false,
+                Ok(v) => {
+                    eprintln!("warning: ignoring SNIROUTE_BENCH_CLOSE={v:?}: not client or server");
+                    false
+                }
+            },
+            sources: env_num("SNIROUTE_BENCH_SOURCES", 16.0, 1.0, 250.0) as usize,
+            perf_data: std::env::var_os("SNIROUTE_BENCH_PERF_DATA").map(PathBuf::from),
             filters: args
                 .iter()
                 .filter(|a| !a.starts_with('-'))
@@ -137,6 +161,13 @@ impl Settings {
         }
     }
 
+    /// Idle tunnels the proxies must be configured for (`idle` and `scale`).
+    fn max_tunnels(&self) -> usize {
+        self.idle_tunnels
+            .max(SCALE_TUNNELS[SCALE_TUNNELS.len() - 1])
+            .min(self.tunnel_cap)
+    }
+
     fn wants(&self, kind: Kind) -> bool {
         self.candidates
             .as_ref()
@@ -145,247 +176,234 @@ impl Settings {
 }
 
 // ---------------------------------------------------------------------------
-// ClientHellos
+// Helper processes: the load generator and the idle-tunnel holders
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Route {
-    Sink,
-    Echo,
+/// A helper process of ours: this bench binary re-executed in a role,
+/// talking JSON lines over its stdin and stdout. Killed by PID when dropped
+/// (also while unwinding from a panic).
+struct Helper {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: BufReader<ChildStdout>,
 }
 
-struct Hellos {
-    sink: [Vec<u8>; 2],
-    echo: [Vec<u8>; 2],
-    /// The echo hello with its handshake split across two records.
-    split: Vec<u8>,
-}
-
-impl Hellos {
-    fn new() -> Hellos {
-        let pair = |name: &str| {
-            [
-                HelloBuilder::new(name).build(),
-                HelloBuilder::new(name).ech().pad_to(PADDED_LEN).build(),
-            ]
-        };
-        let handshake = HelloBuilder::new(ECHO_NAME).handshake();
-        let split = HelloBuilder::new(ECHO_NAME).build_in_records(handshake.len().div_ceil(2));
-        assert_eq!(split.len(), handshake.len() + 10, "two records");
-        Hellos {
-            sink: pair(SINK_NAME),
-            echo: pair(ECHO_NAME),
-            split,
-        }
+impl Helper {
+    fn spawn(role: &str, envs: &[(&str, String)]) -> Result<Helper, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        let mut child = Command::new(&exe)
+            .env(ROLE_ENV, role)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {} as {role}: {e}", exe.display()))?;
+        let stdin = child.stdin.take();
+        let out = BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Helper { child, stdin, out })
     }
 
-    /// The hello of connection `i`: every odd one is the padded one.
-    fn get(&self, route: Route, i: usize) -> &[u8] {
-        match route {
-            Route::Sink => &self.sink[i % 2],
-            Route::Echo => &self.echo[i % 2],
-        }
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 
-    fn all(&self) -> Vec<Vec<u8>> {
-        let mut all = Vec::new();
-        all.extend(self.sink.iter().cloned());
-        all.extend(self.echo.iter().cloned());
-        all.push(self.split.clone());
-        all
+    fn send(&mut self, v: &Value) -> Result<(), String> {
+        let stdin = self.stdin.as_mut().ok_or("stdin closed")?;
+        writeln!(stdin, "{v}")
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("helper {} gone: {e}", self.child.id()))
     }
-}
 
-/// Where the ClientHello at the start of `b` ends: `None` while incomplete,
-/// `Some(Err)` when `b` does not start with handshake records of a
-/// ClientHello.
-fn hello_end(b: &[u8]) -> Option<Result<usize, ()>> {
-    let mut pos = 0;
-    let mut head = [0u8; 4];
-    let mut head_len = 0;
-    let mut handshake_bytes = 0;
-    loop {
-        let header = b.get(pos..pos + 5)?;
-        if header[0] != 22 {
-            return Some(Err(()));
-        }
-        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-        let payload = b.get(pos + 5..pos + 5 + len)?;
-        for &byte in payload.iter().take(4 - head_len) {
-            head[head_len] = byte;
-            head_len += 1;
-        }
-        handshake_bytes += len;
-        pos += 5 + len;
-        if head_len == 4 {
-            if head[0] != 1 {
-                return Some(Err(()));
-            }
-            let need =
-                4 + (usize::from(head[1]) << 16 | usize::from(head[2]) << 8 | usize::from(head[3]));
-            if handshake_bytes >= need {
-                return Some(Ok(pos));
-            }
+    /// The next line the helper writes.
+    fn recv(&mut self) -> Result<Value, String> {
+        let mut line = String::new();
+        match self.out.read_line(&mut line) {
+            Ok(0) => Err(format!("helper {} exited", self.child.id())),
+            Ok(_) => serde_json::from_str(&line).map_err(|e| format!("helper said {line:?}: {e}")),
+            Err(e) => Err(format!("cannot read from helper {}: {e}", self.child.id())),
         }
     }
 }
 
-// ---------------------------------------------------------------------------
-// The backend: a sink and an echo server on a 2-thread tokio runtime.
-
-#[derive(Default)]
-struct BackendStats {
-    sink_bytes: AtomicU64,
-    hellos_ok: AtomicU64,
-    hellos_bad: AtomicU64,
-    /// Backend connections currently open.
-    open: AtomicI64,
+impl Drop for Helper {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
-struct Backend {
-    /// Runs the server tasks; dropping it ends them.
-    _rt: tokio::runtime::Runtime,
+/// Where the load generator's backends listen.
+#[derive(Clone, Copy)]
+struct Backends {
     sink: SocketAddr,
     echo: SocketAddr,
-    stats: Arc<BackendStats>,
+    conn: SocketAddr,
 }
 
-impl Backend {
-    fn start(hellos: Vec<Vec<u8>>) -> io::Result<Backend> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("backend")
-            .enable_all()
-            .build()?;
-        let stats = Arc::new(BackendStats::default());
-        let hellos = Arc::new(hellos);
-        let guard = rt.enter();
-        let sink = listen(Route::Sink, stats.clone(), hellos.clone())?;
-        let echo = listen(Route::Echo, stats.clone(), hellos)?;
-        drop(guard);
-        Ok(Backend {
-            _rt: rt,
-            sink,
-            echo,
-            stats,
-        })
-    }
-
+impl Backends {
     fn addr(&self, route: Route) -> SocketAddr {
         match route {
             Route::Sink => self.sink,
             Route::Echo => self.echo,
+            Route::Conn => self.conn,
         }
-    }
-
-    /// Waits until no backend connection is open; false on timeout.
-    fn wait_quiet(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.stats.open.load(Relaxed) > 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        true
     }
 }
 
-fn listen(
-    route: Route,
-    stats: Arc<BackendStats>,
-    hellos: Arc<Vec<Vec<u8>>>,
-) -> io::Result<SocketAddr> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let listener = socket.listen(4096)?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
+/// The load-generator process: backends and clients.
+struct LoadGen {
+    helper: Helper,
+    backends: Backends,
+    threads: u64,
+}
+
+impl LoadGen {
+    fn start() -> Result<LoadGen, String> {
+        let mut helper = Helper::spawn("loadgen", &[])?;
+        let hello = helper.recv()?;
+        let port = |k: &str| {
+            hello[k]
+                .as_u64()
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], p as u16)))
+                .ok_or_else(|| format!("load generator said {hello}"))
+        };
+        let backends = Backends {
+            sink: port("sink")?,
+            echo: port("echo")?,
+            conn: port("conn")?,
+        };
+        let threads = hello["threads"].as_u64().unwrap_or(0);
+        Ok(LoadGen {
+            helper,
+            backends,
+            threads,
+        })
+    }
+
+    fn ask(&mut self, v: Value) -> Result<Value, String> {
+        self.helper.send(&v)?;
+        self.helper.recv()
+    }
+
+    /// Backend connections open, hellos accepted and refused so far.
+    fn stats(&mut self) -> (i64, u64, u64) {
+        match self.ask(json!({"op": "stats"})) {
+            Ok(v) => (
+                v["open"].as_i64().unwrap_or(-1),
+                v["hellos_ok"].as_u64().unwrap_or(0),
+                v["hellos_bad"].as_u64().unwrap_or(0),
+            ),
+            Err(e) => panic!("the load generator failed: {e}"),
+        }
+    }
+
+    /// Waits until at most `max_open` backend connections are open; the
+    /// number open, as `Err` on timeout.
+    fn quiet(&mut self, max_open: usize, timeout: Duration) -> Result<i64, i64> {
+        let v = self
+            .ask(json!({"op": "quiet", "max_open": max_open, "timeout_ms": timeout.as_millis() as u64}))
+            .unwrap_or_else(|e| panic!("the load generator failed: {e}"));
+        let open = v["open"].as_i64().unwrap_or(-1);
+        if v["ok"] == true {
+            Ok(open)
+        } else {
+            Err(open)
+        }
+    }
+
+    /// Runs a load: `on_event("start" | "end")` is called at the edges of
+    /// the timed window; returns the load generator's figures.
+    fn run(&mut self, cmd: Value, mut on_event: impl FnMut(&str)) -> Result<Value, String> {
+        self.helper.send(&cmd)?;
         loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    stats.open.fetch_add(1, Relaxed);
-                    tokio::spawn(serve(stream, route, stats.clone(), hellos.clone()));
-                }
-                // EMFILE and the like: back off, the listener stays.
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            let v = self.helper.recv()?;
+            if let Some(ev) = v["event"].as_str() {
+                on_event(ev);
+                continue;
             }
+            if let Some(e) = v["error"].as_str() {
+                return Err(e.to_owned());
+            }
+            return Ok(v);
         }
-    });
-    Ok(addr)
+    }
 }
 
-struct OpenGuard(Arc<BackendStats>);
+/// A holder process keeping `opened` idle tunnels open until dropped.
+struct Holder {
+    _helper: Helper,
+    opened: usize,
+    error: Option<String>,
+}
 
-impl Drop for OpenGuard {
+impl Holder {
+    /// Opens `count` tunnels to `addr` (hello sent), numbered from `first`
+    /// (so two holders spread over different source ports).
+    fn start(addr: SocketAddr, count: usize, first: usize, sources: usize) -> Holder {
+        let helper = Helper::spawn(
+            "holder",
+            &[
+                ("SNIROUTE_BENCH_HOLD_ADDR", addr.to_string()),
+                ("SNIROUTE_BENCH_HOLD_COUNT", count.to_string()),
+                ("SNIROUTE_BENCH_HOLD_FIRST", first.to_string()),
+                ("SNIROUTE_BENCH_HOLD_SOURCES", sources.to_string()),
+            ],
+        );
+        let mut helper = match helper {
+            Ok(h) => h,
+            Err(e) => panic!("cannot start a holder: {e}"),
+        };
+        let (opened, error) = match helper.recv() {
+            Ok(v) => (
+                v["opened"].as_u64().unwrap_or(0) as usize,
+                v["error"].as_str().map(str::to_owned),
+            ),
+            Err(e) => (0, Some(e)),
+        };
+        Holder {
+            _helper: helper,
+            opened,
+            error,
+        }
+    }
+}
+
+/// `perf record -g` of one process, stopped (SIGINT, then by PID) when
+/// dropped: `perf` writes its data file on SIGINT.
+struct Perf(Child);
+
+impl Perf {
+    fn start(pid: u32, out: &Path) -> Option<Perf> {
+        // `fp` (what `-g` means) stops at the first frame of code built
+        // without frame pointers (std, tokio); `dwarf` unwinds them too.
+        let call_graph =
+            std::env::var("SNIROUTE_PERF_CALL_GRAPH").unwrap_or_else(|_| "dwarf".into());
+        match Command::new("perf")
+            .args(["record", "-q", "-F", "999", "--call-graph", &call_graph])
+            .args(["-p", &pid.to_string(), "-o"])
+            .arg(out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => Some(Perf(c)),
+            Err(e) => {
+                eprintln!("cannot start perf: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Perf {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Relaxed);
-    }
-}
-
-/// One backend connection: the ClientHello must come first and be one of
-/// the hellos the clients send; then sink or echo until EOF.
-async fn serve(
-    mut s: tokio::net::TcpStream,
-    route: Route,
-    stats: Arc<BackendStats>,
-    hellos: Arc<Vec<Vec<u8>>>,
-) {
-    let _open = OpenGuard(stats.clone());
-    let _ = s.set_nodelay(true);
-    let mut buf = vec![
-        0u8;
-        match route {
-            Route::Sink => STREAM_CHUNK,
-            Route::Echo => 4096,
+        signal(self.0.id(), "INT");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
-    ];
-    let mut have = 0;
-    let end = loop {
-        match hello_end(&buf[..have]) {
-            Some(Ok(end)) => break end,
-            Some(Err(())) => {
-                stats.hellos_bad.fetch_add(1, Relaxed);
-                return;
-            }
-            None => {}
-        }
-        if have == buf.len() {
-            stats.hellos_bad.fetch_add(1, Relaxed);
-            return;
-        }
-        match s.read(&mut buf[have..]).await {
-            Ok(0) | Err(_) => {
-                if have > 0 {
-                    stats.hellos_bad.fetch_add(1, Relaxed);
-                }
-                return;
-            }
-            Ok(n) => have += n,
-        }
-    };
-    if !hellos.iter().any(|h| h[..] == buf[..end]) {
-        stats.hellos_bad.fetch_add(1, Relaxed);
-        return;
-    }
-    stats.hellos_ok.fetch_add(1, Relaxed);
-    match route {
-        Route::Sink => {
-            stats.sink_bytes.fetch_add((have - end) as u64, Relaxed);
-            while let Ok(n @ 1..) = s.read(&mut buf).await {
-                stats.sink_bytes.fetch_add(n as u64, Relaxed);
-            }
-        }
-        Route::Echo => {
-            if have > end && s.write_all(&buf[end..have]).await.is_err() {
-                return;
-            }
-            while let Ok(n @ 1..) = s.read(&mut buf).await {
-                if s.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -570,10 +588,16 @@ fn temp_dir(prefix: &str) -> Result<tempfile::TempDir, String> {
         .map_err(|e| format!("cannot create a temporary directory: {e}"))
 }
 
-fn sniroute_yaml(forwarding: &str, backend: &Backend) -> String {
+fn sniroute_yaml(forwarding: &str, backend: &Backends) -> String {
     format!(
         r#"listeners: ["127.0.0.1:0"]
 forwarding: {forwarding}
+# The holders open thousands of tunnels faster than a busy 2-core machine
+# lets sniroute read their hellos: the default caps on pending hellos (2048,
+# 256 per source address) would reset some. HAProxy and nginx have none.
+limits:
+  max_pending_hellos: 20000
+  max_pending_hellos_per_source: 20000
 routes:
   - name: sink
     server_names: ["{SINK_NAME}"]
@@ -583,9 +607,14 @@ routes:
     server_names: ["{ECHO_NAME}"]
     upstreams: ["{echo}"]
     health_check: false
+  - name: conn
+    server_names: ["{CONN_NAME}"]
+    upstreams: ["{conn}"]
+    health_check: false
 "#,
         sink = backend.sink,
         echo = backend.echo,
+        conn = backend.conn,
     )
 }
 
@@ -595,7 +624,7 @@ enum LogEvent {
     Line(String),
 }
 
-fn start_sniroute(forwarding: &'static str, backend: &Backend) -> Result<Proxy, String> {
+fn start_sniroute(forwarding: &'static str, backend: &Backends) -> Result<Proxy, String> {
     let dir = temp_dir("sniroute-bench-")?;
     let config = dir.path().join("sniroute.yaml");
     std::fs::write(&config, sniroute_yaml(forwarding, backend))
@@ -687,11 +716,12 @@ fn version_line(cmd: &Path, arg: &str) -> Option<String> {
 }
 
 /// HAProxy's config: the shape documented in benches/README.md.
-fn haproxy_cfg(port: u16, backend: &Backend, maxconn: usize) -> String {
+fn haproxy_cfg(port: u16, backend: &Backends, maxconn: usize) -> String {
     format!(
         "global
     nbthread 2
     maxconn {maxconn}
+    maxpipes 256
 
 defaults
     mode tcp
@@ -707,26 +737,31 @@ frontend tls
     tcp-request content accept if {{ req_ssl_hello_type 1 }}
     use_backend sink if {{ req.ssl_sni -i {SINK_NAME} }}
     use_backend echo if {{ req.ssl_sni -i {ECHO_NAME} }}
+    use_backend conn if {{ req.ssl_sni -i {CONN_NAME} }}
 
 backend sink
     server sink {sink}
 
 backend echo
     server echo {echo}
+
+backend conn
+    server conn {conn}
 ",
         sink = backend.sink,
         echo = backend.echo,
+        conn = backend.conn,
     )
 }
 
-fn start_haproxy(s: &Settings, backend: &Backend) -> Result<Proxy, String> {
+fn start_haproxy(s: &Settings, backend: &Backends) -> Result<Proxy, String> {
     if !s.haproxy.exists() {
         return Err(format!("not installed ({} not found)", s.haproxy.display()));
     }
     let dir = temp_dir("sniroute-bench-haproxy-")?;
     let port = free_port().map_err(|e| e.to_string())?;
     let cfg = dir.path().join("haproxy.cfg");
-    let maxconn = s.idle_tunnels + 1000;
+    let maxconn = s.max_tunnels() + 200;
     std::fs::write(&cfg, haproxy_cfg(port, backend, maxconn)).map_err(|e| e.to_string())?;
     let log = dir.path().join("stderr.log");
     let stderr = std::fs::File::create(&log).map_err(|e| e.to_string())?;
@@ -769,7 +804,7 @@ fn nginx_stream_module(s: &Settings) -> Result<String, String> {
     Err("built without the stream module".into())
 }
 
-fn nginx_conf(load: &str, dir: &Path, port: u16, backend: &Backend, idle: usize) -> String {
+fn nginx_conf(load: &str, dir: &Path, port: u16, backend: &Backends, idle: usize) -> String {
     // A worker may get most tunnels; each costs it two connections.
     let connections = 2 * idle + 1000;
     format!(
@@ -788,6 +823,7 @@ stream {{
     map $ssl_preread_server_name $bench_upstream {{
         {SINK_NAME} {sink};
         {ECHO_NAME} {echo};
+        {CONN_NAME} {conn};
     }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
@@ -803,17 +839,18 @@ stream {{
         dir = dir.display(),
         sink = backend.sink,
         echo = backend.echo,
+        conn = backend.conn,
     )
 }
 
-fn start_nginx(s: &Settings, backend: &Backend) -> Result<Proxy, String> {
+fn start_nginx(s: &Settings, backend: &Backends) -> Result<Proxy, String> {
     let load = nginx_stream_module(s)?;
     let dir = temp_dir("sniroute-bench-nginx-")?;
     let port = free_port().map_err(|e| e.to_string())?;
     let conf = dir.path().join("nginx.conf");
     std::fs::write(
         &conf,
-        nginx_conf(&load, dir.path(), port, backend, s.idle_tunnels),
+        nginx_conf(&load, dir.path(), port, backend, s.max_tunnels()),
     )
     .map_err(|e| e.to_string())?;
     let log = dir.path().join("error.log");
@@ -883,7 +920,7 @@ struct Candidate {
 }
 
 /// Starts the proxy of `kind` (`None` for the direct connection).
-fn start_candidate(kind: Kind, s: &Settings, backend: &Backend) -> Result<Option<Proxy>, String> {
+fn start_candidate(kind: Kind, s: &Settings, backend: &Backends) -> Result<Option<Proxy>, String> {
     match kind {
         Kind::Direct => Ok(None),
         Kind::Splice => start_sniroute("splice", backend).map(Some),
@@ -894,158 +931,119 @@ fn start_candidate(kind: Kind, s: &Settings, backend: &Backend) -> Result<Option
 }
 
 impl Candidate {
-    fn addr(&self, route: Route, backend: &Backend) -> SocketAddr {
+    fn addr(&self, route: Route, backend: &Backends) -> SocketAddr {
         match &self.proxy {
             None => backend.addr(route),
             Some(p) => p.listen,
         }
+    }
+
+    /// The proxy's PID, for `perf record -p`.
+    fn pid(&self) -> Option<u32> {
+        self.proxy.as_ref().map(|p| p.child.id())
     }
 }
 
 // ---------------------------------------------------------------------------
 // Load generation
 
-// Phases of a run: set-up (0, the default), warm-up, timed window, stop.
-const WARMUP: u8 = 1;
-const MEASURE: u8 = 2;
-const STOP: u8 = 3;
-
-/// Shared state of one measurement's client threads.
-#[derive(Default)]
-struct Run {
-    phase: AtomicU8,
-    ready: AtomicUsize,
-    errors: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
-impl Run {
-    fn phase(&self) -> u8 {
-        self.phase.load(Relaxed)
-    }
-
-    fn ready(&self) {
-        self.ready.fetch_add(1, Relaxed);
-    }
-
-    /// Counts an error, unless the run is stopping (a stopped writer may
-    /// see its last write cut short).
-    fn fail(&self, what: impl std::fmt::Display) {
-        if self.phase() == STOP {
-            return;
-        }
-        self.errors.fetch_add(1, Relaxed);
-        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
-        if first.is_none() {
-            *first = Some(what.to_string());
-        }
-    }
+struct Ctx<'a> {
+    settings: &'a Settings,
+    lg: LoadGen,
+    hellos: Hellos,
+    ticks_per_sec: f64,
 }
 
 /// What one timed window saw.
 struct Window {
     secs: f64,
     /// Proxy CPU seconds in the window (`None`: direct).
-    cpu_secs: Option<f64>,
-    sink_bytes: u64,
-    /// Per-operation latencies in the window, in ns.
-    samples: Vec<u64>,
+    proxy_cpu: Option<f64>,
+    /// Load generator CPU seconds in the window.
+    lg_cpu: Option<f64>,
+    /// The load generator's answer (`ops`, `p50`, ...).
+    r: Value,
     errors: u64,
     first_error: Option<String>,
 }
 
-struct Ctx<'a> {
-    settings: &'a Settings,
-    backend: &'a Backend,
-    hellos: &'a Hellos,
-    ticks_per_sec: f64,
-}
-
-/// Runs `n` client threads through set-up, warm-up and one timed window,
-/// then stops them. `body(i, run)` runs on thread `i`: it calls
-/// `run.ready()` once connected, loops until `run.phase() == STOP`, and
-/// returns the latencies it recorded while the phase was `MEASURE`.
-fn run_load(
-    ctx: &Ctx<'_>,
-    n: usize,
-    proxy: Option<&Proxy>,
-    body: impl Fn(usize, &Run) -> Vec<u64> + Sync,
-) -> Window {
-    let run = Run::default();
-    let stats = &ctx.backend.stats;
-    let ticks = ctx.ticks_per_sec;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..n)
-            .map(|i| {
-                let (run, body) = (&run, &body);
-                std::thread::Builder::new()
-                    .name(format!("client-{i}"))
-                    .spawn_scoped(scope, move || body(i, run))
-                    .expect("spawn a client thread")
-            })
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while run.ready.load(Relaxed) < n && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        run.phase.store(WARMUP, Relaxed);
-        std::thread::sleep(ctx.settings.warmup);
-        let u0 = proxy.map(Proxy::usage);
-        let b0 = stats.sink_bytes.load(Relaxed);
-        let t0 = Instant::now();
-        run.phase.store(MEASURE, Relaxed);
-        std::thread::sleep(ctx.settings.secs);
-        let u1 = proxy.map(Proxy::usage);
-        let b1 = stats.sink_bytes.load(Relaxed);
-        let secs = t0.elapsed().as_secs_f64();
-        run.phase.store(STOP, Relaxed);
-        let mut samples = Vec::new();
-        for h in handles {
-            match h.join() {
-                Ok(s) => samples.extend(s),
-                Err(_) => run.fail("a client thread panicked"),
-            }
-        }
-        let first_error = run
-            .first_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        Window {
-            secs,
-            cpu_secs: u0
-                .zip(u1)
-                .map(|(a, b)| b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 / ticks),
-            sink_bytes: b1 - b0,
-            samples,
-            errors: run.errors.load(Relaxed),
-            first_error,
-        }
-    })
-}
-
-fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    Ok(s)
-}
-
-/// Connects and sends the ClientHello.
-fn open(addr: SocketAddr, hello: &[u8]) -> io::Result<TcpStream> {
-    let mut s = connect(addr)?;
-    s.write_all(hello)?;
-    Ok(s)
-}
-
-/// Percentile `p` (0..=1) of sorted samples, in µs.
-fn percentile_us(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
+impl Window {
+    fn get(&self, k: &str) -> f64 {
+        self.r[k].as_f64().unwrap_or(f64::NAN)
     }
-    let idx = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[idx] as f64 / 1000.0
+}
+
+/// Runs `op` with `conns` connections (or loops) from the load generator
+/// to `cand`, reading proxy and load-generator CPU at the window's edges.
+/// `profile`: record `perf` of the proxy in the window, if asked for.
+fn window(ctx: &mut Ctx<'_>, op: &str, conns: usize, cand: &Candidate, profile: bool) -> Window {
+    let route = match op {
+        "throughput" => Route::Sink,
+        "pingpong" => Route::Echo,
+        _ => Route::Conn,
+    };
+    let s = ctx.settings;
+    let cmd = json!({
+        "op": op,
+        "addr": cand.addr(route, &ctx.lg.backends).to_string(),
+        "conns": conns,
+        "sources": s.sources,
+        "warmup_ms": s.warmup.as_millis() as u64,
+        "window_ms": s.secs.as_millis() as u64,
+    });
+    let lg_pid = ctx.lg.helper.pid();
+    let proxy = cand.proxy.as_ref();
+    let perf_out = s.perf_data.as_deref().filter(|_| profile);
+    let (mut u0, mut u1, mut l0, mut l1) = (None, None, None, None);
+    let mut perf = None;
+    let result = ctx.lg.run(cmd, |ev| match ev {
+        "start" => {
+            if let (Some(out), Some(pid)) = (perf_out, cand.pid()) {
+                perf = Perf::start(pid, out);
+            }
+            u0 = proxy.map(Proxy::usage);
+            l0 = proc_usage(lg_pid);
+        }
+        "end" => {
+            u1 = proxy.map(Proxy::usage);
+            l1 = proc_usage(lg_pid);
+            perf = None;
+        }
+        _ => {}
+    });
+    drop(perf);
+    let ticks = ctx.ticks_per_sec;
+    let cpu = |a: Option<Usage>, b: Option<Usage>| {
+        a.zip(b)
+            .map(|(a, b)| b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 / ticks)
+    };
+    match result {
+        Ok(r) => Window {
+            secs: r["secs"].as_f64().unwrap_or(f64::NAN),
+            proxy_cpu: cpu(u0, u1),
+            lg_cpu: cpu(l0, l1),
+            errors: r["errors"].as_u64().unwrap_or(0),
+            first_error: r["first_error"].as_str().map(str::to_owned),
+            r,
+        },
+        Err(e) => panic!("the load generator failed: {e}"),
+    }
+}
+
+/// connect → ClientHello of the conn route, a zero stamp (not sampled) →
+/// the answer byte → close; from this process, blocking (warm-ups only).
+fn cycle(addr: SocketAddr, hello: &[u8]) -> io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut msg = hello.to_vec();
+    msg.extend([0u8; 8]);
+    s.write_all(&msg)?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)?;
+    if b[0] != MARK {
+        return Err(io::Error::other("wrong byte answered"));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -1072,217 +1070,185 @@ impl Outcome {
     }
 }
 
-fn throughput(ctx: &Ctx<'_>, cand: &Candidate, streams: usize) -> Outcome {
-    let addr = cand.addr(Route::Sink, ctx.backend);
-    let w = run_load(ctx, streams, cand.proxy.as_ref(), |i, run| {
-        let mut s = match open(addr, ctx.hellos.get(Route::Sink, i)) {
-            Ok(s) => s,
-            Err(e) => {
-                run.fail(format!("connect: {e}"));
-                run.ready();
-                return Vec::new();
-            }
-        };
-        run.ready();
-        let chunk = vec![0xa5u8; STREAM_CHUNK];
-        while run.phase() != STOP {
-            if let Err(e) = s.write_all(&chunk) {
-                run.fail(format!("write: {e}"));
-                break;
-            }
-        }
-        Vec::new()
-    });
-    let (rate_id, cpu_id) = if streams == 1 {
-        ("tput1", "cpu1")
+fn throughput(ctx: &mut Ctx<'_>, cand: &Candidate, streams: usize) -> Outcome {
+    let w = window(ctx, "throughput", streams, cand, false);
+    let ids = if streams == 1 {
+        ["tput1", "cpu1", "cores1", "lgcores1"]
     } else {
-        ("tput8", "cpu8")
+        ["tput8", "cpu8", "cores8", "lgcores8"]
     };
-    let gbps = w.sink_bytes as f64 * 8.0 / w.secs / 1e9;
+    let bytes = w.get("sink_bytes");
+    let gbps = bytes * 8.0 / w.secs / 1e9;
     let mut o = Outcome::default();
-    o.values.push((rate_id, gbps));
+    o.values.push((ids[0], gbps));
     o.summary = format!("{gbps:.2} Gbit/s");
-    if let Some(cpu) = w.cpu_secs {
-        if w.sink_bytes > 0 {
-            let per_gib = cpu / (w.sink_bytes as f64 / GIB);
-            o.values.push((cpu_id, per_gib));
-            o.summary += &format!(", {per_gib:.3} CPU s/GiB");
+    if let Some(cpu) = w.proxy_cpu {
+        if bytes > 0.0 {
+            let per_gib = cpu / (bytes / GIB);
+            o.values.push((ids[1], per_gib));
+            o.values.push((ids[2], cpu / w.secs));
+            o.summary += &format!(", {per_gib:.3} CPU s/GiB, proxy {:.2} cores", cpu / w.secs);
         }
+    }
+    if let Some(lg) = w.lg_cpu {
+        o.values.push((ids[3], lg / w.secs));
+        o.summary += &format!(", load generator {:.2} cores", lg / w.secs);
     }
     o.window_notes(&w);
     o
 }
 
-/// connect → ClientHello and one byte → that byte echoed back → close.
-fn cycle(addr: SocketAddr, msg: &[u8]) -> io::Result<()> {
-    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.write_all(msg)?;
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b)?;
-    if b[0] != MARK {
-        return Err(io::Error::other("wrong byte echoed"));
-    }
-    Ok(())
-}
-
-fn connrate(ctx: &Ctx<'_>, cand: &Candidate) -> Outcome {
-    let addr = cand.addr(Route::Echo, ctx.backend);
-    let mut w = run_load(ctx, CONNRATE_LOOPS, cand.proxy.as_ref(), |i, run| {
-        let mut msg = ctx.hellos.get(Route::Echo, i).to_vec();
-        msg.push(MARK);
-        run.ready();
-        let mut samples = Vec::with_capacity(1 << 14);
-        while run.phase() != STOP {
-            let start = Instant::now();
-            match cycle(addr, &msg) {
-                Ok(()) if run.phase() == MEASURE => {
-                    samples.push(start.elapsed().as_nanos() as u64);
-                }
-                Ok(()) => {}
-                Err(e) => {
-                    run.fail(e);
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
-        samples
-    });
-    w.samples.sort_unstable();
-    let rate = w.samples.len() as f64 / w.secs;
-    let (p50, p99) = (
-        percentile_us(&w.samples, 0.50),
-        percentile_us(&w.samples, 0.99),
+/// The figures of a connection-rate window: conn/s, cycle p50 and p99,
+/// accept-to-forward p50 and p99, proxy and load-generator CPU per
+/// connection (µs), and a summary.
+fn connrate_window(
+    ctx: &mut Ctx<'_>,
+    cand: &Candidate,
+    profile: bool,
+) -> (Window, [f64; 7], String) {
+    let w = window(ctx, "connrate", CONNRATE_LOOPS, cand, profile);
+    let ops = w.get("ops");
+    let rate = ops / w.secs;
+    let per_conn = |cpu: Option<f64>| {
+        cpu.filter(|_| ops > 0.0)
+            .map_or(f64::NAN, |c| c * 1e6 / ops)
+    };
+    let figures = [
+        rate,
+        w.get("p50"),
+        w.get("p99"),
+        w.get("a2f_p50"),
+        w.get("a2f_p99"),
+        per_conn(w.proxy_cpu),
+        per_conn(w.lg_cpu),
+    ];
+    let summary = format!(
+        "{rate:.0} conn/s, cycle p50 {:.0} µs p99 {:.0} µs, accept-to-forward p50 {:.0} µs p99 {:.0} µs, CPU µs/conn proxy {:.1} load generator {:.1}, TIME_WAIT {}",
+        figures[1],
+        figures[2],
+        figures[3],
+        figures[4],
+        figures[5],
+        figures[6],
+        w.r["time_wait"]
     );
-    let mut o = Outcome::default();
+    (w, figures, summary)
+}
+
+fn connrate(ctx: &mut Ctx<'_>, cand: &Candidate) -> Outcome {
+    let profile = cand.kind == Kind::Splice;
+    let (w, f, summary) = connrate_window(ctx, cand, profile);
+    let mut o = Outcome {
+        summary,
+        ..Outcome::default()
+    };
+    let ids = [
+        "connrate", "conn_p50", "conn_p99", "a2f_p50", "a2f_p99", "conn_cpu", "lg_cpu",
+    ];
     o.values
-        .extend([("connrate", rate), ("conn_p50", p50), ("conn_p99", p99)]);
-    o.summary = format!("{rate:.0} conn/s, p50 {p50:.0} µs, p99 {p99:.0} µs");
-    if let Some(cpu) = w.cpu_secs {
-        if !w.samples.is_empty() {
-            let per_conn = cpu * 1e6 / w.samples.len() as f64;
-            o.values.push(("conn_cpu", per_conn));
-            o.summary += &format!(", {per_conn:.1} CPU µs/conn");
-        }
-    }
+        .extend(ids.into_iter().zip(f).filter(|(_, v)| v.is_finite()));
     o.window_notes(&w);
     o
 }
 
-fn pingpong(ctx: &Ctx<'_>, cand: &Candidate, conns: usize) -> Outcome {
-    let addr = cand.addr(Route::Echo, ctx.backend);
-    let mut w = run_load(ctx, conns, cand.proxy.as_ref(), |i, run| {
-        let mut s = match open(addr, ctx.hellos.get(Route::Echo, i)) {
-            Ok(s) => s,
-            Err(e) => {
-                run.fail(format!("connect: {e}"));
-                run.ready();
-                return Vec::new();
-            }
-        };
-        run.ready();
-        let mut msg = [0u8; PING_LEN];
-        msg[8..16].copy_from_slice(&(i as u64).to_le_bytes());
-        let mut back = [0u8; PING_LEN];
-        let mut samples = Vec::with_capacity(1 << 16);
-        let mut seq = 0u64;
-        while run.phase() != STOP {
-            seq += 1;
-            msg[..8].copy_from_slice(&seq.to_le_bytes());
-            let start = Instant::now();
-            if let Err(e) = s.write_all(&msg).and_then(|()| s.read_exact(&mut back)) {
-                run.fail(e);
-                break;
-            }
-            let ns = start.elapsed().as_nanos() as u64;
-            if back != msg {
-                run.fail("echo differs from the ping");
-                break;
-            }
-            if run.phase() == MEASURE {
-                samples.push(ns);
-            }
-        }
-        samples
-    });
-    w.samples.sort_unstable();
+fn pingpong(ctx: &mut Ctx<'_>, cand: &Candidate, conns: usize) -> Outcome {
     let ids: [&'static str; 3] = if conns == 1 {
         ["pp1_p50", "pp1_p99", "pp1_p999"]
     } else {
         ["pp32_p50", "pp32_p99", "pp32_p999"]
     };
-    let ps = [0.50, 0.99, 0.999].map(|p| percentile_us(&w.samples, p));
+    // One connection: enough windows that the table's median is over at
+    // least PP1_MIN_WINDOWS of them.
+    let windows = if conns == 1 {
+        PP1_MIN_WINDOWS.div_ceil(ctx.settings.reps)
+    } else {
+        1
+    };
     let mut o = Outcome::default();
-    o.values.extend(ids.into_iter().zip(ps));
-    o.summary = format!(
-        "{} round trips, p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs",
-        w.samples.len(),
-        ps[0],
-        ps[1],
-        ps[2]
-    );
-    o.window_notes(&w);
+    for _ in 0..windows {
+        let w = window(ctx, "pingpong", conns, cand, false);
+        let ps = [w.get("p50"), w.get("p99"), w.get("p999")];
+        o.values
+            .extend(ids.into_iter().zip(ps).filter(|(_, v)| v.is_finite()));
+        if !o.summary.is_empty() {
+            o.summary += "; ";
+        }
+        o.summary += &format!(
+            "{} round trips, p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs",
+            w.r["ops"], ps[0], ps[1], ps[2]
+        );
+        o.window_notes(&w);
+    }
     o
 }
 
-fn idle(ctx: &Ctx<'_>, cand: &Candidate) -> Outcome {
+/// Opens a few tunnels through a freshly started proxy, so that what it sets
+/// up once (threads, pools, tables) does not count per tunnel, and waits
+/// until they are closed.
+fn warm_up(ctx: &mut Ctx<'_>, cand: &Candidate, o: &mut Outcome) {
+    let addr = cand.addr(Route::Conn, &ctx.lg.backends);
+    for i in 0..16 {
+        if let Err(e) = cycle(addr, ctx.hellos.get(Route::Conn, i)) {
+            o.notes.push(format!("warm-up tunnel failed: {e}"));
+        }
+    }
+    if ctx.lg.quiet(0, Duration::from_secs(10)).is_err() {
+        o.notes.push("warm-up tunnels still open after 10 s".into());
+    }
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// Opens `count` idle tunnels from a holder process and waits until the
+/// backend has their hellos; notes what fell short.
+fn hold(
+    ctx: &mut Ctx<'_>,
+    cand: &Candidate,
+    count: usize,
+    first: usize,
+    o: &mut Outcome,
+) -> Holder {
+    let (_, ok_before, _) = ctx.lg.stats();
+    let holder = Holder::start(
+        cand.addr(Route::Echo, &ctx.lg.backends),
+        count,
+        first,
+        ctx.settings.sources,
+    );
+    if let Some(e) = &holder.error {
+        o.notes.push(format!("holder: {e}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut reached;
+    loop {
+        reached = ctx.lg.stats().1 - ok_before;
+        if reached >= holder.opened as u64 || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if reached < holder.opened as u64 {
+        o.notes.push(format!(
+            "only {reached} of {} tunnels reached the backend within 30 s",
+            holder.opened
+        ));
+    }
+    holder
+}
+
+fn idle(ctx: &mut Ctx<'_>, cand: &Candidate) -> Outcome {
     let mut o = Outcome::default();
     let Some(proxy) = cand.proxy.as_ref() else {
         o.summary = "n/a (no proxy)".into();
         return o;
     };
-    let addr = cand.addr(Route::Echo, ctx.backend);
-    let n = ctx.settings.idle_tunnels;
-    // The proxy was just (re)started: a few tunnels first, so that what it
-    // sets up once (threads, pools, tables) does not count per tunnel.
-    let mut msg = ctx.hellos.get(Route::Echo, 1).to_vec();
-    msg.push(MARK);
-    for _ in 0..16 {
-        if let Err(e) = cycle(addr, &msg) {
-            o.notes.push(format!("warm-up tunnel failed: {e}"));
-        }
-    }
-    if !ctx.backend.wait_quiet(Duration::from_secs(10)) {
-        o.notes.push("warm-up tunnels still open after 10 s".into());
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    warm_up(ctx, cand, &mut o);
     let before = proxy.usage();
-    let hellos_before = ctx.backend.stats.hellos_ok.load(Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut conns = Vec::with_capacity(n);
-    for i in 0..n {
-        if Instant::now() >= deadline {
-            o.notes.push(format!("opened only {i} tunnels in 60 s"));
-            break;
-        }
-        match open(addr, ctx.hellos.get(Route::Echo, i)) {
-            Ok(s) => conns.push(s),
-            Err(e) => {
-                o.notes
-                    .push(format!("opened only {i} tunnels: connect failed: {e}"));
-                break;
-            }
-        }
-    }
-    let opened = conns.len();
-    let wait_until = Instant::now() + Duration::from_secs(30);
-    let mut reached;
-    loop {
-        reached = ctx.backend.stats.hellos_ok.load(Relaxed) - hellos_before;
-        if reached >= opened as u64 || Instant::now() >= wait_until {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if reached < opened as u64 {
-        o.notes.push(format!(
-            "only {reached} of {opened} tunnels reached the backend within 30 s"
-        ));
-    }
+    let holder = hold(ctx, cand, ctx.settings.idle_tunnels, 0, &mut o);
     // Let the proxy finish whatever it does after connecting upstream.
     std::thread::sleep(Duration::from_millis(500));
     let after = proxy.usage();
-    drop(conns);
+    let opened = holder.opened;
+    drop(holder);
     if opened > 0 {
         let rss = (after.rss_kib as f64 - before.rss_kib as f64) / opened as f64;
         let fds = (after.fds as f64 - before.fds as f64) / opened as f64;
@@ -1295,13 +1261,84 @@ fn idle(ctx: &Ctx<'_>, cand: &Candidate) -> Outcome {
     o
 }
 
-fn split_hello(ctx: &Ctx<'_>, cand: &Candidate) -> Outcome {
+/// The scale curve: connection rate, accept-to-forward and CPU per
+/// connection with 0, 4,000 and 9,000 idle tunnels held open (by holder
+/// processes), and RSS per tunnel at 4,000 and 9,000.
+fn scale(ctx: &mut Ctx<'_>, cand: &Candidate) -> Outcome {
+    let mut o = Outcome::default();
+    let tunnels = SCALE_TUNNELS.map(|n| n.min(ctx.settings.max_tunnels()));
+    warm_up(ctx, cand, &mut o);
+    let rss = |c: &Candidate| c.proxy.as_ref().map(|p| p.usage().rss_kib as f64);
+    let rss0 = rss(cand);
+    // Grow to 4,000, then to 9,000; measure at 9,000, 4,000, 0 as the
+    // holders go away (RSS is read before any load ran through the tunnels).
+    let mut holders = Vec::new();
+    let mut rss_at = [None; 3];
+    let mut held = [0usize; 3];
+    for p in 1..3 {
+        let h = hold(
+            ctx,
+            cand,
+            tunnels[p] - tunnels[p - 1],
+            tunnels[p - 1],
+            &mut o,
+        );
+        held[p] = held[p - 1] + h.opened;
+        holders.push(h);
+        std::thread::sleep(Duration::from_millis(500));
+        rss_at[p] = rss(cand);
+    }
+    let mut f = [[f64::NAN; 7]; 3];
+    for p in (0..3).rev() {
+        holders.truncate(p);
+        if p < 2 && ctx.lg.quiet(held[p], Duration::from_secs(20)).is_err() {
+            o.notes.push(format!(
+                "tunnels of the {} point still open after 20 s",
+                tunnels[p + 1]
+            ));
+        }
+        let (w, figures, summary) = connrate_window(ctx, cand, false);
+        eprintln!("    {:>5} idle: {summary}", held[p]);
+        o.window_notes(&w);
+        f[p] = figures;
+    }
+    let ids = [
+        ["sc0_rate", "sc0_a2f", "sc0_cpu"],
+        ["sc4_rate", "sc4_a2f", "sc4_cpu"],
+        ["sc9_rate", "sc9_a2f", "sc9_cpu"],
+    ];
+    for p in 0..3 {
+        // conn/s, accept-to-forward p99, proxy CPU per connection.
+        for (id, v) in ids[p].into_iter().zip([f[p][0], f[p][4], f[p][5]]) {
+            if v.is_finite() {
+                o.values.push((id, v));
+            }
+        }
+    }
+    if f[0][0] > 0.0 {
+        o.values.push(("sc_flat", f[2][0] / f[0][0]));
+    }
+    for (p, id) in [(1, "sc4_rss"), (2, "sc9_rss")] {
+        if let (Some(a), Some(b)) = (rss0, rss_at[p]) {
+            if held[p] > 0 {
+                o.values.push((id, (b - a) / held[p] as f64));
+            }
+        }
+    }
+    o.summary = format!(
+        "conn/s {:.0} / {:.0} / {:.0} and accept-to-forward p99 {:.0} / {:.0} / {:.0} µs at {} / {} / {} idle tunnels",
+        f[0][0], f[1][0], f[2][0], f[0][4], f[1][4], f[2][4], held[0], held[1], held[2]
+    );
+    o
+}
+
+fn split_hello(ctx: &mut Ctx<'_>, cand: &Candidate) -> Outcome {
     let mut o = Outcome::default();
     if cand.proxy.is_none() {
         o.summary = "n/a (no routing)".into();
         return o;
     }
-    let addr = cand.addr(Route::Echo, ctx.backend);
+    let addr = cand.addr(Route::Echo, &ctx.lg.backends);
     let mut msg = ctx.hellos.split.clone();
     msg.push(MARK);
     let result = (|| -> io::Result<()> {
@@ -1338,7 +1375,7 @@ fn split_hello(ctx: &Ctx<'_>, cand: &Candidate) -> Outcome {
     o
 }
 
-fn measure(ctx: &Ctx<'_>, name: &str, cand: &Candidate) -> Outcome {
+fn measure(ctx: &mut Ctx<'_>, name: &str, cand: &Candidate) -> Outcome {
     match name {
         "throughput-1" => throughput(ctx, cand, 1),
         "throughput-8" => throughput(ctx, cand, 8),
@@ -1346,6 +1383,7 @@ fn measure(ctx: &Ctx<'_>, name: &str, cand: &Candidate) -> Outcome {
         "pingpong-1" => pingpong(ctx, cand, 1),
         "pingpong-32" => pingpong(ctx, cand, 32),
         "idle" => idle(ctx, cand),
+        "scale" => scale(ctx, cand),
         "split-hello" => split_hello(ctx, cand),
         _ => unreachable!("unknown measurement {name}"),
     }
@@ -1372,6 +1410,11 @@ enum Target {
     BelowBest,
     /// sniroute ÷ HAProxy, at least.
     VsHaproxy(f64),
+    /// sniroute ÷ HAProxy, at most.
+    AtMostHaproxy(f64),
+    /// sniroute ÷ HAProxy, at most, as the median of at least this many
+    /// windows.
+    AtMostHaproxyOver(f64, usize),
     /// sniroute's own figure, at most.
     AtMost(f64),
     /// sniroute routes it.
@@ -1412,20 +1455,39 @@ const fn row(
 const ROWS: &[Row] = &[
     row("tput1", "throughput-1", "throughput, 1 stream", "Gbit/s", Better::Higher, Target::AtLeastBest(1.15), "≥1.15× best"),
     row("cpu1", "throughput-1", "proxy CPU per GiB, 1 stream", "CPU s/GiB", Better::Lower, Target::BelowBest, "< best"),
+    row("cores1", "throughput-1", "proxy CPU use, 1 stream", "cores", Better::Lower, Target::None, ""),
+    row("lgcores1", "throughput-1", "load generator CPU use, 1 stream", "cores", Better::Lower, Target::None, ""),
     row("tput8", "throughput-8", "throughput, 8 streams", "Gbit/s", Better::Higher, Target::AtLeastBest(1.15), "≥1.15× best"),
     row("cpu8", "throughput-8", "proxy CPU per GiB, 8 streams", "CPU s/GiB", Better::Lower, Target::BelowBest, "< best"),
-    row("connrate", "connrate", "new connections, 32 loops", "conn/s", Better::Higher, Target::VsHaproxy(1.2), "≥1.2× haproxy"),
+    row("cores8", "throughput-8", "proxy CPU use, 8 streams", "cores", Better::Lower, Target::None, ""),
+    row("lgcores8", "throughput-8", "load generator CPU use, 8 streams", "cores", Better::Lower, Target::None, ""),
+    row("connrate", "connrate", "new connections, 32 loops", "conn/s", Better::Higher, Target::VsHaproxy(1.1), "≥1.1× haproxy"),
     row("conn_p50", "connrate", "connection cycle p50", "µs", Better::Lower, Target::None, ""),
     row("conn_p99", "connrate", "connection cycle p99", "µs", Better::Lower, Target::None, ""),
-    row("conn_cpu", "connrate", "proxy CPU per connection", "CPU µs", Better::Lower, Target::None, ""),
-    row("pp1_p50", "pingpong-1", "64 B ping-pong, 1 conn, p50", "µs", Better::Lower, Target::None, ""),
-    row("pp1_p99", "pingpong-1", "64 B ping-pong, 1 conn, p99", "µs", Better::Lower, Target::AtMostBest(1.0), "≤ best"),
+    row("a2f_p50", "connrate", "accept-to-forward p50", "µs", Better::Lower, Target::None, ""),
+    row("a2f_p99", "connrate", "accept-to-forward p99", "µs", Better::Lower, Target::None, ""),
+    row("conn_cpu", "connrate", "proxy CPU per connection", "CPU µs", Better::Lower, Target::AtMostHaproxy(0.85), "≤0.85× haproxy"),
+    row("lg_cpu", "connrate", "load generator CPU per connection", "CPU µs", Better::Lower, Target::None, ""),
+    row("pp1_p50", "pingpong-1", "64 B ping-pong, 1 conn, p50", "µs", Better::Lower, Target::AtMostHaproxyOver(0.95, PP1_MIN_WINDOWS), "≤0.95× haproxy, median of ≥5"),
+    row("pp1_p99", "pingpong-1", "64 B ping-pong, 1 conn, p99", "µs", Better::Lower, Target::None, ""),
     row("pp1_p999", "pingpong-1", "64 B ping-pong, 1 conn, p99.9", "µs", Better::Lower, Target::None, ""),
     row("pp32_p50", "pingpong-32", "64 B ping-pong, 32 conns, p50", "µs", Better::Lower, Target::None, ""),
     row("pp32_p99", "pingpong-32", "64 B ping-pong, 32 conns, p99", "µs", Better::Lower, Target::AtMostBest(1.0), "≤ best"),
     row("pp32_p999", "pingpong-32", "64 B ping-pong, 32 conns, p99.9", "µs", Better::Lower, Target::None, ""),
     row("idle_rss", "idle", "RSS per idle tunnel", "KiB", Better::Lower, Target::AtMost(2.0), "≤ 2 KiB"),
     row("idle_fds", "idle", "descriptors per idle tunnel", "fds", Better::Lower, Target::AtMost(2.0), "≤ 2"),
+    row("sc0_rate", "scale", "conn/s, 0 idle tunnels", "conn/s", Better::Higher, Target::None, ""),
+    row("sc4_rate", "scale", "conn/s, 4,000 idle tunnels", "conn/s", Better::Higher, Target::None, ""),
+    row("sc9_rate", "scale", "conn/s, 9,000 idle tunnels", "conn/s", Better::Higher, Target::None, ""),
+    row("sc_flat", "scale", "conn/s at 9,000 ÷ at 0 idle", "ratio", Better::Higher, Target::None, ""),
+    row("sc0_a2f", "scale", "accept-to-forward p99, 0 idle", "µs", Better::Lower, Target::None, ""),
+    row("sc4_a2f", "scale", "accept-to-forward p99, 4,000 idle", "µs", Better::Lower, Target::None, ""),
+    row("sc9_a2f", "scale", "accept-to-forward p99, 9,000 idle", "µs", Better::Lower, Target::None, ""),
+    row("sc0_cpu", "scale", "proxy CPU per conn, 0 idle", "CPU µs", Better::Lower, Target::None, ""),
+    row("sc4_cpu", "scale", "proxy CPU per conn, 4,000 idle", "CPU µs", Better::Lower, Target::None, ""),
+    row("sc9_cpu", "scale", "proxy CPU per conn, 9,000 idle", "CPU µs", Better::Lower, Target::None, ""),
+    row("sc4_rss", "scale", "RSS per tunnel, 4,000 idle", "KiB", Better::Lower, Target::None, ""),
+    row("sc9_rss", "scale", "RSS per tunnel, 9,000 idle", "KiB", Better::Lower, Target::None, ""),
     row("split", "split-hello", "ClientHello split in 2 records routed", "", Better::Yes, Target::Routes, "routes"),
 ];
 
@@ -1448,7 +1510,7 @@ fn format_value(row: &Row, v: f64) -> String {
         return if v >= 0.5 { "yes" } else { "no" }.into();
     }
     match row.unit {
-        "Gbit/s" | "KiB" | "fds" => format!("{v:.2}"),
+        "Gbit/s" | "KiB" | "fds" | "cores" | "ratio" => format!("{v:.2}"),
         "CPU s/GiB" => format!("{v:.3}"),
         "conn/s" => format!("{v:.0}"),
         _ if v.abs() < 10.0 => format!("{v:.2}"),
@@ -1484,6 +1546,7 @@ fn build_table(
             continue;
         }
         let value = |k: Kind| results.get(&(row.id, k)).and_then(|v| median(v));
+        let count = |k: Kind| results.get(&(row.id, k)).map_or(0, Vec::len);
         let arrow = match row.better {
             Better::Higher => " ↑",
             Better::Lower => " ↓",
@@ -1522,6 +1585,10 @@ fn build_table(
             Target::AtMostBest(x) => vs_best.map(|r| r <= x),
             Target::BelowBest => vs_best.map(|r| r < 1.0),
             Target::VsHaproxy(x) => vs_haproxy.map(|r| r >= x),
+            Target::AtMostHaproxy(x) => vs_haproxy.map(|r| r <= x),
+            Target::AtMostHaproxyOver(x, n) => vs_haproxy
+                .filter(|_| count(Kind::Splice) >= n && count(Kind::Haproxy) >= n)
+                .map(|r| r <= x),
             // As shown: 10,004 descriptors for 5,000 tunnels are 2.00 each.
             Target::AtMost(x) => ours.map(|v| (v * 100.0).round() / 100.0 <= x),
             Target::Routes => ours.map(|v| v >= 0.5),
@@ -1642,10 +1709,12 @@ fn machine_info(s: &Settings) -> Vec<String> {
         format!("load average at start: {}", loadavg()),
         format!("{sniroute} (git {git}); {haproxy}; {nginx}"),
         format!(
-            "run: SNIROUTE_BENCH_SECS={} SNIROUTE_BENCH_REPS={} SNIROUTE_BENCH_IDLE_TUNNELS={}, medians of {} repetitions",
+            "run: SNIROUTE_BENCH_SECS={} SNIROUTE_BENCH_REPS={} SNIROUTE_BENCH_IDLE_TUNNELS={} SNIROUTE_BENCH_SOURCES={} SNIROUTE_BENCH_CLOSE={}, medians of {} repetitions",
             s.secs.as_secs_f64(),
             s.reps,
             s.idle_tunnels,
+            s.sources,
+            if s.server_closes { "server" } else { "client" },
             s.reps
         ),
     ]
@@ -1660,6 +1729,11 @@ fn soft_nofile_limit() -> Option<usize> {
 // ---------------------------------------------------------------------------
 
 fn main() {
+    match std::env::var(ROLE_ENV).as_deref() {
+        Ok("loadgen") => loadgen::loadgen_main(),
+        Ok("holder") => loadgen::holder_main(),
+        _ => {}
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     // `cargo test --benches` and `--list` runs: nothing to do.
     if args.iter().any(|a| a == "--test" || a == "--list") {
@@ -1683,10 +1757,12 @@ fn main() {
         std::process::exit(2);
     }
 
-    // 5,000 tunnels to the in-process backend are 10,000 descriptors here.
+    // Each tunnel costs a proxy two descriptors (the holders and the load
+    // generator one each): the proxies' limit, the hard limit here, decides.
     router::raise_nofile_limit();
     if let Some(limit) = soft_nofile_limit() {
         let fit = limit.saturating_sub(500) / 2;
+        settings.tunnel_cap = fit.max(1);
         if settings.idle_tunnels > fit {
             eprintln!(
                 "note: RLIMIT_NOFILE is {limit}: holding {fit} idle tunnels, not {}",
@@ -1720,8 +1796,14 @@ fn main() {
         );
     }
 
-    let hellos = Hellos::new();
-    let backend = Backend::start(hellos.all()).expect("start the backend");
+    let lg = LoadGen::start().unwrap_or_else(|e| panic!("cannot start the load generator: {e}"));
+    let backend = lg.backends;
+    println!(
+        "load generator: pid {}, {} threads; clients spread over {} source address(es)",
+        lg.helper.pid(),
+        lg.threads,
+        settings.sources
+    );
     let mut candidates: Vec<Candidate> = Vec::new();
     for kind in KINDS {
         if !settings.wants(kind) {
@@ -1751,10 +1833,10 @@ fn main() {
         eprintln!("no candidate to measure");
         std::process::exit(2);
     }
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         settings: &settings,
-        backend: &backend,
-        hellos: &hellos,
+        lg,
+        hellos: Hellos::new(),
         ticks_per_sec: clock_ticks_per_sec(),
     };
 
@@ -1780,17 +1862,16 @@ fn main() {
                     candidates[cand_idx].dead = Some(e);
                     continue;
                 }
-                if !backend.wait_quiet(Duration::from_secs(20)) {
+                if let Err(open) = ctx.lg.quiet(0, Duration::from_secs(20)) {
                     notes.push(format!(
-                        "rep {} {name} {label}: {} backend connections of an earlier measurement still open",
+                        "rep {} {name} {label}: {open} backend connections of an earlier measurement still open",
                         rep + 1,
-                        backend.stats.open.load(Relaxed)
                     ));
                 }
                 // Memory freed after one round of idle tunnels stays
                 // resident and would be reused by the next round: each
                 // round gets a fresh proxy process.
-                if name == "idle" && candidates[cand_idx].proxy.is_some() {
+                if matches!(name, "idle" | "scale") && candidates[cand_idx].proxy.is_some() {
                     let kind = candidates[cand_idx].kind;
                     candidates[cand_idx].proxy = None;
                     match start_candidate(kind, &settings, &backend) {
@@ -1804,10 +1885,10 @@ fn main() {
                         }
                     }
                 }
-                let bad_before = backend.stats.hellos_bad.load(Relaxed);
+                let bad_before = ctx.lg.stats().2;
                 let cand = &candidates[cand_idx];
-                let mut outcome = measure(&ctx, name, cand);
-                let bad = backend.stats.hellos_bad.load(Relaxed) - bad_before;
+                let mut outcome = measure(&mut ctx, name, cand);
+                let bad = ctx.lg.stats().2 - bad_before;
                 if bad > 0 {
                     outcome.notes.push(format!(
                         "the backend got {bad} connections that did not start with an unchanged ClientHello"
@@ -1868,7 +1949,8 @@ fn main() {
             Err(e) => eprintln!("cannot write {}: {e}", path.display()),
         }
     }
-    // Proxies are stopped (by PID) as `candidates` drops, then the backend.
+    // Proxies are stopped (by PID) as `candidates` drops, then the load
+    // generator.
     drop(candidates);
-    drop(backend);
+    drop(ctx);
 }
