@@ -75,6 +75,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Upgrade the running sniroute's binary (`SIGUSR2`) and wait for the
+    /// outcome, followed on its admin endpoint (which the config must
+    /// have). Exit status 1 if the upgrade failed: the old process then
+    /// serves on.
+    Upgrade {
+        /// Config file (YAML) or URL of the running router: where its admin
+        /// endpoint is.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin endpoint's address, instead of reading the config.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+        /// The PID meant; nothing is sent when the admin endpoint is served
+        /// by another process. Default: the PID the admin endpoint reports.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// How long to wait for the outcome.
+        #[arg(long, default_value = "90s", value_parser = parse_timeout)]
+        timeout: Duration,
+    },
     /// Print what a ClientHello says (SNI, ALPN, versions) as JSON: feed it
     /// the first bytes a client sent, e.g. saved from a packet capture.
     InspectHello {
@@ -141,6 +161,43 @@ fn main() -> ExitCode {
         } => {
             let source = ConfigSource::resolve(config.as_deref(), |k| std::env::var(k).ok());
             discover(&source, timeout, json)
+        }
+        Command::Upgrade {
+            config,
+            admin,
+            pid,
+            timeout,
+        } => {
+            let admin = match admin {
+                Some(admin) => admin,
+                None => {
+                    let source =
+                        ConfigSource::resolve(config.as_deref(), |k| std::env::var(k).ok());
+                    match load_config(&source)
+                        .map_err(|e| e.to_string())
+                        .and_then(|c| router::admin_address(&c))
+                    {
+                        Ok(admin) => admin,
+                        Err(e) => {
+                            eprintln!("sniroute upgrade: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
+            };
+            match router::request_upgrade(admin, pid, timeout) {
+                Ok(u) => {
+                    println!(
+                        "upgraded: PID {} took over from PID {} (sniroute {}); PID {} drains and exits",
+                        u.new_pid, u.old_pid, u.version, u.old_pid
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sniroute upgrade: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::InspectHello { file, max_bytes } => inspect_hello(file, max_bytes),
         Command::Demo { listen, admin } => demo(listen, admin),

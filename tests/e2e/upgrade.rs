@@ -332,3 +332,77 @@ fn a_new_process_with_a_broken_config_changes_nothing() {
         .collect();
     assert!(children.is_empty(), "children left: {children:?}");
 }
+
+/// `sniroute upgrade`: sends the signal and reports the outcome it reads
+/// on the admin endpoint: the new PID, or a failure (the old process
+/// serving on); and sends nothing to a PID that is not the admin's.
+#[test]
+fn the_upgrade_command_follows_the_outcome() {
+    let _turn = crate::common::light();
+    let up = Upstream::start("a", Behaviour::Greet);
+    let started = Started::default();
+    let hello = HelloBuilder::new("a.test").build();
+    let upgrade = |admin: SocketAddr, pid: Option<u32>| {
+        let mut cmd = Command::new(crate::common::bin());
+        cmd.args(["upgrade", "--admin", &admin.to_string(), "--timeout", "60s"]);
+        if let Some(pid) = pid {
+            cmd.args(["--pid", &pid.to_string()]);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // A new binary that cannot start: reported, and the old one serves on.
+    let mut failing = Router::spawn(&config(up.addr), |cmd| {
+        cmd.args(["--upgrade-binary", "/bin/false"]);
+    });
+    failing.wait_ready();
+    let admin = failing.admin.unwrap();
+    let (code, _, err) = upgrade(admin, Some(failing.pid()));
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "sniroute upgrade: the upgrade failed; PID {} keeps serving (its log says why)\n",
+            failing.pid()
+        )
+    );
+    assert_eq!(reach(failing.addr(), &hello).unwrap(), "a");
+    // The wrong PID: nothing is sent.
+    let (code, _, err) = upgrade(admin, Some(1));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not by PID 1: nothing sent"), "{err}");
+    assert_eq!(
+        failing
+            .logs()
+            .iter()
+            .filter(|l| l["message"] == "SIGUSR2: upgrading the binary")
+            .count(),
+        1
+    );
+    drop(failing);
+
+    // A good one: the new PID is reported once it serves the admin port.
+    let mut router = Router::start(&config(up.addr));
+    let old = router.pid();
+    let (code, out, err) = upgrade(router.admin.unwrap(), None);
+    assert_eq!(code, Some(0), "{err}");
+    let spawned = nth_log(&router, "upgrade: new process started", 1);
+    let new_pid = spawned["new_pid"].as_u64().unwrap() as u32;
+    started.0.lock().unwrap().push(new_pid);
+    assert!(
+        out.starts_with(&format!(
+            "upgraded: PID {new_pid} took over from PID {old} (sniroute "
+        )),
+        "{out}"
+    );
+    assert_eq!(router.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(reach(router.addr(), &hello).unwrap(), "a");
+    let (_, body) = crate::common::http_get(router.admin.unwrap(), "/status");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["pid"], new_pid);
+}

@@ -561,6 +561,7 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
     });
     json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
         "config_generation": generation.id,
         "config_source": config.source.display_name(),
         "uptime_seconds": shared.started.elapsed().as_secs(),

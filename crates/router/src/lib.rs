@@ -5,15 +5,17 @@
 //! changed file, drain on SIGTERM, all inside) with its [`StartError`],
 //! the sockets systemd passes it ([`Inherited`]), [`raise_nofile_limit`],
 //! [`inspect_hello`], and [`discover`] (`sniroute discover`: the live
-//! sources asked once, nothing changed), and [`load_config`] (a config
-//! file, variable or URL read once). Everything else is
+//! sources asked once, nothing changed), [`load_config`] (a config
+//! file, variable or URL read once) and [`request_upgrade`] (`sniroute
+//! upgrade`). Everything else is
 //! crate-private, so the dead-code lints see what nobody uses.
 //!
 //! Modules, in the order one connection meets them:
 //! - `server`: start-up, live reload and graceful drain; `activation`:
 //!   listening sockets inherited from systemd; `notify`: telling systemd
 //!   (`sd_notify`) when sniroute is ready, reloading, stopping, alive;
-//!   `upgrade`: the binary upgrade on `SIGUSR2`; `config_source`: the
+//!   `upgrade`: the binary upgrade on `SIGUSR2` (`upgrade_request`:
+//!   `sniroute upgrade`, which asks for one and follows it); `config_source`: the
 //!   config file, variable or URL, read and watched (`watch_config`).
 //! - `listener`: binding and accept loops (EMFILE back-off); `admission`:
 //!   the limits a connection is counted against at accept (connections,
@@ -67,6 +69,7 @@ mod state;
 mod status_page;
 mod table;
 mod upgrade;
+mod upgrade_request;
 mod upstream;
 
 pub use activation::{ActivationError, Inherited};
@@ -74,6 +77,7 @@ pub use config_source::load_config;
 pub use discover::{discover, DiscoverError, DiscoverReport};
 pub use inspect::{inspect_hello, InspectError};
 pub use server::{raise_nofile_limit, run, StartError};
+pub use upgrade_request::{admin_address, request_upgrade, Upgraded};
 
 /// Entry points for the cargo-fuzz targets in `fuzz/` (feature `fuzzing`);
 /// not part of the API.
