@@ -636,3 +636,100 @@ impl FakeMarathon {
         }
     }
 }
+
+/// A binary upgrade of a socket-activated sniroute: the new process gets
+/// the very sockets systemd passed (a connection queued during the
+/// hand-over is served), still knows they are systemd's (a reload that
+/// removes the listener parks it instead of closing it), and owns the
+/// admin socket.
+#[test]
+fn an_upgrade_under_socket_activation_hands_over_the_inherited_sockets() {
+    let _turn = crate::common::light();
+    let up = Upstream::start("a", Behaviour::Greet);
+    let tls = TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (tls_addr, admin_addr) = (tls.local_addr().unwrap(), admin.local_addr().unwrap());
+    let (tls_copy, admin_copy) = (tls.try_clone().unwrap(), admin.try_clone().unwrap());
+    let me = std::process::id();
+    let yaml = config(&tls_addr.to_string(), "127.0.0.1:0", up.addr);
+    let mut router = spawn_activated(
+        &yaml,
+        vec![tls.into(), admin.into()],
+        Some("sniroute.socket:admin"),
+    );
+    router.wait_ready();
+    // Not the test's child: stopped by PID, also when an assertion fails.
+    struct Stop(Option<u32>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0 {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        }
+    }
+    let mut stop = Stop(None);
+
+    router.signal("USR2");
+    let spawned = router.wait_log(Duration::from_secs(30), |l| {
+        l["message"] == "upgrade: new process started"
+    });
+    stop.0 = spawned["new_pid"].as_u64().map(|p| p as u32);
+    let new_pid = stop.0.unwrap();
+    // Queued while the processes hand over: served by one of them.
+    let mut queued = TcpStream::connect(tls_addr).unwrap();
+    queued
+        .write_all(&HelloBuilder::new("a.test").build())
+        .unwrap();
+    router.wait_log(Duration::from_secs(60), |l| {
+        l["message"] == "upgrade: the new process is ready; this one stops accepting and drains"
+    });
+    assert_eq!(greeting(queued), "a");
+    assert_eq!(router.wait_exit(Duration::from_secs(30)), Some(0));
+
+    // The new process holds the test's sockets, close-on-exec.
+    let fds: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{new_pid}/fd"))
+        .unwrap()
+        .filter_map(|e| {
+            let fd: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            Some((fd, fd_target(new_pid, fd)))
+        })
+        .collect();
+    for copy in [tls_copy.as_raw_fd(), admin_copy.as_raw_fd()] {
+        let want = fd_target(me, copy);
+        let (fd, _) = fds
+            .iter()
+            .find(|(_, target)| *target == want)
+            .unwrap_or_else(|| panic!("{want} not among the new process's {fds:?}"));
+        assert!(cloexec(new_pid, *fd), "fd {fd} of the new process");
+    }
+    assert_eq!(
+        reach(tls_addr, &HelloBuilder::new("a.test").build()).unwrap(),
+        "a"
+    );
+    let (_, body) = crate::common::http_get(admin_addr, "/status");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["pid"], new_pid);
+
+    // Still systemd's socket in the new process: removed by a reload, it
+    // is parked, not closed.
+    std::fs::write(
+        &router.config_path,
+        config("127.0.0.1:0", "127.0.0.1:0", up.addr),
+    )
+    .unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &new_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    router.wait_log(Duration::from_secs(10), |l| {
+        l["message"].as_str().is_some_and(|m| {
+            m.starts_with("stopped accepting (removed by reload); the socket came from systemd")
+        })
+    });
+    drop(stop);
+    drop((tls_copy, admin_copy));
+}
