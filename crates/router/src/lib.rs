@@ -13,7 +13,11 @@
 //!   listening sockets inherited from systemd; `notify`: telling systemd
 //!   (`sd_notify`) when sniroute is ready, reloading, stopping, alive;
 //!   `upgrade`: the binary upgrade on `SIGUSR2`.
-//! - `listener`: binding and accept loops (EMFILE back-off); `admission`:
+//! - `workers`: the worker threads, each with its own current-thread
+//!   runtime, that accept and serve connections (shared nothing but
+//!   `state`'s atomics).
+//! - `listener`: binding (one `SO_REUSEPORT` socket per worker) and accept
+//!   loops (EMFILE back-off); `admission`:
 //!   the limits a connection is counted against at accept (connections,
 //!   pending hellos, per source).
 //! - `pipeline`: one connection, top to bottom: read ClientHello → route →
@@ -65,6 +69,7 @@ mod status_page;
 mod table;
 mod upgrade;
 mod upstream;
+mod workers;
 
 pub use activation::{ActivationError, Inherited};
 pub use discover::{discover, DiscoverError, DiscoverReport};
