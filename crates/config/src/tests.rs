@@ -190,7 +190,12 @@ routes:
     assert!(config.watch_config);
     assert_eq!(config.workers, Workers::Count(3));
     assert_eq!(config.workers.resolve(|| unreachable!()), 3);
-    for (yaml, want) in [("auto", Workers::Auto), ("\"auto\"", Workers::Auto), ("1", Workers::Count(1)), ("\"256\"", Workers::Count(256))] {
+    for (yaml, want) in [
+        ("auto", Workers::Auto),
+        ("\"auto\"", Workers::Auto),
+        ("1", Workers::Count(1)),
+        ("\"256\"", Workers::Count(256)),
+    ] {
         let c = parse(&format!("listeners: [\"127.0.0.1:6443\"]\nworkers: {yaml}\nroutes: [{{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}}]\n"));
         assert_eq!(c.workers, want, "{yaml}");
     }
