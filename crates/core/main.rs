@@ -246,7 +246,21 @@ fn run_router(
     inherited: router::Inherited,
     upgrade_binary: Option<PathBuf>,
 ) -> ExitCode {
-    match runtime().block_on(router::run(source, inherited, upgrade_binary)) {
+    // The control plane (signals, reload, admin endpoint, discovery,
+    // health checks) runs on this thread; connections are served by the
+    // worker threads `router::run` starts (`workers` in the config), each
+    // with a runtime of its own.
+    let control = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sniroute: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match control.block_on(router::run(source, inherited, upgrade_binary)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

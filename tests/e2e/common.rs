@@ -754,3 +754,82 @@ pub(crate) fn rsa_keypair(dir: &Path, name: &str) -> (PathBuf, String) {
     assert!(ok, "openssl could not write the public key");
     (key, std::fs::read_to_string(public).unwrap())
 }
+
+// Processes a binary upgrade starts (`upgrade`, `workers`): followed by PID.
+
+/// Processes the upgrades started, killed (SIGKILL, by PID) if the test
+/// ends before they do.
+#[derive(Default)]
+pub(crate) struct Started(pub(crate) Mutex<Vec<u32>>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        for pid in self.0.lock().unwrap().iter() {
+            if running(*pid) {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        }
+    }
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+pub(crate) fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat[stat.rfind(')').unwrap() + 1..]
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            state != "Z" && state != "X"
+        }
+        Err(_) => false,
+    }
+}
+
+/// Open descriptors of `pid` (0 once it is gone or a zombie).
+pub(crate) fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+pub(crate) fn kill(signal: &str, pid: u32) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+pub(crate) fn wait_gone(pid: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while running(pid) {
+        assert!(Instant::now() < deadline, "process {pid} still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `n`-th (from 1) log line with `message`.
+pub(crate) fn nth_log(router: &Router, message: &str, n: usize) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found: Vec<serde_json::Value> = router
+            .logs()
+            .into_iter()
+            .filter(|l| l["message"] == message)
+            .collect();
+        if found.len() >= n {
+            return found[n - 1].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {n}th {message:?} log line:\n{:?}",
+            router.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -49,3 +49,4 @@ mod systemd;
 mod tls_clients;
 mod tunnels;
 mod upgrade;
+mod workers;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::raw::{Behaviour, Upstream};
-use crate::common::{metric, reach, Router};
+use crate::common::{kill, metric, nth_log, open_fds, reach, running, wait_gone, Router, Started};
 use clienthello::synth::HelloBuilder;
 
 fn config(upstream: SocketAddr) -> String {
@@ -31,83 +31,6 @@ routes:
     health_check: false
 "#
     )
-}
-
-/// Processes the upgrades started, killed (SIGKILL, by PID) if the test
-/// ends before they do.
-#[derive(Default)]
-struct Started(Mutex<Vec<u32>>);
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        for pid in self.0.lock().unwrap().iter() {
-            if running(*pid) {
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(pid.to_string())
-                    .status();
-            }
-        }
-    }
-}
-
-/// Whether `pid` runs (exists and is not a zombie).
-fn running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat[stat.rfind(')').unwrap() + 1..]
-                .split_whitespace()
-                .next()
-                .unwrap_or("");
-            state != "Z" && state != "X"
-        }
-        Err(_) => false,
-    }
-}
-
-/// Open descriptors of `pid` (0 once it is gone or a zombie).
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn kill(signal: &str, pid: u32) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {pid}");
-}
-
-fn wait_gone(pid: u32, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while running(pid) {
-        assert!(Instant::now() < deadline, "process {pid} still runs");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The `n`-th (from 1) log line with `message`.
-fn nth_log(router: &Router, message: &str, n: usize) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let found: Vec<serde_json::Value> = router
-            .logs()
-            .into_iter()
-            .filter(|l| l["message"] == message)
-            .collect();
-        if found.len() >= n {
-            return found[n - 1].clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {n}th {message:?} log line:\n{:?}",
-            router.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Every 8-byte word is its index xor `seed`.

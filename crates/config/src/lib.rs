@@ -103,6 +103,10 @@ pub struct Config {
     pub watch_config: bool,
     /// How tunnel bytes are moved.
     pub forwarding: Forwarding,
+    /// How many worker threads accept and serve connections (read at
+    /// start; a reload that changes it applies at the next start or
+    /// upgrade).
+    pub workers: Workers,
     /// Where endpoints are discovered (for `marathon_app` and
     /// `mesos_tasks` routes).
     pub discovery: Discovery,
@@ -527,6 +531,41 @@ impl Forwarding {
         match self {
             Self::Splice => "splice",
             Self::Copy => "copy",
+        }
+    }
+}
+
+/// `workers`: how many threads accept and serve connections, each with
+/// its own runtime and its own listening sockets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Workers {
+    /// One per CPU the process may run on (its affinity mask and cgroup
+    /// quota, as `std::thread::available_parallelism` sees them).
+    #[default]
+    Auto,
+    /// This many, 1 to [`Workers::MAX`].
+    Count(u16),
+}
+
+impl Workers {
+    /// The largest count accepted.
+    pub const MAX: u16 = 256;
+
+    /// The number of threads: `cpus()` for `auto` (clamped to 1 to
+    /// [`Workers::MAX`]), else the count.
+    pub fn resolve(self, cpus: impl FnOnce() -> usize) -> usize {
+        match self {
+            Self::Auto => cpus().clamp(1, usize::from(Self::MAX)),
+            Self::Count(n) => usize::from(n),
+        }
+    }
+}
+
+impl std::fmt::Display for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Count(n) => write!(f, "{n}"),
         }
     }
 }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::duration::{parse_duration, DURATION_FORM};
 use super::values::{check_route_name, parse_listen_addr, ValueError};
-use super::{Balance, Forwarding, IpNet, NamePattern, ProxyProtocol, UpstreamAddr};
+use super::{Balance, Forwarding, IpNet, NamePattern, ProxyProtocol, UpstreamAddr, Workers};
 
 #[derive(Debug, Deserialize)]
 #[serde(
@@ -34,6 +34,8 @@ pub(crate) struct RawConfig {
     pub(crate) watch_config: Option<bool>,
     #[serde(default)]
     pub(crate) forwarding: Option<Forwarding>,
+    #[serde(default)]
+    pub(crate) workers: Option<Parsed<WorkerCount>>,
     #[serde(default)]
     pub(crate) discovery: Option<RawDiscovery>,
 }
@@ -561,6 +563,36 @@ impl Scalar for AnyDuration {
     const ANY: bool = true;
     fn parse(s: &str) -> Result<Duration, ValueError> {
         parse_duration(s)
+    }
+}
+
+/// `workers`: `auto` or a whole number from 1 to [`Workers::MAX`].
+#[derive(Debug)]
+pub(crate) struct WorkerCount;
+impl Scalar for WorkerCount {
+    type Output = Workers;
+    const EXPECTING: &'static str = "`auto` or a number of threads from 1 to 256";
+    const ANY: bool = true;
+    fn parse(s: &str) -> Result<Workers, ValueError> {
+        if s == "auto" {
+            return Ok(Workers::Auto);
+        }
+        match s.parse::<u64>() {
+            Ok(n) => Self::number(&n.to_string()),
+            Err(_) => Err(ValueError::new(format!(
+                "`{s}`: expected {}",
+                Self::EXPECTING
+            ))),
+        }
+    }
+    fn number(shown: &str) -> Result<Workers, ValueError> {
+        match shown.parse::<u16>() {
+            Ok(n) if (1..=Workers::MAX).contains(&n) => Ok(Workers::Count(n)),
+            _ => Err(ValueError::new(format!(
+                "`{shown}` workers: expected `auto` or a number from 1 to {}",
+                Workers::MAX
+            ))),
+        }
     }
 }
 

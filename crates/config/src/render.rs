@@ -143,6 +143,7 @@ fn render_into(out: &mut String, config: &Config) -> std::fmt::Result {
         "watch_config: {}",
         if config.watch_config { "on" } else { "off" }
     )?;
+    writeln!(out, "workers: {}", config.workers)?;
     match &config.default_route {
         Some(d) => writeln!(
             out,
@@ -354,6 +355,7 @@ default_route: dev-kubernetes01
             "limits: max_connections 50000, max_client_hello_bytes 16384, max_pending_hellos 2048, per source: 256 pending hellos, unlimited connections",
             "forwarding: splice",
             "watch_config: off",
+            "workers: auto",
             "default route: dev-kubernetes01 (for ClientHellos without SNI or with an unmatched name)",
             "routes:",
             "  dev-kubernetes01 (global default)",

@@ -135,6 +135,7 @@ fn the_spec_example_parses_to_the_expected_values() {
         default_route: Some("dev-kubernetes01".into()),
         watch_config: false,
         forwarding: Forwarding::Splice,
+        workers: Workers::Auto,
         discovery: Discovery::default(),
         source: ConfigSource::File(PathBuf::from("sniroute.yaml")),
     };
@@ -158,6 +159,7 @@ listeners:
   - {address: "[::1]:7443", default_route: b}
 watch_config: true
 forwarding: copy
+workers: 3
 timeouts: {connect: 500ms}
 routes:
   - name: a
@@ -187,6 +189,20 @@ routes:
     );
     assert_eq!(config.admin, None);
     assert!(config.watch_config);
+    assert_eq!(config.workers, Workers::Count(3));
+    assert_eq!(config.workers.resolve(|| unreachable!()), 3);
+    for (yaml, want) in [
+        ("auto", Workers::Auto),
+        ("\"auto\"", Workers::Auto),
+        ("1", Workers::Count(1)),
+        ("\"256\"", Workers::Count(256)),
+    ] {
+        let c = parse(&format!("listeners: [\"127.0.0.1:6443\"]\nworkers: {yaml}\nroutes: [{{name: a, server_names: [a.test], upstreams: [\"10.0.0.1:1\"]}}]\n"));
+        assert_eq!(c.workers, want, "{yaml}");
+    }
+    assert_eq!(Workers::Auto.resolve(|| 0), 1);
+    assert_eq!(Workers::Auto.resolve(|| 6), 6);
+    assert_eq!(Workers::Auto.resolve(|| 1000), 256);
     assert_eq!(config.forwarding, Forwarding::Copy);
     assert_eq!(config.default_route, None);
     assert_eq!(config.listeners[1].default_route.as_deref(), Some("b"));
@@ -771,6 +787,38 @@ fn bad_configs() -> Vec<Bad> {
             fragment: "invalid type: string \"yes\", expected a boolean",
         },
         Bad {
+            what: "zero workers",
+            yaml: vec![LISTENERS, "workers: 0", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 10,
+            path: Some("workers"),
+            fragment: "`0` workers: expected `auto` or a number from 1 to 256",
+        },
+        Bad {
+            what: "too many workers",
+            yaml: vec![LISTENERS, "workers: 257", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 10,
+            path: Some("workers"),
+            fragment: "`257` workers: expected `auto` or a number from 1 to 256",
+        },
+        Bad {
+            what: "workers neither auto nor a number",
+            yaml: vec![LISTENERS, "workers: all", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 10,
+            path: Some("workers"),
+            fragment: "`all`: expected `auto` or a number of threads from 1 to 256",
+        },
+        Bad {
+            what: "negative workers",
+            yaml: vec![LISTENERS, "workers: -2", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
+            line: 2,
+            column: 10,
+            path: Some("workers"),
+            fragment: "`-2` workers",
+        },
+        Bad {
             what: "unknown forwarding",
             yaml: vec![LISTENERS, "forwarding: zero_copy", ROUTE_A[0], ROUTE_A[1], ROUTE_A[2], ROUTE_A[3]],
             line: 2,
@@ -1207,6 +1255,7 @@ fn the_deploy_example_loads() {
         "default_route:",
         "watch_config:",
         "forwarding:",
+        "workers:",
         "address:",
     ] {
         assert!(

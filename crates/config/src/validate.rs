@@ -564,6 +564,7 @@ impl<'a> Checker<'a> {
             default_route,
             watch_config: raw.watch_config.unwrap_or(false),
             forwarding: raw.forwarding.unwrap_or_default(),
+            workers: raw.workers.map(|w| w.0).unwrap_or_default(),
             discovery,
             source,
         })

@@ -19,10 +19,14 @@
 //! over the same way, named in `$SNIROUTE_UPGRADE_FDS` instead, by the
 //! configured address as written (rule 0: a name equal to a configured
 //! listener's address; systemd's names cannot be one, they have no `:`),
-//! so that listeners on port 0 are found again.
+//! so that listeners on port 0 are found again. It hands over every
+//! socket of each listener (one per worker of the old process, all in one
+//! `SO_REUSEPORT` group), so the same name may come several times: all go
+//! to that listener (see [`crate::listener::Sockets::HandedOver`]).
 //!
 //! An inherited socket no rule matches, or two sockets for the same
-//! listener, stop the start with an error naming the descriptor. A
+//! listener (other than an upgrade's group), stop the start with an error
+//! naming the descriptor. A
 //! configured listener no socket matches is bound by sniroute itself.
 //! Inherited descriptors are marked close-on-exec once taken, and the
 //! `LISTEN_*` variables are removed from the environment.
@@ -69,6 +73,10 @@ pub(crate) struct Socket {
     /// Whether systemd holds it too (socket activation, or handed over by
     /// an upgrade from a process that had it from systemd).
     pub(crate) from_systemd: bool,
+    /// Whether a binary upgrade handed it over (`$SNIROUTE_UPGRADE_FDS`):
+    /// several such sockets may serve one listener (the old process's
+    /// workers' `SO_REUSEPORT` group).
+    pub(crate) handed_over: bool,
 }
 
 impl std::fmt::Display for Socket {
@@ -216,7 +224,7 @@ impl Inherited {
                 name: name.clone(),
                 problem,
             })?;
-            sockets.push(check(fd, name, owned, true)?);
+            sockets.push(check(fd, name, owned, true, false)?);
         }
         Ok(Self {
             sockets,
@@ -252,7 +260,7 @@ impl Inherited {
                 name: name.to_owned(),
                 problem,
             })?;
-            sockets.push(check(fd, name.to_owned(), owned, from_systemd)?);
+            sockets.push(check(fd, name.to_owned(), owned, from_systemd, true)?);
         }
         let ready_pipe = match ready {
             Some(text) => {
@@ -291,6 +299,8 @@ impl Inherited {
 
     /// Gives every socket to its listener by the [matching
     /// rules](self), for these configured `listeners` and `admin` address.
+    /// A listener gets one socket, or every socket of a binary upgrade's
+    /// hand-over that names it (the old process's workers' sockets).
     ///
     /// # Errors
     /// [`ActivationError::Unmatched`] or [`ActivationError::Duplicate`].
@@ -298,8 +308,8 @@ impl Inherited {
         self,
         listeners: &[SocketAddr],
         admin: Option<SocketAddr>,
-    ) -> Result<HashMap<Target, Socket>, ActivationError> {
-        let mut out: HashMap<Target, Socket> = HashMap::new();
+    ) -> Result<HashMap<Target, Vec<Socket>>, ActivationError> {
+        let mut out: HashMap<Target, Vec<Socket>> = HashMap::new();
         for socket in self.sockets {
             let Some(target) = target_of(&socket.name, socket.local, listeners, admin) else {
                 let mut configured: Vec<String> =
@@ -312,7 +322,11 @@ impl Inherited {
                     configured: configured.join(", "),
                 });
             };
-            if let Some(first) = out.get(&target) {
+            let group = |s: &Socket| s.handed_over && !s.from_systemd;
+            let first = out.get(&target).and_then(|v| v.first());
+            if let Some(first) = first
+                .filter(|f| !(group(f) && group(&socket) && matches!(target, Target::Listener(_))))
+            {
                 return Err(ActivationError::Duplicate {
                     listener: match target {
                         Target::Listener(a) => format!("listener {a}"),
@@ -322,7 +336,7 @@ impl Inherited {
                     second: socket.to_string(),
                 });
             }
-            out.insert(target, socket);
+            out.entry(target).or_default().push(socket);
         }
         Ok(out)
     }
@@ -401,6 +415,7 @@ fn check(
     name: String,
     owned: OwnedFd,
     from_systemd: bool,
+    handed_over: bool,
 ) -> Result<Socket, ActivationError> {
     let socket = socket2::Socket::from(owned);
     let not = |problem: String| ActivationError::NotListening {
@@ -429,6 +444,7 @@ fn check(
         local,
         socket,
         from_systemd,
+        handed_over,
     })
 }
 
@@ -561,6 +577,7 @@ mod tests {
             local,
             socket,
             from_systemd: true,
+            handed_over: false,
         }
     }
 
@@ -578,7 +595,7 @@ mod tests {
         .assign(&[la, lb], Some(addr("127.0.0.1:0")))
         .unwrap();
         assert_eq!(got.len(), 2);
-        assert_eq!(got[&Target::Listener(la)].local, la);
+        assert_eq!(got[&Target::Listener(la)][0].local, la);
         assert!(got.contains_key(&Target::Admin));
 
         let e = Inherited {
@@ -607,6 +624,40 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("both match the admin endpoint"), "{e}");
+
+        // A binary upgrade hands over every socket of a listener's group:
+        // all go to it. Not so for systemd's, or the admin endpoint.
+        let handed = |name: String, systemd: bool| {
+            let mut s = listening("127.0.0.1:0");
+            s.name = name;
+            s.from_systemd = systemd;
+            s.handed_over = true;
+            s
+        };
+        let l = addr("127.0.0.1:6443");
+        let got = Inherited {
+            sockets: vec![handed(l.to_string(), false), handed(l.to_string(), false)],
+            ready_pipe: None,
+        }
+        .assign(&[l], None)
+        .unwrap();
+        assert_eq!(got[&Target::Listener(l)].len(), 2);
+        let e = Inherited {
+            sockets: vec![handed(l.to_string(), true), handed(l.to_string(), true)],
+            ready_pipe: None,
+        }
+        .assign(&[l], None)
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("both match listener 127.0.0.1:6443"), "{e}");
+        let e = Inherited {
+            sockets: vec![handed("admin".into(), false), handed("admin".into(), false)],
+            ready_pipe: None,
+        }
+        .assign(&[], Some(addr("127.0.0.1:9190")))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("both match the admin endpoint"), "{e}");
     }
 
     #[test]
@@ -615,14 +666,14 @@ mod tests {
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         bound.bind(&addr("127.0.0.1:0").into()).unwrap();
         let fd = bound.as_raw_fd();
-        let e = check(fd, "x".to_owned(), bound.into(), true)
+        let e = check(fd, "x".to_owned(), bound.into(), true, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("but not listening"), "{e}");
 
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let fd = udp.as_raw_fd();
-        let e = check(fd, "x".to_owned(), udp.into(), true)
+        let e = check(fd, "x".to_owned(), udp.into(), true, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a stream socket"), "{e}");
@@ -630,14 +681,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let unix = std::os::unix::net::UnixListener::bind(dir.path().join("s")).unwrap();
         let fd = unix.as_raw_fd();
-        let e = check(fd, "x".to_owned(), unix.into(), true)
+        let e = check(fd, "x".to_owned(), unix.into(), true, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("not an IP socket"), "{e}");
 
         let file = std::fs::File::open("/dev/null").unwrap();
         let fd = file.as_raw_fd();
-        let e = check(fd, "x".to_owned(), file.into(), true)
+        let e = check(fd, "x".to_owned(), file.into(), true, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a socket"), "{e}");

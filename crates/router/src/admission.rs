@@ -359,6 +359,82 @@ mod tests {
         assert_eq!(shared.connections.load(Ordering::Acquire), 1);
     }
 
+    /// Worker threads admit at the same time: the global and per-source
+    /// limits stay exact (never one connection over, none refused under).
+    #[tokio::test]
+    async fn limits_are_exact_across_threads() {
+        const THREADS: usize = 4;
+        const TRIES: usize = 400;
+        let shared = shared();
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        for round in 0..20 {
+            let (l, per_source) = if round % 2 == 0 {
+                // The global cap: every thread from its own source.
+                (
+                    Limits {
+                        max_connections: 333,
+                        max_pending_hellos: 10_000,
+                        max_pending_hellos_per_source: 10_000,
+                        max_connections_per_source: None,
+                        ..Limits::default()
+                    },
+                    false,
+                )
+            } else {
+                // One source's cap, from every thread.
+                (
+                    Limits {
+                        max_connections: 10_000,
+                        max_pending_hellos: 10_000,
+                        max_pending_hellos_per_source: 10_000,
+                        max_connections_per_source: Some(77),
+                        ..Limits::default()
+                    },
+                    true,
+                )
+            };
+            let start = std::sync::Barrier::new(THREADS);
+            let held: Vec<Vec<Slot>> = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..THREADS)
+                    .map(|t| {
+                        let (shared, l, start) = (&shared, &l, &start);
+                        scope.spawn(move || {
+                            let ip = if per_source {
+                                a
+                            } else {
+                                IpAddr::V4(Ipv4Addr::new(10, 0, 0, t as u8))
+                            };
+                            start.wait();
+                            let mut mine = Vec::new();
+                            for i in 0..TRIES {
+                                if let Ok(slot) = admit(shared, ip, l) {
+                                    if i % 3 == 0 {
+                                        slot.hello_done();
+                                    }
+                                    mine.push(slot);
+                                }
+                                let open = shared.connections.load(Ordering::Acquire);
+                                // A refusal in flight may count one more
+                                // per thread for a moment, never more.
+                                assert!(open <= l.max_connections + THREADS, "{open}");
+                            }
+                            mine
+                        })
+                    })
+                    .collect();
+                workers.into_iter().map(|w| w.join().unwrap()).collect()
+            });
+            let admitted: usize = held.iter().map(Vec::len).sum();
+            let want = if per_source { 77 } else { 333 };
+            assert_eq!(admitted, want, "round {round}");
+            assert_eq!(shared.connections.load(Ordering::Acquire), want);
+            drop(held);
+            assert_eq!(shared.connections.load(Ordering::Acquire), 0);
+            assert_eq!(pending_hellos(&shared), 0);
+            assert_eq!(shared.sources.len(), 0);
+        }
+    }
+
     #[tokio::test]
     async fn a_load_balancer_is_counted_under_its_clients() {
         let shared = shared();

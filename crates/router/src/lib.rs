@@ -17,7 +17,11 @@
 //!   `upgrade`: the binary upgrade on `SIGUSR2` (`upgrade_request`:
 //!   `sniroute upgrade`, which asks for one and follows it); `config_source`: the
 //!   config file, variable or URL, read and watched (`watch_config`).
-//! - `listener`: binding and accept loops (EMFILE back-off); `admission`:
+//! - `workers`: the worker threads, each with its own current-thread
+//!   runtime, that accept and serve connections (shared nothing but
+//!   `state`'s atomics).
+//! - `listener`: binding (one `SO_REUSEPORT` socket per worker) and accept
+//!   loops (EMFILE back-off); `admission`:
 //!   the limits a connection is counted against at accept (connections,
 //!   pending hellos, per source).
 //! - `pipeline`: one connection, top to bottom: read ClientHello → route →
@@ -71,6 +75,7 @@ mod table;
 mod upgrade;
 mod upgrade_request;
 mod upstream;
+mod workers;
 
 pub use activation::{ActivationError, Inherited};
 pub use config_source::load_config;

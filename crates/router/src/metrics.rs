@@ -280,6 +280,13 @@ pub(crate) const DISCOVERY_LABEL_ERRORS_TOTAL: Family = family(
     "Label-driven routes skipped for a malformed label or refused for a name outside label_server_names_allowed, by reason; counted once when the error appears.",
 );
 
+/// Connections accepted by each worker thread: `{worker}`.
+pub(crate) const WORKER_CONNECTIONS_TOTAL: Family = family(
+    "sniroute_worker_connections_total",
+    Kind::Counter,
+    "Connections accepted by each worker thread (`workers`), before any limit: how the kernel spreads them over the workers' sockets.",
+);
+
 /// Every family, in the order `/metrics` shows them.
 const FAMILIES: &[&Family] = &[
     &BUILD_INFO,
@@ -290,6 +297,7 @@ const FAMILIES: &[&Family] = &[
     &CONFIG_FETCHES_TOTAL,
     &CONNECTIONS_TOTAL,
     &ACCEPT_ERRORS_TOTAL,
+    &WORKER_CONNECTIONS_TOTAL,
     &CLIENT_HELLO_SECONDS,
     &CLIENT_HELLO_BYTES,
     &UPSTREAM_CONNECT_SECONDS,

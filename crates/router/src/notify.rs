@@ -205,8 +205,16 @@ pub(crate) fn watchdog_interval(
 }
 
 /// Starts the watchdog pings `$WATCHDOG_USEC` / `$WATCHDOG_PID` ask for, if
-/// any; they go on until the task is aborted.
-pub(crate) fn spawn_watchdog(notifier: &Arc<Notifier>) -> Option<tokio::task::JoinHandle<()>> {
+/// any; they go on until the task is aborted. The task runs on the main
+/// runtime, and pings only when every worker runtime of `workers` also ran
+/// a probe task within half the ping interval
+/// ([`crate::workers::alive`]): a worker stuck in a loop or a blocking call
+/// stops the pings, so systemd restarts the service as it would for a
+/// stuck main thread.
+pub(crate) fn spawn_watchdog(
+    notifier: &Arc<Notifier>,
+    workers: Vec<tokio::runtime::Handle>,
+) -> Option<tokio::task::JoinHandle<()>> {
     if !notifier.enabled() {
         return None;
     }
@@ -224,9 +232,21 @@ pub(crate) fn spawn_watchdog(notifier: &Arc<Notifier>) -> Option<tokio::task::Jo
         let mut tick = tokio::time::interval(every);
         // After a stall, one ping, then the regular pace: no burst.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stalled = false;
         loop {
             tick.tick().await;
-            notifier.watchdog();
+            if crate::workers::alive(&workers, every / 2).await {
+                if stalled {
+                    stalled = false;
+                    tracing::info!("systemd watchdog: every worker answers again; pinging");
+                }
+                notifier.watchdog();
+            } else if !stalled {
+                stalled = true;
+                tracing::error!(
+                    "systemd watchdog: a worker thread did not answer in time; not pinging"
+                );
+            }
         }
     }))
 }

@@ -30,10 +30,11 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::activation::{ActivationError, Inherited, Target};
 use crate::config_source::Source;
-use crate::listener::{self, Running};
+use crate::listener::{self, Group, Sockets};
 use crate::metrics::{DiscoveryMetrics, DiscoverySource, ReloadResult, UpgradeResult};
 use crate::notify::{self, Notifier};
 use crate::state::{Generation, Shared};
+use crate::workers::Workers;
 use config::{Config, ConfigSource};
 
 /// Why `run` could not start.
@@ -48,6 +49,8 @@ pub enum StartError {
     /// Sockets inherited from systemd (or from the process a binary
     /// upgrade replaces) do not fit the config.
     Activation(ActivationError),
+    /// The worker threads could not be started.
+    Workers(std::io::Error),
 }
 
 impl std::fmt::Display for StartError {
@@ -57,6 +60,7 @@ impl std::fmt::Display for StartError {
             Self::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             Self::Signals(e) => write!(f, "cannot handle signals: {e}"),
             Self::Activation(e) => write!(f, "{e}"),
+            Self::Workers(e) => write!(f, "cannot start the worker threads: {e}"),
         }
     }
 }
@@ -65,7 +69,7 @@ impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Config(e) => Some(e),
-            Self::Bind(_, e) | Self::Signals(e) => Some(e),
+            Self::Bind(_, e) | Self::Signals(e) | Self::Workers(e) => Some(e),
             Self::Activation(e) => Some(e),
         }
     }
@@ -100,7 +104,6 @@ pub async fn run(
     // From a binary upgrade: tell the old process once ready.
     let upgrade_pipe = inherited.ready_pipe.take();
     let notifier = Arc::new(Notifier::from_env());
-    let watchdog = notify::spawn_watchdog(&notifier);
     // A file's stamp is taken before it is read: a change made while it is
     // being read (or until the watch loop starts) is then seen as a change.
     let mut source = Source::new(source).map_err(StartError::Config)?;
@@ -110,6 +113,10 @@ pub async fn run(
         .assign(&wanted, config.admin.as_ref().map(|a| a.address))
         .map_err(StartError::Activation)?;
     raise_nofile_limit();
+    let workers = Workers::start(config.workers.resolve(crate::workers::cpus))
+        .map_err(StartError::Workers)?;
+    tracing::info!(workers = workers.len(), configured = %config.workers, "worker threads started");
+    let watchdog = notify::spawn_watchdog(&notifier, workers.handles());
     let shared = Shared::new(Generation::build(1, config, &[]));
     if upgrade_pipe.is_some() {
         shared.metrics.upgrade(UpgradeResult::Success);
@@ -121,36 +128,37 @@ pub async fn run(
     let mut discovery = Discovery::default();
     discovery.update(&generation.config, &shared);
 
-    let mut listeners = Listeners::default();
-    let user_timeout = generation.config.timeouts.tcp_user_timeout;
+    let mut listeners = Listeners::new(workers);
     for l in &generation.config.listeners {
         let addr = l.address;
-        let running = match inherited.remove(&Target::Listener(addr)) {
-            Some(socket) => {
-                let from = socket.to_string();
-                if socket.from_systemd {
-                    listeners.inherited.insert(addr);
-                }
-                let adopted = listener::adopt(socket.socket, user_timeout)
-                    .map_err(|e| StartError::Bind(addr, e))?;
-                let running = listener::spawn(adopted, addr, shared.clone());
-                tracing::info!(listener = %addr, local = %running.local, inherited = %from, "listening");
-                running
+        let mut sockets = inherited
+            .remove(&Target::Listener(addr))
+            .unwrap_or_default();
+        let from: Vec<String> = sockets.iter().map(ToString::to_string).collect();
+        let sockets = match sockets.pop() {
+            None => Sockets::Bind,
+            // Alone: `assign` refuses two for a listener unless both come
+            // from an upgrade and not from systemd.
+            Some(one) if one.from_systemd => {
+                listeners.inherited.insert(addr);
+                Sockets::Shared(one.socket)
             }
-            None => {
-                let bound =
-                    listener::bind(addr, user_timeout).map_err(|e| StartError::Bind(addr, e))?;
-                let running = listener::spawn(bound, addr, shared.clone());
-                tracing::info!(listener = %addr, local = %running.local, "listening");
-                running
+            Some(last) => {
+                sockets.push(last);
+                Sockets::HandedOver(sockets.into_iter().map(|s| s.socket).collect())
             }
         };
-        listeners.running.insert(addr, running);
+        listeners
+            .start(addr, sockets, &shared, &from.join(", "), "listening")
+            .map_err(|e| StartError::Bind(addr, e))?;
     }
     let mut admin = match &generation.config.admin {
         Some(admin) => {
             let addr = admin.address;
-            let (bound, from) = match inherited.remove(&Target::Admin) {
+            let admin_socket = inherited
+                .remove(&Target::Admin)
+                .and_then(|v| v.into_iter().next());
+            let (bound, from) = match admin_socket {
                 Some(socket) => {
                     let from = socket.to_string();
                     (crate::admin::adopt(socket.socket), Some(from))
@@ -277,21 +285,7 @@ async fn upgrade(
     admin: Option<&socket2::Socket>,
     binary: Option<&PathBuf>,
 ) -> Option<u32> {
-    let mut sockets: Vec<(String, socket2::SockRef<'_>)> = listeners
-        .running
-        .iter()
-        .map(|(addr, running)| {
-            let mark = if listeners.inherited.contains(addr) {
-                crate::activation::SYSTEMD_MARK
-            } else {
-                ""
-            };
-            (
-                format!("{addr}{mark}"),
-                socket2::SockRef::from(&*running.listener),
-            )
-        })
-        .collect();
+    let mut sockets = listeners.handover();
     if let Some(admin) = admin {
         sockets.push(("admin".to_owned(), socket2::SockRef::from(admin)));
     }
@@ -361,11 +355,14 @@ impl Readiness {
     }
 }
 
-/// The TLS listeners.
-#[derive(Debug, Default)]
+/// The TLS listeners and the worker threads that accept on them.
+#[derive(Debug)]
 struct Listeners {
-    /// Accepting, by configured address.
-    running: HashMap<SocketAddr, Running>,
+    /// The worker threads; they end when this is dropped, after the drain.
+    workers: Workers,
+    /// Accepting, by configured address: one group of sockets each, at
+    /// least one per worker.
+    groups: HashMap<SocketAddr, Group>,
     /// The configured addresses whose socket systemd holds too (socket
     /// activation, directly or through an upgrade).
     inherited: HashSet<SocketAddr>,
@@ -373,7 +370,84 @@ struct Listeners {
     /// reload that adds the address back. (Closing one would not free
     /// the port: systemd holds the socket too, so sniroute could not bind
     /// it again.)
-    parked: HashMap<SocketAddr, tokio::net::TcpListener>,
+    parked: HashMap<SocketAddr, std::net::TcpListener>,
+}
+
+impl Listeners {
+    fn new(workers: Workers) -> Self {
+        Self {
+            workers,
+            groups: HashMap::new(),
+            inherited: HashSet::new(),
+            parked: HashMap::new(),
+        }
+    }
+
+    /// Starts accepting on `addr` on every worker, on `sockets`; logs
+    /// `what` with where the sockets came from (`from`, empty when bound).
+    fn start(
+        &mut self,
+        addr: SocketAddr,
+        sockets: Sockets,
+        shared: &Arc<Shared>,
+        from: &str,
+        what: &str,
+    ) -> std::io::Result<()> {
+        let group = Group::start(addr, sockets, &self.workers, shared)?;
+        let workers = format!("{:?}", group.workers());
+        if from.is_empty() {
+            tracing::info!(listener = %addr, local = %group.local, sockets = group.len(), workers = %workers, "{what}");
+        } else {
+            tracing::info!(listener = %addr, local = %group.local, sockets = group.len(), workers = %workers, inherited = %from, "{what}");
+        }
+        self.groups.insert(addr, group);
+        Ok(())
+    }
+
+    /// Stops accepting on `addr` on every worker; its sockets close, but
+    /// one systemd holds too, which is parked.
+    async fn stop(&mut self, addr: SocketAddr) {
+        let Some(group) = self.groups.remove(&addr) else {
+            return;
+        };
+        match group.stop().await {
+            Some(socket) if self.inherited.contains(&addr) => {
+                self.parked.insert(addr, socket);
+                tracing::warn!(listener = %addr,
+                    "stopped accepting (removed by reload); the socket came from systemd and stays \
+                     open for a reload that adds it back: remove it from the socket unit to close it");
+            }
+            _ => tracing::info!(listener = %addr, "stopped listening (removed by reload)"),
+        }
+    }
+
+    /// Stops every accept loop and closes every listening socket (parked
+    /// ones too); returns the workers, which keep serving open tunnels
+    /// until dropped.
+    async fn stop_all(self) -> Workers {
+        for (_, group) in self.groups {
+            drop(group.stop().await);
+        }
+        drop(self.parked);
+        self.workers
+    }
+
+    /// The sockets a binary upgrade hands over, named as
+    /// `$SNIROUTE_UPGRADE_FDS` names them: every socket of every group.
+    fn handover(&self) -> Vec<(String, socket2::SockRef<'_>)> {
+        let mut out = Vec::new();
+        for (addr, group) in &self.groups {
+            let mark = if self.inherited.contains(addr) {
+                crate::activation::SYSTEMD_MARK
+            } else {
+                ""
+            };
+            for socket in group.handover() {
+                out.push((format!("{addr}{mark}"), socket));
+            }
+        }
+        out
+    }
 }
 
 /// Loads the config again and puts it in force if it is valid.
@@ -395,10 +469,11 @@ async fn reload(
     let wanted: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
     let mut added = Vec::new();
     let new =
-        |a: &&SocketAddr| !listeners.running.contains_key(a) && !listeners.parked.contains_key(a);
+        |a: &&SocketAddr| !listeners.groups.contains_key(a) && !listeners.parked.contains_key(a);
     for addr in wanted.iter().filter(new) {
-        match listener::bind(*addr, config.timeouts.tcp_user_timeout) {
-            Ok(l) => added.push((*addr, l)),
+        let count = listeners.workers.len();
+        match listener::bind_all(*addr, config.timeouts.tcp_user_timeout, count) {
+            Ok(l) => added.push((*addr, Sockets::Bound(l))),
             Err(e) => {
                 shared.metrics.reload(ReloadResult::Failure);
                 tracing::error!(listener = %addr, error = %e,
@@ -411,39 +486,33 @@ async fn reload(
     if admin_address(&config) != admin_address(&shared.current().config) {
         tracing::warn!("the admin address changed; it takes effect at the next restart");
     }
+    let was = shared.current().config.workers;
+    if config.workers != was {
+        tracing::warn!(workers = listeners.workers.len(), configured = %was, new = %config.workers,
+            "`workers` changed; it takes effect at the next start or binary upgrade (SIGUSR2); \
+             the running worker threads stay");
+    }
     // Inherited sockets a previous reload removed come back.
     for addr in &wanted {
         if let Some(l) = listeners.parked.remove(addr) {
-            added.push((*addr, l));
+            added.push((*addr, Sockets::Shared(socket2::Socket::from(l))));
         }
     }
     let generation = shared.install(config);
     discovery.update(&generation.config, shared);
-    for (addr, l) in added {
-        let running = listener::spawn(l, addr, shared.clone());
-        tracing::info!(listener = %addr, local = %running.local, "listening (added by reload)");
-        listeners.running.insert(addr, running);
+    for (addr, sockets) in added {
+        if let Err(e) = listeners.start(addr, sockets, shared, "", "listening (added by reload)") {
+            tracing::error!(listener = %addr, error = %e, "cannot start accepting on a listener added by reload");
+        }
     }
     let removed: Vec<SocketAddr> = listeners
-        .running
+        .groups
         .keys()
         .filter(|a| !wanted.contains(a))
         .copied()
         .collect();
     for addr in removed {
-        let Some(running) = listeners.running.remove(&addr) else {
-            continue;
-        };
-        let socket = running.stop().await;
-        match socket {
-            Some(socket) if listeners.inherited.contains(&addr) => {
-                listeners.parked.insert(addr, socket);
-                tracing::warn!(listener = %addr,
-                    "stopped accepting (removed by reload); the socket came from systemd and stays \
-                     open for a reload that adds it back: remove it from the socket unit to close it");
-            }
-            _ => tracing::info!(listener = %addr, "stopped listening (removed by reload)"),
-        }
+        listeners.stop(addr).await;
     }
     shared.metrics.reload(ReloadResult::Success);
     tracing::info!(
@@ -483,10 +552,8 @@ async fn drain(
             tracing::warn!("second signal: closing now");
         }
     }
-    for (_, running) in listeners.running {
-        drop(running.stop().await);
-    }
-    drop(listeners.parked);
+    // The workers serve the open tunnels until the end of the drain.
+    let _workers = listeners.stop_all().await;
     let open = shared.connections.load(Ordering::Acquire);
     tracing::info!(
         open_connections = open,

@@ -7,7 +7,13 @@
 //! The handover, old → new:
 //! - the sockets, as inherited descriptors named in `$SNIROUTE_UPGRADE_FDS`
 //!   (`FD=NAME;...`, the name the configured address as written, or
-//!   `admin`), matched like systemd's (see [`crate::activation`]);
+//!   `admin`), matched like systemd's (see [`crate::activation`]). Every
+//!   socket of a listener is handed over, one per worker of the old
+//!   process (closing one of a `SO_REUSEPORT` group would reset the
+//!   connections queued in it), so a name may repeat; the new process
+//!   spreads them over its own workers and binds more only for workers
+//!   that got none (see [`crate::listener::Sockets::HandedOver`]). A
+//!   socket systemd holds too is one shared socket, handed over once;
 //! - `$SNIROUTE_UPGRADE_READY_FD`: the write end of a pipe, on which the
 //!   new process writes one byte once it is ready (the `READY=1`
 //!   condition); it then also tells systemd `MAINPID=` and `READY=1`.
