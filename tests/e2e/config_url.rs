@@ -181,7 +181,7 @@ fn spawn(url: &str) -> Router {
             let mut args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
             let at = args.iter().position(|a| a == "--config").unwrap() + 1;
             args[at] = url.into();
-            let mut with_url = Command::new(cmd.get_program());
+            let mut with_url = Command::new(bin());
             with_url
                 .args(args)
                 .env_remove("RUST_LOG")
