@@ -163,8 +163,7 @@ struct Record {
     hello_bytes: u32,
     /// Bytes read with the hello and forwarded before the pump: the hello
     /// and whatever the client pipelined after it in the same reads (at
-    /// most `max_client_hello_bytes`). 0 when the hello was whole in the
-    /// first bytes and parsed in place: the pump forwarded it.
+    /// most `max_client_hello_bytes`).
     first_bytes: u32,
 }
 
@@ -463,9 +462,7 @@ const ALPN_LOG_BYTES: usize = 256;
 /// its client address goes to `peer`, and the connection is counted under
 /// it, see [`crate::admission::Slot::count_source`]). Returns every byte
 /// read after the PROXY header (the hello and anything the client
-/// pipelined after it), to be forwarded as is: none when the hello was
-/// parsed where it lies in the socket ([`peek_hello`]), for the pump to
-/// forward.
+/// pipelined after it), to be forwarded as is.
 async fn read_client_hello(
     stream: &TcpStream,
     config: &config::Config,
@@ -479,23 +476,9 @@ async fn read_client_hello(
     // refuses the header.
     let mut header_partial = false;
     let read = async {
-        // The usual case first: the whole hello (after its PROXY header)
-        // in the first bytes that arrive, parsed where it lies in the
-        // kernel's receive queue (see `peek_hello`).
-        loop {
-            if stream.readable().await.is_err() {
-                break;
-            }
-            match peek_hello(stream, config, mode, slot, peer) {
-                Peeked::Complete(hello) => return Ok((Vec::new(), hello)),
-                Peeked::WouldBlock => continue,
-                Peeked::Read => break,
-            }
-        }
-        // Otherwise the bytes are read into a bounded buffer. It grows with
-        // the bytes that arrive, never with what a record header promises:
-        // a header announcing 16 KiB and nothing after it costs 5 bytes,
-        // not 16 KiB.
+        // The buffer grows with the bytes that arrive, never with what a
+        // record header promises: a header announcing 16 KiB and nothing
+        // after it costs 5 bytes, not 16 KiB.
         let mut buf = Vec::new();
         // Where the hello starts: after the PROXY header, once read.
         let mut start = 0;
@@ -610,127 +593,6 @@ async fn read_client_hello(
     }
 }
 
-/// Bytes looked at per connection with `MSG_PEEK`: one whole TLS record
-/// (16 KiB of payload and its 5-byte header), the most a ClientHello sent in
-/// one record can be.
-const PEEK_BYTES: usize = 16 * 1024 + 5;
-
-/// What [`peek_hello`] saw.
-#[derive(Debug)]
-enum Peeked {
-    /// The whole hello, parsed in place; its bytes are still queued in the
-    /// socket (a PROXY header before it was consumed), for the pump to
-    /// forward.
-    Complete(ClientHello),
-    /// Nothing to read after all (a spurious readiness, now cleared).
-    WouldBlock,
-    /// Anything else (an incomplete hello or PROXY header, EOF, an error,
-    /// a refusal): nothing was consumed, and the bounded read decides, so
-    /// that every refusal stays what it was.
-    Read,
-}
-
-/// Looks at what the client sent so far without taking it off the socket
-/// (`recv` with `MSG_PEEK` into a stack buffer, in a plain function so that
-/// the buffer is not part of any future), and parses the hello there. When
-/// the hello is whole, its bytes stay in the kernel, and the pump moves
-/// them upstream with what follows: no heap buffer, no separate write.
-/// A PROXY header before it (`mode`) is parsed from the same bytes, its
-/// client counted ([`Slot::count_source`]) and only then read off the
-/// socket, exactly its length.
-///
-/// Peeked once only: re-peeking an incomplete hello returns at once with
-/// the same bytes and would spin, so anything but a whole hello is left to
-/// the bounded read ([`Peeked::Read`]), which consumes and re-parses the
-/// same bytes and refuses or waits exactly as it would have.
-fn peek_hello(
-    stream: &TcpStream,
-    config: &config::Config,
-    mode: HeaderMode,
-    slot: &Slot,
-    peer: &mut SocketAddr,
-) -> Peeked {
-    let max = config.limits.max_client_hello_bytes;
-    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); PEEK_BYTES];
-    let want = max.min(PEEK_BYTES);
-    // A peek consumes nothing, so it must not clear readiness unless the
-    // socket said `EAGAIN` (the `?` then makes `try_io` clear it). The
-    // bytes are judged inside, where they are borrowed.
-    let judged = stream.try_io(tokio::io::Interest::READABLE, || {
-        let ((bytes, _), _) =
-            rustix::net::recv(stream, &mut space[..want], rustix::net::RecvFlags::PEEK)?;
-        Ok(judge_peeked(bytes, max, mode, *peer))
-    });
-    let (hello, start, client) = match judged {
-        Ok(Some(whole)) => whole,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Peeked::WouldBlock,
-        _ => return Peeked::Read, // EOF, an error, or not a whole hello
-    };
-    if let Some(client) = client {
-        // Refused at the source limit: the read refuses it the same way.
-        if slot.count_source(client.ip(), &config.limits).is_err() {
-            return Peeked::Read;
-        }
-        if start > 0 {
-            // Exactly the header: the hello stays queued. The bytes are in
-            // the socket already, so this read returns them all at once.
-            let read = stream.try_io(tokio::io::Interest::READABLE, || {
-                let ((bytes, _), _) = rustix::net::recv(
-                    stream,
-                    &mut space[..start],
-                    rustix::net::RecvFlags::empty(),
-                )?;
-                Ok(bytes.len())
-            });
-            match read {
-                Ok(n) if n == start => {}
-                // Cannot happen (the bytes were just peeked); if it did,
-                // what is left is no longer a whole header.
-                _ => return Peeked::Read,
-            }
-            *peer = client;
-            tracing::debug!(client = %peer, "PROXY header");
-        }
-    }
-    Peeked::Complete(hello)
-}
-
-/// The hello in `peeked`, if it is whole: with where it starts (after a
-/// PROXY header, when `mode` expects one) and the client to count the
-/// connection under (`Some` when `mode` expects a header: the header's
-/// client, or `peer` without one). `None` for anything else.
-fn judge_peeked(
-    peeked: &[u8],
-    max: usize,
-    mode: HeaderMode,
-    peer: SocketAddr,
-) -> Option<(ClientHello, usize, Option<SocketAddr>)> {
-    if peeked.is_empty() {
-        return None; // EOF
-    }
-    let (start, client) = match mode {
-        HeaderMode::Expected { required } => match proxy_header::parse(peeked) {
-            Ok(proxy_header::Progress::Complete { header, consumed }) => {
-                let client = match (header.command, header.source) {
-                    (proxy_header::Command::Proxy, Some(client)) => client,
-                    _ => peer,
-                };
-                (consumed, Some(client))
-            }
-            Err(proxy_header::Error::NotProxy) if !required => (0, Some(peer)),
-            _ => return None,
-        },
-        HeaderMode::Never | HeaderMode::Refused => (0, None),
-    };
-    let limits = Limits {
-        max_client_hello_bytes: max.saturating_sub(start),
-    };
-    match clienthello::parse(&peeked[start..], &limits) {
-        Ok(Progress::Complete(hello)) => Some((hello, start, client)),
-        _ => None,
-    }
-}
-
 /// A client gone before its hello: a PROXY header it left incomplete is
 /// refused as such.
 fn closed(header_next: bool, buf: &[u8]) -> Refused {
@@ -758,10 +620,6 @@ fn pick_route(
     Ok(route)
 }
 
-/// Writes what must reach the upstream before the pump starts: sniroute's
-/// own PROXY header (`route.proxy_protocol`), then `buf`, the hello bytes
-/// read into the bounded buffer (empty when the hello was parsed in place:
-/// it is still queued in the client's socket, and the pump moves it).
 async fn forward_hello(
     upstream: &TcpStream,
     route: &Route,
@@ -782,7 +640,6 @@ async fn forward_hello(
             h.extend_from_slice(buf);
             write_all(upstream, &h).await?;
         }
-        None if buf.is_empty() => return Ok(()),
         None => write_all(upstream, buf).await?,
     }
     route.bytes_up.increment(buf.len() as u64);
@@ -792,9 +649,7 @@ async fn forward_hello(
 /// How a tunnel ended, for the access log.
 #[derive(Debug)]
 struct TunnelEnd {
-    /// Bytes moved by the pump (the ClientHello included only when it was
-    /// parsed in place, see [`peek_hello`]; [`Record::first_bytes`] has it
-    /// otherwise).
+    /// Bytes moved by the pump (the ClientHello not included).
     client_to_upstream: u64,
     upstream_to_client: u64,
     first_eof: Option<Side>,
