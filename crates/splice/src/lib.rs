@@ -27,6 +27,11 @@
 //! - **Half-close.** EOF from one side, once that direction has nothing
 //!   pending, becomes `shutdown(SHUT_WR)` on the other socket; the other
 //!   direction keeps flowing. Both EOFs end the pump with [`End::Finished`].
+//!   With [`Options::close_passes_last_eof`] the second EOF is passed on by
+//!   the caller's close of the sockets instead (the same FIN, one system
+//!   call less); a reset that comes after the first EOF and before the
+//!   second is then noticed only by the error watch (below), not by a
+//!   failing `shutdown`.
 //!   The idle timer is reset lazily: it fires, compares with the time of
 //!   the last transfer and re-arms itself.
 //! - **A half-closed side is still watched.** Once a side has sent EOF,
