@@ -148,6 +148,9 @@ impl Generation {
         let pump = splice::Options {
             idle_timeout: config.timeouts.idle,
             force_copy: matches!(config.forwarding, config::Forwarding::Copy),
+            // `pipeline::serve` closes both sockets as soon as the pump
+            // returns.
+            close_passes_last_eof: true,
             ..splice::Options::default()
         };
         Self {

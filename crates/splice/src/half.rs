@@ -89,6 +89,11 @@ pub(crate) struct Ctx<'a> {
     pub(crate) yielded: bool,
     /// Which side sent EOF first, if any.
     pub(crate) first_eof: Option<Side>,
+    /// Set while the direction polled is the last one open and the caller
+    /// closes the sockets when the pump returns
+    /// ([`crate::Options::close_passes_last_eof`]): its EOF is passed on by
+    /// that close, not by `shutdown(SHUT_WR)`.
+    pub(crate) close_passes_eof: bool,
 }
 
 /// How the bytes of one direction move right now.
@@ -394,8 +399,10 @@ impl Half {
                     Err(e) => return Poll::Ready(Err((dst_side, e))),
                 }
             } else if self.eof {
-                if let Err(e) = shutdown_write(dst) {
-                    return Poll::Ready(Err((dst_side, e)));
+                if !ctx.close_passes_eof {
+                    if let Err(e) = shutdown_write(dst) {
+                        return Poll::Ready(Err((dst_side, e)));
+                    }
                 }
                 self.done = true;
             } else {

@@ -170,6 +170,7 @@ fn options(how: How) -> Options {
         pipe_size: None,
         // Far above what the tests need, far below LIMIT.
         linger: Duration::from_secs(10),
+        close_passes_last_eof: false,
     }
 }
 
@@ -435,6 +436,54 @@ async fn half_close_upstream_first(how: How) {
     half_close(how, Side::Upstream).await;
 }
 all_modes!(half_close_upstream_first);
+
+/// `close_passes_last_eof`: the first EOF is still passed on at once by
+/// `shutdown(SHUT_WR)`, the one that finishes the pump only by the caller's
+/// close, and that close is a FIN (EOF), not a reset.
+async fn last_eof_passed_by_close(how: How) {
+    let Rig {
+        mut client_peer,
+        client,
+        upstream,
+        mut upstream_peer,
+    } = rig().await;
+    let options = Options {
+        close_passes_last_eof: true,
+        ..options(how)
+    };
+    let on_bytes = |_: Direction, _: u64| {};
+    let peers = async {
+        client_peer.write_all(b"bye").await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        upstream_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(
+            got, b"bye",
+            "the first EOF is passed on while the pump runs"
+        );
+        upstream_peer.write_all(b"ok").await.unwrap();
+        upstream_peer.shutdown().await.unwrap();
+        let mut got = [0; 2];
+        client_peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ok");
+    };
+    let (outcome, ()) = tokio::join!(pump(&client, &upstream, &options, &on_bytes), peers);
+    assert_finished(&outcome);
+    // The pump returned, the sockets are still open: no shutdown, no EOF.
+    let early =
+        tokio::time::timeout(Duration::from_millis(200), client_peer.read(&mut [0; 1])).await;
+    assert!(
+        early.is_err(),
+        "the last EOF was passed on before the close: {early:?}"
+    );
+    drop((client, upstream));
+    let n = tokio::time::timeout(Duration::from_secs(10), client_peer.read(&mut [0; 1]))
+        .await
+        .expect("the close passes the EOF on")
+        .expect("a FIN, not a reset");
+    assert_eq!(n, 0);
+}
+all_modes!(last_eof_passed_by_close);
 
 /// An open but idle tunnel holds no pipe (and keeps working afterwards).
 async fn idle_tunnel_holds_no_pipe(how: How) {
