@@ -7,7 +7,7 @@
 //! e2e -- throughput idle` only those whose name contains one of the words.
 //! Environment: SNIROUTE_BENCH_SECS, SNIROUTE_BENCH_REPS,
 //! SNIROUTE_BENCH_CANDIDATES, SNIROUTE_BENCH_IDLE_TUNNELS,
-//! SNIROUTE_BENCH_SOURCES, SNIROUTE_BENCH_CLOSE, SNIROUTE_BENCH_MARKDOWN, SNIROUTE_BENCH_PERF_DATA,
+//! SNIROUTE_BENCH_SOURCES, SNIROUTE_BENCH_CLOSE, SNIROUTE_BENCH_WORKERS, SNIROUTE_BENCH_MARKDOWN, SNIROUTE_BENCH_PERF_DATA,
 //! SNIROUTE_BENCH_HAPROXY, SNIROUTE_BENCH_NGINX,
 //! SNIROUTE_BENCH_NGINX_MODULES (see `--help` and benches/README.md).
 //!
@@ -74,6 +74,7 @@ environment:
   SNIROUTE_BENCH_IDLE_TUNNELS=5000  tunnels held open by the `idle` measurement
   SNIROUTE_BENCH_SOURCES=16      loopback source addresses the clients spread over (1: no bind)
   SNIROUTE_BENCH_CLOSE=client    who closes a connrate connection first: client or server
+  SNIROUTE_BENCH_WORKERS=auto    sniroute's `workers:` setting (auto or a number)
   SNIROUTE_BENCH_MARKDOWN=PATH   also write the table (with date and machine) as markdown
   SNIROUTE_BENCH_PERF_DATA=PATH  record `perf record -g` of sniroute splice during its
                                  connrate windows into PATH (benches/flamegraph.sh sets it)
@@ -588,10 +589,21 @@ fn temp_dir(prefix: &str) -> Result<tempfile::TempDir, String> {
         .map_err(|e| format!("cannot create a temporary directory: {e}"))
 }
 
+/// sniroute's `workers:` for the run (`SNIROUTE_BENCH_WORKERS`, default
+/// `auto`, sniroute's own default).
+fn sniroute_workers() -> String {
+    std::env::var("SNIROUTE_BENCH_WORKERS")
+        .ok()
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "auto".to_owned())
+}
+
 fn sniroute_yaml(forwarding: &str, backend: &Backends) -> String {
+    let workers = sniroute_workers();
     format!(
         r#"listeners: ["127.0.0.1:0"]
 forwarding: {forwarding}
+workers: {workers}
 # The holders open thousands of tunnels faster than a busy 2-core machine
 # lets sniroute read their hellos: the default caps on pending hellos (2048,
 # 256 per source address) would reset some. HAProxy and nginx have none.
@@ -1709,12 +1721,13 @@ fn machine_info(s: &Settings) -> Vec<String> {
         format!("load average at start: {}", loadavg()),
         format!("{sniroute} (git {git}); {haproxy}; {nginx}"),
         format!(
-            "run: SNIROUTE_BENCH_SECS={} SNIROUTE_BENCH_REPS={} SNIROUTE_BENCH_IDLE_TUNNELS={} SNIROUTE_BENCH_SOURCES={} SNIROUTE_BENCH_CLOSE={}, medians of {} repetitions",
+            "run: SNIROUTE_BENCH_SECS={} SNIROUTE_BENCH_REPS={} SNIROUTE_BENCH_IDLE_TUNNELS={} SNIROUTE_BENCH_SOURCES={} SNIROUTE_BENCH_CLOSE={} SNIROUTE_BENCH_WORKERS={}, medians of {} repetitions",
             s.secs.as_secs_f64(),
             s.reps,
             s.idle_tunnels,
             s.sources,
             if s.server_closes { "server" } else { "client" },
+            sniroute_workers(),
             s.reps
         ),
     ]
