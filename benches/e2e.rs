@@ -1110,6 +1110,45 @@ fn throughput(ctx: &mut Ctx<'_>, cand: &Candidate, streams: usize) -> Outcome {
     o
 }
 
+/// Sockets in TIME_WAIT now (`tw` of `/proc/net/sockstat`) and the
+/// kernel's cap on them (`net.ipv4.tcp_max_tw_buckets`).
+fn time_wait() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let tcp = stat.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = tcp.split_whitespace();
+    let tw = words
+        .find(|w| *w == "tw")
+        .and_then(|_| words.next()?.parse().ok())?;
+    let cap = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_max_tw_buckets")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((tw, cap))
+}
+
+/// Brings the TIME_WAIT table to its steady state before a connection-rate
+/// window: full. Every loop of the bench closes a connection a few tens of
+/// microseconds after opening it, and a closed connection stays in
+/// TIME_WAIT for 60 s, so at these rates (over 2,200 closes a second) the
+/// table reaches its cap (131,072 here) and stays there; once full, the
+/// kernel skips TIME_WAIT on close, which makes `close` and the next
+/// `connect` much cheaper (about 40 µs of proxy CPU per connection here).
+/// Without this, whoever ran right after `direct` (50,000 connections a
+/// second) measured against a full table and the others against a filling
+/// one: the order decided the ratio. Untimed connection-rate loads through
+/// the candidate itself fill it, at most 8 of them.
+fn fill_time_wait(ctx: &mut Ctx<'_>, cand: &Candidate) {
+    for _ in 0..8 {
+        match time_wait() {
+            Some((tw, cap)) if tw < cap - cap / 50 => {
+                let _ = window(ctx, "connrate", CONNRATE_LOOPS, cand, false);
+            }
+            _ => return,
+        }
+    }
+}
+
 /// The figures of a connection-rate window: conn/s, cycle p50 and p99,
 /// accept-to-forward p50 and p99, proxy and load-generator CPU per
 /// connection (µs), and a summary.
@@ -1118,6 +1157,7 @@ fn connrate_window(
     cand: &Candidate,
     profile: bool,
 ) -> (Window, [f64; 7], String) {
+    fill_time_wait(ctx, cand);
     let w = window(ctx, "connrate", CONNRATE_LOOPS, cand, profile);
     let ops = w.get("ops");
     let rate = ops / w.secs;
