@@ -74,7 +74,7 @@ environment:
   SNIROUTE_BENCH_IDLE_TUNNELS=5000  tunnels held open by the `idle` measurement
   SNIROUTE_BENCH_SOURCES=16      loopback source addresses the clients spread over (1: no bind)
   SNIROUTE_BENCH_CLOSE=client    who closes a connrate connection first: client or server
-  SNIROUTE_BENCH_WORKERS=auto    sniroute's `workers:` setting (auto or a number)
+  SNIROUTE_BENCH_WORKERS=auto    sniroute's `workers:` setting (auto, a number, or none: no key)
   SNIROUTE_BENCH_MARKDOWN=PATH   also write the table (with date and machine) as markdown
   SNIROUTE_BENCH_PERF_DATA=PATH  record `perf record -g` of sniroute splice during its
                                  connrate windows into PATH (benches/flamegraph.sh sets it)
@@ -599,11 +599,15 @@ fn sniroute_workers() -> String {
 }
 
 fn sniroute_yaml(forwarding: &str, backend: &Backends) -> String {
-    let workers = sniroute_workers();
+    // `none`: no `workers` key, for a sniroute from before it existed.
+    let workers = match sniroute_workers().as_str() {
+        "none" => String::new(),
+        w => format!("workers: {w}"),
+    };
     format!(
         r#"listeners: ["127.0.0.1:0"]
 forwarding: {forwarding}
-workers: {workers}
+{workers}
 # The holders open thousands of tunnels faster than a busy 2-core machine
 # lets sniroute read their hellos: the default caps on pending hellos (2048,
 # 256 per source address) would reset some. HAProxy and nginx have none.
