@@ -813,6 +813,78 @@ pub(crate) fn wait_gone(pid: u32, timeout: Duration) {
     }
 }
 
+/// Connections in a loop through the router while processes hand over
+/// (`upgrade`, `workers`): each sends a hello and must read `greeting`
+/// from the upstream; anything else is kept as a failure.
+pub(crate) struct ConnectionLoop {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<std::sync::atomic::AtomicUsize>,
+    failed: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ConnectionLoop {
+    /// `threads` loops, each pausing `pause` after a connection.
+    pub(crate) fn start(
+        addr: SocketAddr,
+        hello: &[u8],
+        greeting: &'static str,
+        threads: usize,
+        pause: Duration,
+    ) -> ConnectionLoop {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, ok, failed, hello) =
+                    (stop.clone(), ok.clone(), failed.clone(), hello.to_vec());
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        match reach(addr, &hello) {
+                            Ok(g) if g == greeting => {
+                                ok.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            other => failed.lock().unwrap().push(format!("{other:?}")),
+                        }
+                        std::thread::sleep(pause);
+                    }
+                })
+            })
+            .collect();
+        ConnectionLoop {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    /// Connections served so far.
+    pub(crate) fn ok(&self) -> usize {
+        self.ok.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits (up to 10 s) until `at_least` connections were served.
+    pub(crate) fn wait_ok(&self, at_least: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.ok() < at_least {
+            assert!(Instant::now() < deadline, "the load stalled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the loops; returns the connections served and the failures.
+    pub(crate) fn stop(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in std::mem::take(&mut self.threads) {
+            t.join().unwrap();
+        }
+        let failed = self.failed.lock().unwrap().clone();
+        (self.ok(), failed)
+    }
+}
+
 /// The `n`-th (from 1) log line with `message`.
 pub(crate) fn nth_log(router: &Router, message: &str, n: usize) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(60);

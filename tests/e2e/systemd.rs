@@ -659,25 +659,14 @@ fn an_upgrade_under_socket_activation_hands_over_the_inherited_sockets() {
     );
     router.wait_ready();
     // Not the test's child: stopped by PID, also when an assertion fails.
-    struct Stop(Option<u32>);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            if let Some(pid) = self.0 {
-                let _ = Command::new("kill")
-                    .arg("-TERM")
-                    .arg(pid.to_string())
-                    .status();
-            }
-        }
-    }
-    let mut stop = Stop(None);
+    let started = crate::common::Started::default();
 
     router.signal("USR2");
     let spawned = router.wait_log(Duration::from_secs(30), |l| {
         l["message"] == "upgrade: new process started"
     });
-    stop.0 = spawned["new_pid"].as_u64().map(|p| p as u32);
-    let new_pid = stop.0.unwrap();
+    let new_pid = spawned["new_pid"].as_u64().unwrap() as u32;
+    started.0.lock().unwrap().push(new_pid);
     // Queued while the processes hand over: served by one of them.
     let mut queued = TcpStream::connect(tls_addr).unwrap();
     queued
@@ -720,16 +709,12 @@ fn an_upgrade_under_socket_activation_hands_over_the_inherited_sockets() {
         config("127.0.0.1:0", "127.0.0.1:0", up.addr),
     )
     .unwrap();
-    let hup = Command::new("kill")
-        .args(["-HUP", &new_pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    crate::common::kill("HUP", new_pid);
     router.wait_log(Duration::from_secs(10), |l| {
         l["message"].as_str().is_some_and(|m| {
             m.starts_with("stopped accepting (removed by reload); the socket came from systemd")
         })
     });
-    drop(stop);
+    drop(started);
     drop((tls_copy, admin_copy));
 }

@@ -10,12 +10,14 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::raw::{Behaviour, Upstream};
-use crate::common::{kill, metric, nth_log, open_fds, reach, running, wait_gone, Router, Started};
+use crate::common::{
+    kill, metric, nth_log, open_fds, reach, running, wait_gone, ConnectionLoop, Router, Started,
+};
 use clienthello::synth::HelloBuilder;
 
 fn config(upstream: SocketAddr) -> String {
@@ -113,26 +115,7 @@ fn three_upgrades_under_load_refuse_nothing_and_keep_tunnels_intact() {
     let first_fds = open_fds(router.pid());
 
     // About 100 connections a second, each one checked.
-    let stop_load = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(Mutex::new(Vec::new())),
-    );
-    let load = {
-        let (stop, ok, failed, hello) =
-            (stop_load.clone(), ok.clone(), failed.clone(), hello.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                match reach(addr, &hello) {
-                    Ok(g) if g == "a" => {
-                        ok.fetch_add(1, Ordering::SeqCst);
-                    }
-                    other => failed.lock().unwrap().push(format!("{other:?}")),
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
-    };
+    let load = ConnectionLoop::start(addr, &hello, "a", 1, Duration::from_millis(10));
     let stop_tunnels = Arc::new(AtomicBool::new(false));
     let tunnels: Vec<_> = (0..10)
         .map(|i| tunnel(addr, 0x5eed_0000 + i, stop_tunnels.clone()))
@@ -140,7 +123,7 @@ fn three_upgrades_under_load_refuse_nothing_and_keep_tunnels_intact() {
 
     let mut pids = vec![router.pid()];
     for n in 1..=3 {
-        let before = ok.load(Ordering::SeqCst);
+        let before = load.ok();
         kill("USR2", *pids.last().unwrap());
         let ready = nth_log(
             &router,
@@ -151,14 +134,9 @@ fn three_upgrades_under_load_refuse_nothing_and_keep_tunnels_intact() {
         started.0.lock().unwrap().push(pid);
         pids.push(pid);
         // Served on, by the new process, before the next upgrade.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while ok.load(Ordering::SeqCst) < before + 50 {
-            assert!(Instant::now() < deadline, "the load stalled");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        load.wait_ok(before + 50);
     }
-    stop_load.store(true, Ordering::SeqCst);
-    load.join().unwrap();
+    let (ok, failed) = load.stop();
     stop_tunnels.store(true, Ordering::SeqCst);
     for (i, t) in tunnels.into_iter().enumerate() {
         let sent = t
@@ -167,13 +145,12 @@ fn three_upgrades_under_load_refuse_nothing_and_keep_tunnels_intact() {
             .unwrap_or_else(|e| panic!("tunnel {i}: {e}"));
         assert!(sent > 0, "tunnel {i} moved nothing");
     }
-    let failed = failed.lock().unwrap().clone();
     assert!(
         failed.is_empty(),
         "{} refused or failed: {failed:?}",
         failed.len()
     );
-    assert!(ok.load(Ordering::SeqCst) >= 150);
+    assert!(ok >= 150);
 
     // The old processes drain and exit, with nothing left open.
     assert_eq!(router.wait_exit(Duration::from_secs(30)), Some(0));

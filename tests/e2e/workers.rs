@@ -6,12 +6,12 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::raw::{Behaviour, Upstream};
-use crate::common::{kill, metric, nth_log, open_fds, reach, running, wait_gone, Router, Started};
+use crate::common::{
+    kill, metric, nth_log, open_fds, reach, running, wait_gone, ConnectionLoop, Router, Started,
+};
 use clienthello::synth::HelloBuilder;
 
 fn config(upstream: SocketAddr, listeners: &str, extra: &str) -> String {
@@ -252,27 +252,7 @@ fn upgrades_that_change_the_workers_refuse_nothing() {
     let addr = router.addr();
     let hello = HelloBuilder::new("a.test").build();
 
-    let stop_load = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(Mutex::new(Vec::new())),
-    );
-    let load: Vec<_> = (0..2)
-        .map(|_| {
-            let (stop, ok, failed, hello) =
-                (stop_load.clone(), ok.clone(), failed.clone(), hello.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    match reach(addr, &hello) {
-                        Ok(g) if g == "a" => {
-                            ok.fetch_add(1, Ordering::SeqCst);
-                        }
-                        other => failed.lock().unwrap().push(format!("{other:?}")),
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = ConnectionLoop::start(addr, &hello, "a", 2, Duration::ZERO);
 
     let mut pids = vec![router.pid()];
     // (workers of the new process, sockets it should accept on, on which
@@ -280,7 +260,7 @@ fn upgrades_that_change_the_workers_refuse_nothing() {
     let steps = [(2, 2, "[0, 1]"), (1, 2, "[0, 0]"), (2, 2, "[0, 1]")];
     for (n, (workers, sockets, on)) in steps.into_iter().enumerate() {
         std::fs::write(&router.config_path, with(workers)).unwrap();
-        let before = ok.load(Ordering::SeqCst);
+        let before = load.ok();
         kill("USR2", *pids.last().unwrap());
         let ready = nth_log(
             &router,
@@ -305,22 +285,13 @@ fn upgrades_that_change_the_workers_refuse_nothing() {
         wait_gone(old, Duration::from_secs(30));
         assert_eq!(open_fds(old), 0, "process {old} left descriptors");
         // Served on, by the new process alone.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while ok.load(Ordering::SeqCst) < before + 200 {
-            assert!(Instant::now() < deadline, "the load stalled");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        load.wait_ok(before + 200);
     }
-    stop_load.store(true, Ordering::SeqCst);
-    for l in load {
-        l.join().unwrap();
-    }
-    let failed = failed.lock().unwrap().clone();
+    let (ok, failed) = load.stop();
     assert!(
         failed.is_empty(),
-        "{} refused or failed of {}: {failed:?}",
+        "{} refused or failed of {ok}: {failed:?}",
         failed.len(),
-        ok.load(Ordering::SeqCst)
     );
     assert_eq!(router.wait_exit(Duration::from_secs(30)), Some(0));
     let last = *pids.last().unwrap();
