@@ -151,19 +151,17 @@ impl Source {
             self.stamp = file_stamp(&self.source);
             return Ok(None);
         };
-        match fetcher.fetch(conditional).await {
+        let fetched = fetcher.fetch(conditional).await;
+        if fetched.is_ok() && std::mem::take(&mut self.failing) {
+            tracing::info!(url = %self.source.display_name(), "the config URL answers again");
+        }
+        match fetched {
             Ok(Fetched::Changed(text)) => {
                 self.count(FetchResult::Changed);
-                if std::mem::take(&mut self.failing) {
-                    tracing::info!(url = %self.source.display_name(), "the config URL answers again");
-                }
                 Ok(Some(text))
             }
             Ok(Fetched::Unchanged) => {
                 self.count(FetchResult::Unchanged);
-                if std::mem::take(&mut self.failing) {
-                    tracing::info!(url = %self.source.display_name(), "the config URL answers again");
-                }
                 Ok(None)
             }
             Err(e) => {
