@@ -142,46 +142,31 @@ impl Fetcher {
                 req = req.header("If-Modified-Since", at);
             }
         }
-        let mut resp = req
-            .send()
-            .await
-            .map_err(|e| format!("{shown}: {}", crate::http::error_text(e)))?;
-        let status = resp.status().as_u16();
+        let resp = crate::http::Response::from(
+            req.send()
+                .await
+                .map_err(|e| format!("{shown}: {}", crate::http::error_text(e)))?,
+        );
+        let status = resp.status;
         if status == 304 && conditional && (self.etag.is_some() || self.last_modified.is_some()) {
             return Ok(Fetched::Unchanged);
         }
         if status != 200 {
-            let reason = resp.status().canonical_reason().unwrap_or("");
+            let reason = reqwest::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("");
             return Err(format!("{shown}: the server answered {status} {reason}"));
         }
-        let header = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let (etag, last_modified) = (header("ETag"), header("Last-Modified"));
-        let limit = self.max_bytes;
-        if let Some(n) = resp.content_length() {
-            if n > limit {
-                return Err(format!(
-                    "{shown}: the document is {n} bytes, over the {limit} byte limit"
-                ));
-            }
-        }
-        let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
-        while let Some(piece) = resp
-            .chunk()
+        let etag = resp.header("ETag").map(str::to_owned);
+        let last_modified = resp.header("Last-Modified").map(str::to_owned);
+        let limit = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
+        // The sources' bounded body reader: refused before reading when
+        // `Content-Length` is over the limit, else as it grows past it.
+        let body = resp
+            .body(limit)
             .await
-            .map_err(|e| format!("{shown}: {}", crate::http::error_text(e)))?
-        {
-            if (body.len() + piece.len()) as u64 > limit {
-                return Err(format!(
-                    "{shown}: the document is over the {limit} byte limit"
-                ));
-            }
-            body.extend_from_slice(&piece);
-        }
+            .map_err(|e| format!("{shown}: {e}"))?;
         let text = String::from_utf8(body).map_err(|e| {
             format!(
                 "{shown}: the document is not valid UTF-8 (at byte {})",
@@ -329,7 +314,10 @@ mod tests {
         let e = f.fetch(true).await.unwrap_err();
         assert_eq!(e, format!("{url}: the server answered 404 Not Found"));
         let e = f.fetch(true).await.unwrap_err();
-        assert!(e.contains("2000 bytes, over the 1024 byte limit"), "{e}");
+        assert!(
+            e.ends_with("body of 2000 bytes is over the 1024 byte limit"),
+            "{e}"
+        );
         let e = f.fetch(true).await.unwrap_err();
         assert!(e.contains("not valid UTF-8 (at byte 2)"), "{e}");
         // A redirect is followed.

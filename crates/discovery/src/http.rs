@@ -352,10 +352,7 @@ impl Client {
             req = req.body(body);
         }
         match tokio::time::timeout(self.timeout, req.send()).await {
-            Ok(Ok(inner)) => Ok(Response {
-                status: inner.status().as_u16(),
-                inner,
-            }),
+            Ok(Ok(inner)) => Ok(Response::from(inner)),
             Ok(Err(e)) => Err(transport(e)),
             Err(_) => Err(Error::Transport(format!(
                 "no response head within {:?}",
@@ -426,6 +423,15 @@ pub(crate) struct Response {
     /// The status code.
     pub(crate) status: u16,
     inner: reqwest::Response,
+}
+
+impl From<reqwest::Response> for Response {
+    fn from(inner: reqwest::Response) -> Self {
+        Response {
+            status: inner.status().as_u16(),
+            inner,
+        }
+    }
 }
 
 impl Response {
