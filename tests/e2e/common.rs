@@ -385,6 +385,12 @@ pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<
         })
 }
 
+/// `sniroute_config_reloads_total{result}` in a `/metrics` text (0 when
+/// absent).
+pub(crate) fn reloads(m: &str, result: &str) -> f64 {
+    metric(m, "sniroute_config_reloads_total", &[("result", result)]).unwrap_or(0.0)
+}
+
 /// A raw TCP "upstream" on loopback that records what it receives and
 /// answers with a fixed behaviour; for tests that need no TLS server.
 /// `sniroute_connections_total` for the `127.0.0.1:0` listener the tests

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::raw::{Behaviour, Upstream};
-use crate::common::{bin, metric, reach, Router};
+use crate::common::{bin, metric, reach, reloads, Router};
 use clienthello::synth::HelloBuilder;
 
 #[derive(Default)]
@@ -272,22 +272,8 @@ fn a_config_url_is_fetched_watched_and_reloaded() {
     assert!(error.contains("upstream"), "{error}");
     assert_eq!(reach(router.addr(), &beta).unwrap(), "b");
     let m = router.metrics();
-    assert_eq!(
-        metric(
-            &m,
-            "sniroute_config_reloads_total",
-            &[("result", "success")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "sniroute_config_reloads_total",
-            &[("result", "failure")]
-        ),
-        Some(2.0)
-    );
+    assert_eq!(reloads(&m, "success"), 1.0);
+    assert_eq!(reloads(&m, "failure"), 2.0);
 }
 
 #[test]

@@ -51,7 +51,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::raw::{Behaviour, Upstream};
-use crate::common::{metric, nofile_limits, pattern, raise_nofile_limit, Router};
+use crate::common::{metric, nofile_limits, pattern, raise_nofile_limit, reloads, Router};
 use clienthello::synth::HelloBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -1397,11 +1397,6 @@ fn seed_up(id: u64) -> u64 {
 
 fn seed_down(id: u64) -> u64 {
     0x5eed_0000_0000_0000 | id << 1 | 1
-}
-
-/// `sniroute_config_reloads_total{result}`.
-fn reloads(m: &str, result: &str) -> f64 {
-    metric(m, "sniroute_config_reloads_total", &[("result", result)]).unwrap_or(0.0)
 }
 
 /// Rewrites the config, sends SIGHUP and waits (through the metrics, which
