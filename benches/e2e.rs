@@ -497,6 +497,8 @@ impl Proxy {
             total.cpu_ticks += u.cpu_ticks;
             total.rss_kib += u.rss_kib;
             total.fds += u.fds;
+            total.run_delay_ns += u.run_delay_ns;
+            total.preempted += u.preempted;
         }
         total
     }
@@ -977,10 +979,22 @@ struct Window {
     proxy_cpu: Option<f64>,
     /// Load generator CPU seconds in the window.
     lg_cpu: Option<f64>,
+    /// Seconds the proxy's threads waited for a CPU while runnable, and
+    /// how often one was switched out while it could still run.
+    proxy_sched: Option<Sched>,
+    /// The same for the load generator's threads.
+    lg_sched: Option<Sched>,
     /// The load generator's answer (`ops`, `p50`, ...).
     r: Value,
     errors: u64,
     first_error: Option<String>,
+}
+
+/// Scheduler figures of one process over a window.
+#[derive(Clone, Copy)]
+struct Sched {
+    wait_secs: f64,
+    preempted: f64,
 }
 
 impl Window {
@@ -1033,11 +1047,19 @@ fn window(ctx: &mut Ctx<'_>, op: &str, conns: usize, cand: &Candidate, profile: 
         a.zip(b)
             .map(|(a, b)| b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 / ticks)
     };
+    let sched = |a: Option<Usage>, b: Option<Usage>| {
+        a.zip(b).map(|(a, b)| Sched {
+            wait_secs: b.run_delay_ns.saturating_sub(a.run_delay_ns) as f64 / 1e9,
+            preempted: b.preempted.saturating_sub(a.preempted) as f64,
+        })
+    };
     match result {
         Ok(r) => Window {
             secs: r["secs"].as_f64().unwrap_or(f64::NAN),
             proxy_cpu: cpu(u0, u1),
             lg_cpu: cpu(l0, l1),
+            proxy_sched: sched(u0, u1),
+            lg_sched: sched(l0, l1),
             errors: r["errors"].as_u64().unwrap_or(0),
             first_error: r["first_error"].as_str().map(str::to_owned),
             r,
@@ -1220,18 +1242,64 @@ fn pingpong(ctx: &mut Ctx<'_>, cand: &Candidate, conns: usize) -> Outcome {
     } else {
         1
     };
+    // Round trips a second, proxy CPU per round trip, and how long the
+    // proxy's and the load generator's threads waited for a CPU while
+    // runnable (ms per second of window), with the proxy's preemptions per
+    // second: a tail of milliseconds is a thread that was not running.
+    let more: [&'static str; 6] = if conns == 1 {
+        [
+            "pp1_rate",
+            "pp1_cpu",
+            "pp1_wait",
+            "pp1_preempt",
+            "pp1_lgwait",
+            "",
+        ]
+    } else {
+        [
+            "pp32_rate",
+            "pp32_cpu",
+            "pp32_wait",
+            "pp32_preempt",
+            "pp32_lgwait",
+            "pp32_slowest",
+        ]
+    };
     let mut o = Outcome::default();
     for _ in 0..windows {
         let w = window(ctx, "pingpong", conns, cand, false);
         let ps = [w.get("p50"), w.get("p99"), w.get("p999")];
         o.values
             .extend(ids.into_iter().zip(ps).filter(|(_, v)| v.is_finite()));
+        let ops = w.get("ops");
+        let per_sec = |v: f64| v / w.secs;
+        let figures = [
+            per_sec(ops),
+            w.proxy_cpu
+                .filter(|_| ops > 0.0)
+                .map_or(f64::NAN, |c| c * 1e6 / ops),
+            w.proxy_sched
+                .map_or(f64::NAN, |s| per_sec(s.wait_secs) * 1e3),
+            w.proxy_sched.map_or(f64::NAN, |s| per_sec(s.preempted)),
+            w.lg_sched.map_or(f64::NAN, |s| per_sec(s.wait_secs) * 1e3),
+            // Round trips of the slowest connection over the mean.
+            if conns > 1 {
+                w.get("slowest_client")
+            } else {
+                f64::NAN
+            },
+        ];
+        o.values.extend(
+            more.into_iter()
+                .zip(figures)
+                .filter(|(id, v)| !id.is_empty() && v.is_finite()),
+        );
         if !o.summary.is_empty() {
             o.summary += "; ";
         }
         o.summary += &format!(
-            "{} round trips, p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs",
-            w.r["ops"], ps[0], ps[1], ps[2]
+            "{} round trips, p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, proxy CPU {:.1} µs per round trip, run-queue wait ms/s proxy {:.1} load generator {:.1}, proxy preemptions/s {:.0}, round trips of the slowest/fastest connection ÷ mean {:.2}/{:.2}",
+            w.r["ops"], ps[0], ps[1], ps[2], figures[1], figures[2], figures[4], figures[3], w.get("slowest_client"), w.get("fastest_client")
         );
         o.window_notes(&w);
     }
@@ -1527,9 +1595,20 @@ const ROWS: &[Row] = &[
     row("pp1_p50", "pingpong-1", "64 B ping-pong, 1 conn, p50", "µs", Better::Lower, Target::AtMostHaproxyOver(0.95, PP1_MIN_WINDOWS), "≤0.95× haproxy, median of ≥5"),
     row("pp1_p99", "pingpong-1", "64 B ping-pong, 1 conn, p99", "µs", Better::Lower, Target::None, ""),
     row("pp1_p999", "pingpong-1", "64 B ping-pong, 1 conn, p99.9", "µs", Better::Lower, Target::None, ""),
+    row("pp1_rate", "pingpong-1", "64 B ping-pong, 1 conn, round trips/s", "1/s", Better::Higher, Target::None, ""),
+    row("pp1_cpu", "pingpong-1", "proxy CPU per round trip, 1 conn", "CPU µs", Better::Lower, Target::None, ""),
+    row("pp1_wait", "pingpong-1", "proxy threads waiting for a CPU, 1 conn", "ms/s", Better::Lower, Target::None, ""),
+    row("pp1_preempt", "pingpong-1", "proxy threads preempted, 1 conn", "1/s", Better::Lower, Target::None, ""),
+    row("pp1_lgwait", "pingpong-1", "load generator threads waiting for a CPU, 1 conn", "ms/s", Better::Lower, Target::None, ""),
     row("pp32_p50", "pingpong-32", "64 B ping-pong, 32 conns, p50", "µs", Better::Lower, Target::None, ""),
     row("pp32_p99", "pingpong-32", "64 B ping-pong, 32 conns, p99", "µs", Better::Lower, Target::AtMostBest(1.0), "≤ best"),
     row("pp32_p999", "pingpong-32", "64 B ping-pong, 32 conns, p99.9", "µs", Better::Lower, Target::None, ""),
+    row("pp32_rate", "pingpong-32", "64 B ping-pong, 32 conns, round trips/s", "1/s", Better::Higher, Target::None, ""),
+    row("pp32_cpu", "pingpong-32", "proxy CPU per round trip, 32 conns", "CPU µs", Better::Lower, Target::None, ""),
+    row("pp32_wait", "pingpong-32", "proxy threads waiting for a CPU, 32 conns", "ms/s", Better::Lower, Target::None, ""),
+    row("pp32_preempt", "pingpong-32", "proxy threads preempted, 32 conns", "1/s", Better::Lower, Target::None, ""),
+    row("pp32_lgwait", "pingpong-32", "load generator threads waiting for a CPU, 32 conns", "ms/s", Better::Lower, Target::None, ""),
+    row("pp32_slowest", "pingpong-32", "round trips of the slowest of 32 conns ÷ mean", "ratio", Better::Higher, Target::None, ""),
     row("idle_rss", "idle", "RSS per idle tunnel", "KiB", Better::Lower, Target::AtMost(2.0), "≤ 2 KiB"),
     row("idle_fds", "idle", "descriptors per idle tunnel", "fds", Better::Lower, Target::AtMost(2.0), "≤ 2"),
     row("sc0_rate", "scale", "conn/s, 0 idle tunnels", "conn/s", Better::Higher, Target::None, ""),

@@ -193,6 +193,8 @@ struct Run {
     errors: AtomicU64,
     first_error: Mutex<Option<String>>,
     samples: Mutex<Vec<u64>>,
+    /// Samples per client (ping-pong: round trips of each connection).
+    per_client: Mutex<Vec<u64>>,
     /// Ends the client tasks that did not stop in time.
     cancel: tokio::sync::Notify,
 }
@@ -360,6 +362,10 @@ async fn client(job: Job, shared: Arc<Shared>) {
         s = client_body(&job, &shared) => s,
         () = run.cancel.notified() => Vec::new(),
     };
+    run.per_client
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(samples.len() as u64);
     run.samples
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -675,6 +681,14 @@ fn run(
     set(0);
     let mut samples = std::mem::take(&mut *run.samples.lock().unwrap_or_else(|e| e.into_inner()));
     samples.sort_unstable();
+    // How evenly the clients were served: the slowest and the fastest
+    // client's samples over the mean (1.0 and 1.0 when all are equal).
+    let per_client = std::mem::take(&mut *run.per_client.lock().unwrap_or_else(|e| e.into_inner()));
+    let mean = per_client.iter().sum::<u64>() as f64 / per_client.len().max(1) as f64;
+    let spread = |v: Option<&u64>| {
+        v.filter(|_| mean > 0.0)
+            .map_or(Value::Null, |&v| json!(v as f64 / mean))
+    };
     let mut a2f = std::mem::take(&mut *shared.a2f.lock().unwrap_or_else(|e| e.into_inner()));
     a2f.sort_unstable();
     let mut first_error = run
@@ -701,6 +715,8 @@ fn run(
         "p50": p(&samples, 0.5),
         "p99": p(&samples, 0.99),
         "p999": p(&samples, 0.999),
+        "slowest_client": spread(per_client.iter().min()),
+        "fastest_client": spread(per_client.iter().max()),
         "a2f_n": a2f.len(),
         "a2f_p50": p(&a2f, 0.5),
         "a2f_p99": p(&a2f, 0.99),
