@@ -22,9 +22,10 @@
 //! # Copy for small messages, splice for bulk
 //!
 //! A direction that may splice starts by copying, and switches to
-//! `splice(2)` once it sees a stream ([`BULK`] bytes in reads of at least
-//! [`SMALL`] bytes each); a splice that moves less than [`SMALL`] bytes
-//! switches it back. HAProxy's `splice-auto` does the same, for the same
+//! `splice(2)` once it sees a stream ([`BULK`] bytes read without
+//! [`SMALL_BURSTS`] short bursts in a row; a burst is what is read between
+//! two moments the source is found drained, a short one less than [`SMALL`]
+//! bytes), and [`SMALL_BURSTS`] short bursts in a row switch it back. HAProxy's `splice-auto` does the same, for the same
 //! reasons:
 //!
 //! - For a 64-byte kubectl frame or a TLS alert, `recv` + `send` of a few
@@ -68,15 +69,25 @@ use crate::{Direction, Mode, Side};
 /// direction (and other tasks) run: at 64 KiB per transfer, about 1 MiB.
 const OPS_PER_POLL: u32 = 32;
 
-/// A read of at least this many bytes counts towards a stream; a splice
-/// that moves less ends one.
+/// A burst (what is read between two moments the source is found drained)
+/// of less than this many bytes is a message, not part of a stream.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) const SMALL: usize = 16 * 1024;
 
-/// Bytes read in a row in reads of at least [`SMALL`] bytes after which a
-/// direction switches from copying to splicing.
+/// Bytes read in a stream after which a direction switches from copying to
+/// splicing.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) const BULK: usize = 128 * 1024;
+
+/// Bursts of less than [`SMALL`] bytes in a row that end a stream.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) const SMALL_BURSTS: u8 = 3;
+
+#[cfg(test)]
+thread_local! {
+    /// Bytes read by copying (not splicing) on this thread, for tests.
+    pub(crate) static COPIED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
 /// What the pump needs from its caller while polling a direction.
 pub(crate) struct Ctx<'a> {
@@ -222,9 +233,16 @@ pub(crate) struct Half {
     /// [`crate::Options::always_splice`].
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     always: bool,
-    /// Bytes copied in a row in reads of at least [`SMALL`] bytes.
+    /// Bytes read since the stream began, i.e. since [`SMALL_BURSTS`]
+    /// short bursts in a row last ended one.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     streak: u32,
+    /// Bytes read since the source was last found drained.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    burst: u32,
+    /// Bursts of less than [`SMALL`] bytes in a row.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    short_bursts: u8,
     /// Bytes written to the destination.
     total: u64,
     /// The source sent EOF.
@@ -247,6 +265,8 @@ impl Half {
             always: always_splice,
             spliced: false,
             streak: 0,
+            burst: 0,
+            short_bursts: 0,
             total: 0,
             eof: false,
             done: false,
@@ -347,24 +367,42 @@ impl Half {
     #[cfg(not(target_os = "linux"))]
     fn choose_engine(&mut self) {}
 
-    /// After a fill of `n` bytes: keeps count of the stream.
+    /// After a fill of `n` bytes: keeps count of the burst and the stream.
     fn account_fill(&mut self, n: usize) {
-        match self.engine {
-            #[cfg(target_os = "linux")]
-            Engine::Splice { .. } => {
-                self.spliced = true;
-                if n < SMALL && !self.always {
-                    self.streak = 0; // the stream is over: copy the next burst
-                }
-            }
-            Engine::Copy { .. } => {
-                self.streak = if n >= SMALL {
-                    self.streak.saturating_add(n as u32)
-                } else {
-                    0
-                };
-            }
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.burst = self.burst.saturating_add(n);
+        self.streak = self.streak.saturating_add(n);
+        #[cfg(target_os = "linux")]
+        if self.is_splicing() {
+            self.spliced = true;
         }
+        #[cfg(test)]
+        if !self.is_splicing() {
+            COPIED.set(COPIED.get() + u64::from(n));
+        }
+    }
+
+    /// The source is drained: the burst is over. [`SMALL_BURSTS`] bursts of
+    /// less than [`SMALL`] bytes in a row (messages, not a stream) end the
+    /// stream, so the next burst is copied until it proves to be a stream
+    /// again. One short burst does not: a sender's last segment often
+    /// arrives on its own after the pump drained the rest, and ending the
+    /// stream there (as judging each read did) made a steady stream flap
+    /// between splicing and copying.
+    fn end_burst(&mut self) {
+        if self.burst == 0 {
+            return;
+        }
+        if (self.burst as usize) < SMALL && !self.always {
+            self.short_bursts += 1;
+            if self.short_bursts == SMALL_BURSTS {
+                self.streak = 0;
+                self.short_bursts = 0;
+            }
+        } else {
+            self.short_bursts = 0;
+        }
+        self.burst = 0;
     }
 
     /// Moves bytes until the source would block, the destination would
@@ -408,6 +446,7 @@ impl Half {
             } else {
                 match src.poll_read_ready(cx) {
                     Poll::Pending => {
+                        self.end_burst();
                         // Idle until the source speaks: hold no pipe and
                         // no buffer meanwhile.
                         self.engine.release();
@@ -443,6 +482,12 @@ impl Half {
     #[cfg(target_os = "linux")]
     fn is_splicing(&self) -> bool {
         matches!(self.engine, Engine::Splice { .. })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    #[allow(clippy::unused_self)]
+    fn is_splicing(&self) -> bool {
+        false
     }
 
     /// Splice is refused here (or no pipe could be opened): copy from now on.

@@ -18,11 +18,13 @@
 //!   direction makes at most 32 transfers per poll before yielding, so
 //!   neither direction (nor the task) starves the others.
 //! - **Copy small messages, splice streams.** A direction copies
-//!   (`recv`/`send`) until it sees a stream (128 KiB in reads of 16 KiB or
-//!   more), then splices (socket → pipe → socket) until a splice moves less
-//!   than 16 KiB; HAProxy's `splice-auto` works the same way. A short `recv`
-//!   proves the socket drained, so a small message costs two system calls
-//!   and no pipe; a stream costs no copy. `half.rs` and
+//!   (`recv`/`send`) until it sees a stream (128 KiB read without three
+//!   short bursts in a row, a burst being what is read until the socket is
+//!   drained, a short one less than 16 KiB), then splices (socket → pipe →
+//!   socket) until three short bursts in a row end the stream; HAProxy's
+//!   `splice-auto` works much the same way. A
+//!   short `recv` proves the socket drained, so a small message costs two
+//!   system calls and no pipe; a stream costs no copy. `half.rs` and
 //!   [`try_read_drained`] explain the readiness argument.
 //! - **Half-close.** EOF from one side, once that direction has nothing
 //!   pending, becomes `shutdown(SHUT_WR)` on the other socket; the other
@@ -1025,9 +1027,10 @@ mod tests {
             assert!(got == data);
             assert!(TAKEN.get() > taken, "the stream was not spliced");
 
-            // The first message after the stream may still be spliced (a
-            // short splice ends the stream); the ones after it are copied.
-            ping_pong(&mut client_peer, &mut upstream_peer, 1).await;
+            // The first messages after the stream may still be spliced
+            // (three short bursts in a row end the stream); the ones after
+            // them are copied.
+            ping_pong(&mut client_peer, &mut upstream_peer, half::SMALL_BURSTS).await;
             let taken = TAKEN.get();
             ping_pong(&mut client_peer, &mut upstream_peer, 50).await;
             assert_eq!(TAKEN.get(), taken, "pipes taken after the stream ended");
@@ -1039,8 +1042,63 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(outcome.mode, Mode::Splice);
-        assert_eq!(outcome.client_to_upstream, 101 * 64 + (8 << 20));
-        assert_eq!(outcome.upstream_to_client, 101 * 64);
+        let rounds = 100 + u64::from(half::SMALL_BURSTS);
+        assert_eq!(outcome.client_to_upstream, rounds * 64 + (8 << 20));
+        assert_eq!(outcome.upstream_to_client, rounds * 64);
+    }
+
+    /// A stream whose bursts alternate between 64 KiB and a short 4 KiB
+    /// (a sender's last segment arriving after the pump drained the rest)
+    /// stays spliced: only its first 128 KiB are copied. (Judged per read,
+    /// or ended by one short burst, it went back to copying after every
+    /// short tail and never reached 128 KiB again.)
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn stream_with_short_tails_stays_spliced() {
+        on_this_thread(bursts_with_short_tails());
+    }
+
+    #[cfg(target_os = "linux")]
+    async fn bursts_with_short_tails() {
+        use half::COPIED;
+        use pipe_pool::TAKEN;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const ROUNDS: usize = 40;
+        let sizes = [64 * 1024, 4 * 1024];
+        let (mut client_peer, client) = pair().await;
+        let (upstream, mut upstream_peer) = pair().await;
+        let on_bytes = |_: Direction, _: u64| {};
+        let options = Options::default();
+        let (copied, taken) = (COPIED.get(), TAKEN.get());
+        let peers = async {
+            let mut got = vec![0u8; sizes[0]];
+            for round in 0..ROUNDS {
+                for (i, size) in sizes.into_iter().enumerate() {
+                    // Each burst is sent once the previous one arrived: the
+                    // pump finds the socket drained in between. (The pump
+                    // runs on this thread, so it reads a burst only after
+                    // its write returned.)
+                    let data = vec![(round * 2 + i) as u8; size];
+                    client_peer.write_all(&data).await.unwrap();
+                    upstream_peer.read_exact(&mut got[..size]).await.unwrap();
+                    assert!(got[..size] == data[..]);
+                }
+            }
+            drop(client_peer);
+            drop(upstream_peer);
+        };
+        let work = async { tokio::join!(pump(&client, &upstream, &options, &on_bytes), peers).0 };
+        let outcome = tokio::time::timeout(Duration::from_secs(20), work)
+            .await
+            .unwrap();
+        let total = (ROUNDS * (sizes[0] + sizes[1])) as u64;
+        assert_eq!(outcome.client_to_upstream, total);
+        let copied = COPIED.get() - copied;
+        assert!(TAKEN.get() > taken, "the stream was not spliced");
+        assert!(
+            copied <= 3 * 68 * 1024,
+            "{copied} of {total} bytes copied: the stream went back to copying"
+        );
     }
 
     #[test]
