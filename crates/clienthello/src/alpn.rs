@@ -74,26 +74,46 @@ impl Alpn {
     /// list ends in `,...(+N more)`.
     pub fn display_capped(&self, max_names: usize, max_bytes: usize) -> String {
         let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_capped(&mut out, max_names, max_bytes);
+        out
+    }
+
+    /// Writes what [`Alpn::display_capped`] returns to `out`, so that a
+    /// caller can size its buffer first (with a writer that only counts)
+    /// and then fill it, without a temporary `String`.
+    ///
+    /// # Errors
+    ///
+    /// Only those of `out`.
+    pub fn write_capped(
+        &self,
+        out: &mut impl fmt::Write,
+        max_names: usize,
+        max_bytes: usize,
+    ) -> fmt::Result {
         let total = self.len();
-        let mut shown = 0;
+        let (mut shown, mut written) = (0, 0);
         for name in self.iter() {
             let text = String::from_utf8_lossy(name);
-            if shown == max_names || out.len() + text.len() + 1 > max_bytes {
+            if shown == max_names || written + text.len() + 1 > max_bytes {
                 break;
             }
             if shown > 0 {
-                out.push(',');
+                out.write_char(',')?;
+                written += 1;
             }
-            out.push_str(&text);
+            out.write_str(&text)?;
+            written += text.len();
             shown += 1;
         }
         if shown < total {
             if shown > 0 {
-                out.push(',');
+                out.write_char(',')?;
             }
-            out.push_str(&format!("...(+{} more)", total - shown));
+            write!(out, "...(+{} more)", total - shown)?;
         }
-        out
+        Ok(())
     }
 }
 
@@ -170,5 +190,20 @@ mod tests {
             Alpn::from_names([&[0xff, b'a'][..]]).display_capped(16, 256),
             "\u{fffd}a"
         );
+    }
+
+    #[test]
+    fn write_capped_appends_what_display_capped_returns() {
+        let many: Vec<[u8; 1]> = (0..40u32).map(|i| [b'a' + (i % 26) as u8]).collect();
+        for alpn in [
+            Alpn::default(),
+            Alpn::from_names([&b"h2"[..], b"http/1.1"]),
+            Alpn::from_names(many.iter().map(|n| &n[..])),
+            Alpn::from_names([&[0xff, b'a'][..]]),
+        ] {
+            let mut out = String::from("sni.example");
+            alpn.write_capped(&mut out, 16, 256).unwrap();
+            assert_eq!(out, format!("sni.example{}", alpn.display_capped(16, 256)));
+        }
     }
 }

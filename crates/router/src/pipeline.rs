@@ -168,13 +168,24 @@ struct Record {
 }
 
 impl Record {
-    /// Keeps the SNI and the ALPN text (already capped, see
-    /// [`ALPN_LOG_NAMES`]) in one allocation.
-    fn set_names(&mut self, sni: Option<&str>, alpn: &str) {
+    /// Keeps the SNI and the ALPN text (capped, see [`ALPN_LOG_NAMES`]) in
+    /// one allocation, sized exactly: the text is measured, then written.
+    fn set_names(&mut self, sni: Option<&str>, alpn: &clienthello::Alpn) {
+        /// A `fmt::Write` that only counts bytes.
+        struct Len(usize);
+        impl std::fmt::Write for Len {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                self.0 += s.len();
+                Ok(())
+            }
+        }
         let sni = sni.unwrap_or("");
-        let mut names = String::with_capacity(sni.len() + alpn.len());
+        let mut len = Len(0);
+        let _ = alpn.write_capped(&mut len, ALPN_LOG_NAMES, ALPN_LOG_BYTES);
+        let mut names = String::with_capacity(sni.len() + len.0);
         names.push_str(sni);
-        names.push_str(alpn);
+        // Writing to a String cannot fail.
+        let _ = alpn.write_capped(&mut names, ALPN_LOG_NAMES, ALPN_LOG_BYTES);
         // SNI names are at most 253 bytes, far below u16::MAX.
         self.sni_len = u16::try_from(sni.len()).unwrap_or(0);
         self.names = names.into_boxed_str();
@@ -375,10 +386,7 @@ async fn open(conn: &mut Accepted, record: &mut Record) -> Result<Open, Refused>
     let hello_time = conn.at.elapsed();
     record.hello = hello_time.into();
     record.hello_bytes = u32::try_from(hello.client_hello_bytes).unwrap_or(u32::MAX);
-    record.set_names(
-        hello.server_name.as_ref().map(|n| n.as_str()),
-        &hello.alpn.display_capped(ALPN_LOG_NAMES, ALPN_LOG_BYTES),
-    );
+    record.set_names(hello.server_name.as_ref().map(|n| n.as_str()), &hello.alpn);
     let process = &conn.slot.shared().metrics;
     process.hello_seconds.record(hello_time.as_secs_f64());
     process.hello_bytes.record(hello.client_hello_bytes as f64);
@@ -921,15 +929,26 @@ mod tests {
     fn record_names() {
         let mut r = Record::default();
         assert_eq!((r.sni(), r.alpn()), (None, None));
-        r.set_names(Some("a.example"), "h2,http/1.1");
+        let alpn =
+            |names: &[&str]| clienthello::Alpn::from_names(names.iter().map(|n| n.as_bytes()));
+        r.set_names(Some("a.example"), &alpn(&["h2", "http/1.1"]));
         assert_eq!(
             (r.sni(), r.alpn()),
             (Some("a.example"), Some("h2,http/1.1"))
         );
-        r.set_names(None, "h2");
+        assert_eq!(r.names.len(), "a.example".len() + "h2,http/1.1".len());
+        r.set_names(None, &alpn(&["h2"]));
         assert_eq!((r.sni(), r.alpn()), (None, Some("h2")));
-        r.set_names(Some("b.example"), "");
+        r.set_names(Some("b.example"), &alpn(&[]));
         assert_eq!((r.sni(), r.alpn()), (Some("b.example"), None));
+        // A long list is capped, with its marker.
+        let many: Vec<String> = (0..40).map(|i| format!("p{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        r.set_names(Some("c.example"), &alpn(&many));
+        assert_eq!(
+            r.alpn(),
+            Some("p0,p1,p2,p3,p4,p5,p6,p7,p8,p9,p10,p11,p12,p13,p14,p15,...(+24 more)")
+        );
     }
 
     #[test]
