@@ -1230,33 +1230,24 @@ fn connrate(ctx: &mut Ctx<'_>, cand: &Candidate) -> Outcome {
 }
 
 fn pingpong(ctx: &mut Ctx<'_>, cand: &Candidate, conns: usize) -> Outcome {
-    let ids: [&'static str; 3] = if conns == 1 {
-        ["pp1_p50", "pp1_p99", "pp1_p999"]
-    } else {
-        ["pp32_p50", "pp32_p99", "pp32_p999"]
-    };
-    // One connection: enough windows that the table's median is over at
-    // least PP1_MIN_WINDOWS of them.
-    let windows = if conns == 1 {
-        PP1_MIN_WINDOWS.div_ceil(ctx.settings.reps)
-    } else {
-        1
-    };
-    // Round trips a second, proxy CPU per round trip, and how long the
-    // proxy's and the load generator's threads waited for a CPU while
-    // runnable (ms per second of window), with the proxy's preemptions per
-    // second: a tail of milliseconds is a thread that was not running.
-    let more: [&'static str; 6] = if conns == 1 {
-        [
+    // Row ids of the figures below, in their order; with one connection
+    // there is no slowest connection to compare, and `zip` leaves it out.
+    let ids: &[&'static str] = if conns == 1 {
+        &[
+            "pp1_p50",
+            "pp1_p99",
+            "pp1_p999",
             "pp1_rate",
             "pp1_cpu",
             "pp1_wait",
             "pp1_preempt",
             "pp1_lgwait",
-            "",
         ]
     } else {
-        [
+        &[
+            "pp32_p50",
+            "pp32_p99",
+            "pp32_p999",
             "pp32_rate",
             "pp32_cpu",
             "pp32_wait",
@@ -1265,15 +1256,28 @@ fn pingpong(ctx: &mut Ctx<'_>, cand: &Candidate, conns: usize) -> Outcome {
             "pp32_slowest",
         ]
     };
+    // One connection: enough windows that the table's median is over at
+    // least PP1_MIN_WINDOWS of them.
+    let windows = if conns == 1 {
+        PP1_MIN_WINDOWS.div_ceil(ctx.settings.reps)
+    } else {
+        1
+    };
     let mut o = Outcome::default();
     for _ in 0..windows {
         let w = window(ctx, "pingpong", conns, cand, false);
-        let ps = [w.get("p50"), w.get("p99"), w.get("p999")];
-        o.values
-            .extend(ids.into_iter().zip(ps).filter(|(_, v)| v.is_finite()));
         let ops = w.get("ops");
         let per_sec = |v: f64| v / w.secs;
+        // The round-trip percentiles; round trips a second and proxy CPU
+        // per round trip; how long the proxy's and the load generator's
+        // threads waited for a CPU while runnable (ms per second of window)
+        // and the proxy's preemptions per second (a tail of milliseconds is
+        // a thread that was not running); the slowest connection's round
+        // trips over the mean.
         let figures = [
+            w.get("p50"),
+            w.get("p99"),
+            w.get("p999"),
             per_sec(ops),
             w.proxy_cpu
                 .filter(|_| ops > 0.0)
@@ -1282,24 +1286,20 @@ fn pingpong(ctx: &mut Ctx<'_>, cand: &Candidate, conns: usize) -> Outcome {
                 .map_or(f64::NAN, |s| per_sec(s.wait_secs) * 1e3),
             w.proxy_sched.map_or(f64::NAN, |s| per_sec(s.preempted)),
             w.lg_sched.map_or(f64::NAN, |s| per_sec(s.wait_secs) * 1e3),
-            // Round trips of the slowest connection over the mean.
-            if conns > 1 {
-                w.get("slowest_client")
-            } else {
-                f64::NAN
-            },
+            w.get("slowest_client"),
         ];
         o.values.extend(
-            more.into_iter()
+            ids.iter()
+                .copied()
                 .zip(figures)
-                .filter(|(id, v)| !id.is_empty() && v.is_finite()),
+                .filter(|(_, v)| v.is_finite()),
         );
         if !o.summary.is_empty() {
             o.summary += "; ";
         }
         o.summary += &format!(
             "{} round trips, p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, proxy CPU {:.1} µs per round trip, run-queue wait ms/s proxy {:.1} load generator {:.1}, proxy preemptions/s {:.0}, round trips of the slowest/fastest connection ÷ mean {:.2}/{:.2}",
-            w.r["ops"], ps[0], ps[1], ps[2], figures[1], figures[2], figures[4], figures[3], w.get("slowest_client"), w.get("fastest_client")
+            w.r["ops"], figures[0], figures[1], figures[2], figures[4], figures[5], figures[7], figures[6], figures[8], w.get("fastest_client")
         );
         o.window_notes(&w);
     }
