@@ -92,12 +92,16 @@ impl Alpn {
         max_names: usize,
         max_bytes: usize,
     ) -> fmt::Result {
-        let total = self.len();
+        let mut names = self.iter();
         let (mut shown, mut written) = (0, 0);
-        for name in self.iter() {
+        while let Some(name) = names.next() {
             let text = String::from_utf8_lossy(name);
             if shown == max_names || written + text.len() + 1 > max_bytes {
-                break;
+                // This name and the ones after it are only counted.
+                if shown > 0 {
+                    out.write_char(',')?;
+                }
+                return write!(out, "...(+{} more)", 1 + names.count());
             }
             if shown > 0 {
                 out.write_char(',')?;
@@ -106,12 +110,6 @@ impl Alpn {
             out.write_str(&text)?;
             written += text.len();
             shown += 1;
-        }
-        if shown < total {
-            if shown > 0 {
-                out.write_char(',')?;
-            }
-            write!(out, "...(+{} more)", total - shown)?;
         }
         Ok(())
     }
