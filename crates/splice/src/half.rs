@@ -25,8 +25,8 @@
 //! `splice(2)` once it sees a stream ([`BULK`] bytes read without
 //! [`SMALL_BURSTS`] short bursts in a row; a burst is what is read between
 //! two moments the source is found drained, a short one less than [`SMALL`]
-//! bytes), and [`SMALL_BURSTS`] short bursts in a row switch it back. HAProxy's `splice-auto` does the same, for the same
-//! reasons:
+//! bytes), and [`SMALL_BURSTS`] short bursts in a row switch it back.
+//! HAProxy's `splice-auto` works much the same way, for the same reasons:
 //!
 //! - For a 64-byte kubectl frame or a TLS alert, `recv` + `send` of a few
 //!   bytes is cheaper than moving page references through a pipe, and a

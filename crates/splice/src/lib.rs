@@ -939,6 +939,22 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
+    /// Runs the pump between `client` and `upstream` beside `peers` (the
+    /// far ends' script) and returns its outcome; both must finish within
+    /// `within`.
+    #[cfg(target_os = "linux")]
+    async fn pump_beside(
+        client: &TcpStream,
+        upstream: &TcpStream,
+        options: &Options,
+        peers: impl Future<Output = ()>,
+        within: Duration,
+    ) -> Outcome {
+        let on_bytes = |_: Direction, _: u64| {};
+        let work = async { tokio::join!(pump(client, upstream, options, &on_bytes), peers).0 };
+        tokio::time::timeout(within, work).await.unwrap()
+    }
+
     /// A socket whose first `splice` is refused (`EINVAL`) is copied
     /// instead, transparently.
     #[cfg(target_os = "linux")]
@@ -967,15 +983,12 @@ mod tests {
             client_peer.read_to_end(&mut got).await.unwrap();
             assert_eq!(got, b"bye");
         };
-        let on_bytes = |_: Direction, _: u64| {};
         let options = Options {
             idle_timeout: Duration::from_secs(10),
             ..Options::default()
         };
-        let work = async { tokio::join!(pump(&client, &upstream, &options, &on_bytes), peers).0 };
-        let outcome = tokio::time::timeout(Duration::from_secs(10), work)
-            .await
-            .unwrap();
+        let outcome =
+            pump_beside(&client, &upstream, &options, peers, Duration::from_secs(10)).await;
         pipe_pool::REFUSE_SPLICE.set(false);
         assert_eq!(outcome.end, End::Finished);
         assert!(outcome.error.is_none());
@@ -1010,7 +1023,6 @@ mod tests {
         }
         let (mut client_peer, client) = pair().await;
         let (upstream, mut upstream_peer) = pair().await;
-        let on_bytes = |_: Direction, _: u64| {};
         let options = Options::default();
         let peers = async {
             let taken = TAKEN.get();
@@ -1037,10 +1049,8 @@ mod tests {
             drop(client_peer);
             drop(upstream_peer);
         };
-        let work = async { tokio::join!(pump(&client, &upstream, &options, &on_bytes), peers).0 };
-        let outcome = tokio::time::timeout(Duration::from_secs(20), work)
-            .await
-            .unwrap();
+        let outcome =
+            pump_beside(&client, &upstream, &options, peers, Duration::from_secs(20)).await;
         assert_eq!(outcome.mode, Mode::Splice);
         let rounds = 100 + u64::from(half::SMALL_BURSTS);
         assert_eq!(outcome.client_to_upstream, rounds * 64 + (8 << 20));
@@ -1067,7 +1077,6 @@ mod tests {
         let sizes = [64 * 1024, 4 * 1024];
         let (mut client_peer, client) = pair().await;
         let (upstream, mut upstream_peer) = pair().await;
-        let on_bytes = |_: Direction, _: u64| {};
         let options = Options::default();
         let (copied, taken) = (COPIED.get(), TAKEN.get());
         let peers = async {
@@ -1087,10 +1096,8 @@ mod tests {
             drop(client_peer);
             drop(upstream_peer);
         };
-        let work = async { tokio::join!(pump(&client, &upstream, &options, &on_bytes), peers).0 };
-        let outcome = tokio::time::timeout(Duration::from_secs(20), work)
-            .await
-            .unwrap();
+        let outcome =
+            pump_beside(&client, &upstream, &options, peers, Duration::from_secs(20)).await;
         let total = (ROUNDS * (sizes[0] + sizes[1])) as u64;
         assert_eq!(outcome.client_to_upstream, total);
         let copied = COPIED.get() - copied;
